@@ -1,0 +1,188 @@
+//! Where a bucket is reached.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{Error, Result};
+
+/// `https` (the default) or `http`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Scheme {
+    /// TLS; what every public COS endpoint should be reached with.
+    #[default]
+    Https,
+    /// Plain HTTP, for local origins and private networks.
+    Http,
+}
+
+impl Scheme {
+    /// `"https"` or `"http"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Https => "https",
+            Scheme::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scheme {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "https" => Ok(Scheme::Https),
+            "http" => Ok(Scheme::Http),
+            _ => Err(Error::InvalidScheme(s.to_owned())),
+        }
+    }
+}
+
+/// The scheme and host that presigned URLs point at.
+///
+/// Either the bucket's default domain `{bucket}.cos.{region}.myqcloud.com` or a custom
+/// domain (a CDN domain, or `host:port` of a local origin). The host signed by signature
+/// v5 is the host name alone, lower-cased and without the port, as the official SDK signs it.
+///
+/// ```
+/// use cos_sign::{Endpoint, Scheme};
+/// let ep = Endpoint::bucket("examplebucket-1250000000", "ap-guangzhou")?;
+/// assert_eq!(ep.base_url(), "https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com");
+/// let local = Endpoint::custom_domain("127.0.0.1:9000")?.with_scheme(Scheme::Http);
+/// assert_eq!(local.base_url(), "http://127.0.0.1:9000");
+/// assert_eq!(local.signing_host(), "127.0.0.1");
+/// # Ok::<(), cos_sign::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    scheme: Scheme,
+    authority: String,
+    signing_host: String,
+}
+
+impl Endpoint {
+    /// The bucket's default domain in `region`.
+    pub fn bucket(bucket: &str, region: &str) -> Result<Self> {
+        if !is_dns_label_chars(bucket) || bucket.len() > 63 {
+            return Err(Error::InvalidBucket(bucket.to_owned()));
+        }
+        if !is_dns_label_chars(region) || region.len() > 63 {
+            return Err(Error::InvalidRegion(region.to_owned()));
+        }
+        let host = format!("{bucket}.cos.{region}.myqcloud.com");
+        Ok(Endpoint {
+            scheme: Scheme::Https,
+            signing_host: host.clone(),
+            authority: host,
+        })
+    }
+
+    /// A custom domain: `host` or `host:port` (IPv6 as `[::1]:9000`), no scheme or path.
+    pub fn custom_domain(domain: &str) -> Result<Self> {
+        let invalid = || Error::InvalidDomain(domain.to_owned());
+        if domain.is_empty()
+            || domain
+                .bytes()
+                .any(|b| matches!(b, b'/' | b'?' | b'#' | b'@' | b'\\') || b <= b' ')
+        {
+            return Err(invalid());
+        }
+        let parsed = url::Url::parse(&format!("http://{domain}/")).map_err(|_| invalid())?;
+        let host = parsed.host_str().ok_or_else(invalid)?;
+        let signing_host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .to_ascii_lowercase();
+        let authority = match parsed.port() {
+            Some(port) => format!("{host}:{port}"),
+            None if domain.ends_with(":80") => format!("{host}:80"),
+            None => host.to_owned(),
+        };
+        Ok(Endpoint {
+            scheme: Scheme::Https,
+            authority,
+            signing_host,
+        })
+    }
+
+    /// The same endpoint reached with `scheme`.
+    pub fn with_scheme(mut self, scheme: Scheme) -> Self {
+        self.scheme = scheme;
+        self
+    }
+
+    /// The scheme.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    /// `host[:port]` as written in URLs.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// The host name signed as the `host` header: lower case, without port.
+    pub fn signing_host(&self) -> &str {
+        &self.signing_host
+    }
+
+    /// `scheme://authority`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// Lowercase letters, digits and inner `-`: what bucket names and regions are made of.
+fn is_dns_label_chars(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_and_region_are_validated() {
+        assert!(Endpoint::bucket("examplebucket-1250000000", "ap-beijing").is_ok());
+        assert!(matches!(
+            Endpoint::bucket("Bad_Bucket", "ap-beijing"),
+            Err(Error::InvalidBucket(_))
+        ));
+        assert!(matches!(
+            Endpoint::bucket("b-1", "ap beijing"),
+            Err(Error::InvalidRegion(_))
+        ));
+        assert!(matches!(
+            Endpoint::bucket("", "ap-beijing"),
+            Err(Error::InvalidBucket(_))
+        ));
+    }
+
+    #[test]
+    fn custom_domains() {
+        let ep = Endpoint::custom_domain("IMG.Example.com").unwrap();
+        assert_eq!(ep.signing_host(), "img.example.com");
+        assert_eq!(ep.authority(), "img.example.com");
+        let ep = Endpoint::custom_domain("[::1]:9000").unwrap();
+        assert_eq!(ep.signing_host(), "::1");
+        assert_eq!(ep.authority(), "[::1]:9000");
+        for bad in ["", "http://x", "x/y", "a b", "x?y", "u@x", "x:99999"] {
+            assert!(Endpoint::custom_domain(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scheme_parses() {
+        assert_eq!("HTTP".parse::<Scheme>().unwrap(), Scheme::Http);
+        assert!("ftp".parse::<Scheme>().is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! Validated object keys.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{encode, Error, Result};
+
+/// A validated COS object key.
+///
+/// Rules (those of the official Python SDK, plus what COS itself refuses):
+/// - one leading `/` is stripped, as the SDK does (`/a.jpg` and `a.jpg` are the same key);
+/// - the rest must be non-empty, at most [`ObjectKey::MAX_LEN`] bytes of UTF-8 and free of
+///   control characters;
+/// - it must not normalise to nothing once `.`, `..` and empty segments are applied
+///   (`a/..`, `./.`), which the SDK's `GetObject` refuses.
+///
+/// Everything else is kept byte for byte: `a//b`, `x/../y` and `%20` are distinct keys.
+///
+/// ```
+/// use cos_sign::ObjectKey;
+/// let key: ObjectKey = "/images/头像 1.png".parse()?;
+/// assert_eq!(key.as_str(), "images/头像 1.png");
+/// assert_eq!(key.url_path(), "/images/%E5%A4%B4%E5%83%8F%201.png");
+/// assert!("a/..".parse::<ObjectKey>().is_err());
+/// # Ok::<(), cos_sign::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey(Box<str>);
+
+impl ObjectKey {
+    /// The longest key COS accepts, in bytes of UTF-8.
+    pub const MAX_LEN: usize = 850;
+
+    /// Validates `key`; see the type's docs for the rules.
+    pub fn new(key: &str) -> Result<Self> {
+        let key = key.strip_prefix('/').unwrap_or(key);
+        if key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        if key.len() > Self::MAX_LEN {
+            return Err(Error::KeyTooLong { len: key.len() });
+        }
+        if let Some((position, _)) = key.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(Error::KeyControlCharacter { position });
+        }
+        if normalises_to_nothing(key) {
+            return Err(Error::KeyNormalisesToNothing);
+        }
+        Ok(ObjectKey(key.into()))
+    }
+
+    /// The key without its leading `/`, as stored in COS.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path signed by signature v5: `/` followed by the key, not encoded.
+    pub fn signing_path(&self) -> String {
+        let mut path = String::with_capacity(self.0.len() + 1);
+        path.push('/');
+        path.push_str(&self.0);
+        path
+    }
+
+    /// The URL path, percent-encoded as the official SDK does (`/` kept, everything but
+    /// `A-Za-z0-9-_.~` escaped, `./` written `.%2F`).
+    pub fn url_path(&self) -> String {
+        let mut path = String::with_capacity(self.0.len() * 3 + 1);
+        path.push('/');
+        encode::push_path(&mut path, &self.0);
+        path
+    }
+
+    /// The key's file extension (after the last `.` of the last segment), if any.
+    pub fn extension(&self) -> Option<&str> {
+        let name = self.0.rsplit('/').next()?;
+        let (stem, ext) = name.rsplit_once('.')?;
+        (!stem.is_empty() && !ext.is_empty()).then_some(ext)
+    }
+}
+
+/// The SDK's `path_simplify_check`: true when `.`/`..`/empty segments leave nothing.
+fn normalises_to_nothing(key: &str) -> bool {
+    let mut depth = 0usize;
+    for segment in key.split('/') {
+        match segment {
+            ".." => depth = depth.saturating_sub(1),
+            "" | "." => {}
+            _ => depth += 1,
+        }
+    }
+    depth == 0
+}
+
+impl fmt::Debug for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ObjectKey").field(&self.0).finish()
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for ObjectKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ObjectKey {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ObjectKey::new(s)
+    }
+}
+
+impl TryFrom<&str> for ObjectKey {
+    type Error = Error;
+    fn try_from(s: &str) -> Result<Self> {
+        ObjectKey::new(s)
+    }
+}
+
+impl TryFrom<String> for ObjectKey {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        ObjectKey::new(&s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_one_leading_slash_only() {
+        assert_eq!(ObjectKey::new("/a.jpg").unwrap().as_str(), "a.jpg");
+        assert_eq!(ObjectKey::new("//a.jpg").unwrap().as_str(), "/a.jpg");
+    }
+
+    #[test]
+    fn rejects_bad_keys_with_typed_errors() {
+        assert_eq!(ObjectKey::new(""), Err(Error::EmptyKey));
+        assert_eq!(ObjectKey::new("/"), Err(Error::EmptyKey));
+        assert_eq!(
+            ObjectKey::new(&"a".repeat(851)),
+            Err(Error::KeyTooLong { len: 851 })
+        );
+        assert!(ObjectKey::new(&"a".repeat(850)).is_ok());
+        assert_eq!(
+            ObjectKey::new("a\nb"),
+            Err(Error::KeyControlCharacter { position: 1 })
+        );
+        assert_eq!(
+            ObjectKey::new("a\u{7f}"),
+            Err(Error::KeyControlCharacter { position: 1 })
+        );
+        for nothing in ["a/..", "./.", "//", "a/b/../..", "../x/.."] {
+            assert_eq!(
+                ObjectKey::new(nothing),
+                Err(Error::KeyNormalisesToNothing),
+                "{nothing}"
+            );
+        }
+        assert!(ObjectKey::new("../x").is_ok());
+    }
+
+    #[test]
+    fn extension() {
+        let ext = |k: &str| ObjectKey::new(k).unwrap().extension().map(str::to_owned);
+        assert_eq!(ext("a/b.JPG").as_deref(), Some("JPG"));
+        assert_eq!(ext("a.b/c"), None);
+        assert_eq!(ext(".hidden"), None);
+        assert_eq!(ext("x.tar.gz").as_deref(), Some("gz"));
+    }
+}
