@@ -1,1 +1,48 @@
-fn main() {}
+//! `image-url-server`: the image-url server and its command-line tools.
+//!
+//! The binary stays thin: it parses arguments, reads the environment and calls into the
+//! library crates. Subcommands:
+//!
+//! - `presign` — print a presigned COS URL, like `coscli signurl`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod presign;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version: print and succeed.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            // One clear line, not clap's usage block.
+            let rendered = err.render().to_string();
+            let line: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", line.join(" "));
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        cli::Command::Presign(args) => presign::run(&args, &|name| std::env::var(name).ok()),
+    };
+    match result {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

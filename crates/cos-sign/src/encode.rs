@@ -34,7 +34,7 @@ pub(crate) fn push_path(out: &mut String, key: &str) {
         } else if is_unreserved(b) {
             out.push(b as char);
         } else {
-            push_escaped(out, b, &HEX_UPPER);
+            push_escaped(out, b, HEX_UPPER);
         }
         previous = b;
     }
@@ -76,7 +76,7 @@ pub(crate) fn push_query_component(out: &mut String, s: &str) {
         } else if b == b' ' {
             out.push('+');
         } else {
-            push_escaped(out, b, &HEX_UPPER);
+            push_escaped(out, b, HEX_UPPER);
         }
     }
 }

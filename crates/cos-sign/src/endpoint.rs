@@ -67,9 +67,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// The bucket's default domain in `region`.
     pub fn bucket(bucket: &str, region: &str) -> Result<Self> {
-        if !is_dns_label_chars(bucket) || bucket.len() > 63 {
-            return Err(Error::InvalidBucket(bucket.to_owned()));
-        }
+        Self::check_bucket_name(bucket)?;
         if !is_dns_label_chars(region) || region.len() > 63 {
             return Err(Error::InvalidRegion(region.to_owned()));
         }
@@ -79,6 +77,14 @@ impl Endpoint {
             signing_host: host.clone(),
             authority: host,
         })
+    }
+
+    /// Checks a bucket name: `a-z`, `0-9` and inner `-`, at most 63 bytes.
+    pub fn check_bucket_name(bucket: &str) -> Result<()> {
+        if !is_dns_label_chars(bucket) || bucket.len() > 63 {
+            return Err(Error::InvalidBucket(bucket.to_owned()));
+        }
+        Ok(())
     }
 
     /// A custom domain: `host` or `host:port` (IPv6 as `[::1]:9000`), no scheme or path.

@@ -1,0 +1,80 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Presigned URLs for private images in Tencent Cloud COS.
+#[derive(Debug, Parser)]
+#[command(name = "image-url-server", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a presigned URL for an object (credentials from COS_SECRET_ID,
+    /// COS_SECRET_KEY and optional COS_SECURITY_TOKEN).
+    Presign(PresignArgs),
+}
+
+/// Arguments of `presign`.
+#[derive(Debug, Args)]
+pub struct PresignArgs {
+    /// The object key, e.g. images/a.jpg (a leading '/' is stripped).
+    pub key: String,
+    /// Bucket name with its APPID suffix, e.g. examplebucket-1250000000.
+    #[arg(long)]
+    pub bucket: String,
+    /// Region, e.g. ap-guangzhou (the host is {bucket}.cos.{region}.myqcloud.com).
+    #[arg(long, required_unless_present = "domain", conflicts_with = "domain")]
+    pub region: Option<String>,
+    /// Custom domain or host:port instead of the bucket's default domain.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// URL scheme.
+    #[arg(long, default_value = "https")]
+    pub scheme: String,
+    /// Start of the signing window, unix seconds.
+    #[arg(long)]
+    pub start: Option<i64>,
+    /// End of the signing window, unix seconds.
+    #[arg(long, requires = "start", conflicts_with = "expires")]
+    pub end: Option<i64>,
+    /// Lifetime in seconds; without --start, the window starts 60 s before now (the
+    /// official SDK's clock-skew allowance). Default 3600.
+    #[arg(long)]
+    pub expires: Option<i64>,
+    /// A signed query parameter NAME=VALUE (NAME= for an empty value); repeatable.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub params: Vec<(String, String)>,
+    /// A signed header NAME=VALUE the client will send; repeatable.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub headers: Vec<(String, String)>,
+    /// Do not sign the host header.
+    #[arg(long)]
+    pub no_sign_host: bool,
+    /// HTTP method the URL is for.
+    #[arg(long, value_enum, default_value = "get", ignore_case = true)]
+    pub method: PresignMethod,
+}
+
+/// The methods `presign` signs.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PresignMethod {
+    /// Download.
+    Get,
+    /// Metadata.
+    Head,
+    /// Upload.
+    Put,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some(("", _)) => Err(format!("{s:?} has an empty NAME")),
+        Some((name, value)) => Ok((name.to_owned(), value.to_owned())),
+        None => Err(format!("{s:?} is not NAME=VALUE")),
+    }
+}
