@@ -27,14 +27,22 @@ fn bench_presign(c: &mut Criterion) {
     let window = SigningWindow::new(1_700_000_000, 1_700_003_600).unwrap();
     let plain = PresignOptions::new();
     group.bench_function("cos-sign", |b| {
-        b.iter(|| signer.presign_url(black_box(&key), black_box(window), &plain).unwrap())
+        b.iter(|| {
+            signer
+                .presign_url(black_box(&key), black_box(window), &plain)
+                .unwrap()
+        })
     });
 
     let with_params = PresignOptions::new()
         .param("response-content-type", "image/webp")
         .param("imageMogr2/thumbnail/200x", "");
     group.bench_function("cos-sign (2 params)", |b| {
-        b.iter(|| signer.presign_url(black_box(&key), black_box(window), &with_params).unwrap())
+        b.iter(|| {
+            signer
+                .presign_url(black_box(&key), black_box(window), &with_params)
+                .unwrap()
+        })
     });
 
     group.bench_function("cos-sign (key validation + sign)", |b| {
