@@ -1,4 +1,153 @@
-//! Presigned-URL cache: one `UrlCache` trait, in-memory and Redis backends.
+//! A cache of presigned URLs: one trait, an in-memory and a Redis backend.
 //!
-//! Skeleton: nothing is implemented yet (see the url-cache issue). This crate exports no
-//! items so that nobody can mistake it for a working cache.
+//! [`UrlCache`] is a small object-safe async trait (`Arc<dyn UrlCache>`) with a written
+//! contract; [`MemoryCache`] (LRU, LFU or FIFO, with a capacity) is the embedded default
+//! and what tests use, [`RedisCache`] shares one cache between replicas. Both take "now"
+//! from an injected [`Clock`], so expiry is tested without sleeping.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::{sync::Arc, time::Duration};
+//! use url_cache::{CacheEntry, EvictionPolicy, ManualClock, MemoryCache, UrlCache};
+//!
+//! let clock = Arc::new(ManualClock::new(1_700_000_000.0));
+//! let cache: Arc<dyn UrlCache> = Arc::new(
+//!     MemoryCache::builder().capacity(10_000).policy(EvictionPolicy::lru()).clock(clock.clone()).build(),
+//! );
+//! cache.put(CacheEntry::new("a.jpg", "https://h/a.jpg?q-signature=…", 1_700_003_600.0, 1_700_000_000.0)).await?;
+//! assert!(cache.get("a.jpg").await?.is_some());
+//! clock.advance(Duration::from_secs(3600));
+//! assert!(cache.get("a.jpg").await?.is_none()); // expired: never served
+//! assert_eq!(cache.stats().expired, 1);
+//! # Ok::<(), url_cache::CacheError>(())
+//! # }).unwrap();
+//! ```
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+mod clock;
+mod entry;
+mod error;
+mod memory;
+mod policy;
+mod redis;
+mod stats;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use entry::CacheEntry;
+pub use error::{CacheError, Result};
+pub use memory::{MemoryCache, MemoryCacheBuilder, DEFAULT_CAPACITY};
+pub use policy::EvictionPolicy;
+pub use redis::{RedisCache, RedisConfig};
+pub use stats::{CacheStats, StatsCounters};
+
+/// Default number of entries removed per batch by [`UrlCache::remove_expired`].
+pub const DEFAULT_CLEANUP_BATCH: usize = 100;
+
+/// Longest cache key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 4096;
+
+/// A cache of presigned URLs, keyed by a string (an object key, possibly with a variant).
+///
+/// Contract for every backend (checked by the shared conformance suite):
+///
+/// - **Expiry**: an entry is never returned at or after its `expires_at`, judged by the
+///   backend's clock. A lookup that finds an expired entry drops it and counts `expired`.
+/// - **Access**: a lookup that returns an entry has recorded the access first: the
+///   returned `access_count` is one more than before and `last_accessed` is now.
+/// - **Statistics**: each looked-up key counts exactly one of hit, miss or expired; each
+///   failed operation counts one error; each entry dropped for capacity one eviction.
+/// - **Capacity**: after `put` returns, the cache holds at most its capacity, evicting
+///   by its [`EvictionPolicy`].
+/// - **Errors**: backend trouble is a retryable [`CacheError`]; no method panics on bad
+///   input; keys must be non-empty, at most [`MAX_KEY_LEN`] bytes, without control
+///   characters.
+#[async_trait]
+pub trait UrlCache: Send + Sync + Debug {
+    /// The live entry for `key`, recording the access; `None` if absent or expired.
+    async fn get(&self, key: &str) -> Result<Option<CacheEntry>>;
+
+    /// [`UrlCache::get`] for many keys, answered in order; one round trip for remote
+    /// backends. The default calls `get` per key.
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            found.push(self.get(key).await?);
+        }
+        Ok(found)
+    }
+
+    /// Stores `entry` under `entry.image_key`, replacing any previous one; it lives until
+    /// `entry.expires_at`. Storing an already expired entry removes the key instead.
+    async fn put(&self, entry: CacheEntry) -> Result<()>;
+
+    /// Removes `key`; whether it was there.
+    async fn delete(&self, key: &str) -> Result<bool>;
+
+    /// Live entries that expire within `within` from now, soonest first, at most `limit`
+    /// (for pre-refresh and the background refresher). Does not count as access.
+    async fn expiring_within(&self, within: Duration, limit: usize) -> Result<Vec<CacheEntry>>;
+
+    /// Removes every expired entry, `batch_size` at a time (see
+    /// [`DEFAULT_CLEANUP_BATCH`]); how many were removed.
+    async fn remove_expired(&self, batch_size: usize) -> Result<usize>;
+
+    /// Number of entries held, possibly including expired ones not yet removed.
+    async fn len(&self) -> Result<usize>;
+
+    /// Whether [`UrlCache::len`] is zero.
+    async fn is_empty(&self) -> Result<bool> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// `Ok` when the backend answers now.
+    async fn health_check(&self) -> Result<()>;
+
+    /// Counters since creation.
+    fn stats(&self) -> CacheStats;
+
+    /// A short backend name for logs and metrics (`"memory"`, `"redis"`).
+    fn backend(&self) -> &'static str;
+}
+
+/// Checks a cache key against the contract's rules.
+pub fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(CacheError::InvalidInput("empty cache key".into()));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(CacheError::InvalidInput(format!(
+            "cache key of {} bytes exceeds {MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(CacheError::InvalidInput(
+            "cache key contains a control character".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an entry before it is stored.
+pub(crate) fn validate_entry(entry: &CacheEntry) -> Result<()> {
+    validate_key(&entry.image_key)?;
+    if entry.url.is_empty() {
+        return Err(CacheError::InvalidInput("entry has an empty url".into()));
+    }
+    for (name, value) in [
+        ("expires_at", entry.expires_at),
+        ("created_at", entry.created_at),
+        ("last_accessed", entry.last_accessed),
+    ] {
+        if !value.is_finite() || value < 0.0 {
+            return Err(CacheError::InvalidInput(format!(
+                "entry {name} is not a non-negative finite number"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,779 @@
+//! The Redis backend (fred).
+//!
+//! Data layout (see `docs/redis-layout.md`):
+//!
+//! - `{prefix}{key}` — a hash with the entry's fields (`url`, `expires_at`,
+//!   `access_count`, `created_at`, `last_accessed`, `image_key`, `mime_type`), expiring
+//!   with the URL (`PEXPIREAT`).
+//! - `{index}:expiry` — a sorted set, member = key, score = `expires_at`: "expiring
+//!   within" and cleanup are `ZRANGEBYSCORE` ranges, O(log n + k), never a keyspace scan.
+//! - `{index}:policy` — a sorted set, member = key, score = the eviction order (LRU: last
+//!   access time, FIFO: insertion time, LFU: access count). When `ZCARD` exceeds the
+//!   capacity after a put, `ZPOPMIN` removes the surplus, lowest score first.
+//!
+//! `{index}` is the prefix without its trailing `:` plus `-index` (`image:url-index`), so
+//! no object key can collide with an index. No command spans two entry keys atomically,
+//! so the layout works on Redis Cluster (the two indexes each live in one slot).
+//!
+//! One `get` is one pipeline, hence one round trip, including the access update: `HGETALL`,
+//! `HINCRBY access_count`, `HSET last_accessed`, `EXPIRE 60 NX` and `ZADD XX` on the policy
+//! index. On a miss `HINCRBY` creates a stub hash; `EXPIRE NX` gives it 60 s to live, it
+//! has no `url` so it reads as a miss, `ZADD XX` leaves the indexes untouched, and the next
+//! `put` replaces it. No Lua, so every command keeps its timeout.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::prelude::{
+    Builder, ClientLike, Config, Error as FredError, ErrorKind, HashesInterface, KeysInterface,
+    Pool, ReconnectPolicy, SortedSetsInterface, Value,
+};
+use fred::types::{ExpireOptions, SetOptions};
+use tokio::task::JoinHandle;
+
+use crate::policy::Kind;
+use crate::{
+    validate_entry, validate_key, CacheEntry, CacheError, CacheStats, Clock, EvictionPolicy,
+    Result, StatsCounters, SystemClock, UrlCache,
+};
+
+/// How long the stub hash a missed lookup creates may live.
+const STUB_TTL_SECS: i64 = 60;
+
+/// Connection and layout settings for [`RedisCache`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Connections in the pool (default 20).
+    pub pool_size: usize,
+    /// Timeout to establish a connection (default 5 s).
+    pub connect_timeout: Duration,
+    /// Deadline of every cache operation (default 5 s; the service layer applies a far
+    /// shorter one of its own).
+    pub command_timeout: Duration,
+    /// First reconnect delay (default 100 ms), doubled up to `reconnect_max_delay`.
+    pub reconnect_min_delay: Duration,
+    /// Longest reconnect delay (default 10 s). Reconnection never gives up.
+    pub reconnect_max_delay: Duration,
+    /// Commands buffered per connection while disconnected; beyond, calls fail at once
+    /// (default 1024).
+    pub command_buffer: usize,
+    /// How often a background task sends `PING` (default 30 s).
+    pub health_check_interval: Duration,
+    /// Prefix of entry keys (default `image:url:`).
+    pub key_prefix: String,
+    /// Capacity, in entries (default 10 000).
+    pub max_entries: usize,
+    /// Eviction policy (default LRU).
+    pub policy: EvictionPolicy,
+}
+
+impl RedisConfig {
+    /// The defaults, with `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            pool_size: 20,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            reconnect_min_delay: Duration::from_millis(100),
+            reconnect_max_delay: Duration::from_secs(10),
+            command_buffer: 1024,
+            health_check_interval: Duration::from_secs(30),
+            key_prefix: "image:url:".into(),
+            max_entries: crate::DEFAULT_CAPACITY,
+            policy: EvictionPolicy::default(),
+        }
+    }
+}
+
+/// The URL may carry a password: `Debug` shows it without.
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("max_entries", &self.max_entries)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://<redacted>@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A [`UrlCache`] in Redis, shared by every replica that points at the same server.
+///
+/// Cheap to clone (an `Arc`). Created with [`RedisCache::connect`], which never fails
+/// because Redis is down: the pool keeps reconnecting in the background (exponential
+/// backoff), calls meanwhile fail with a retryable error within `command_timeout`, and
+/// [`RedisCache::is_healthy`] reports the last health check.
+#[derive(Clone)]
+pub struct RedisCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    stats: StatsCounters,
+    healthy: Arc<AtomicBool>,
+    command_timeout: Duration,
+    prefix: String,
+    expiry_index: String,
+    policy_index: String,
+    policy: EvictionPolicy,
+    max_entries: usize,
+    /// The PING task; it holds no reference to `Inner`, and is aborted when the last
+    /// clone of the cache is dropped.
+    health_task: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.health_task.abort();
+        // Stop the pool's reconnect loops too; nobody can use it any more.
+        let pool = self.pool.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = pool.quit().await;
+            });
+        }
+    }
+}
+
+impl fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("prefix", &self.inner.prefix)
+            .field("policy", &self.inner.policy)
+            .field("max_entries", &self.inner.max_entries)
+            .field("healthy", &self.is_healthy())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisCache {
+    /// Connects with the system clock. See [`RedisCache::connect_with_clock`].
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        Self::connect_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Builds the pool and starts connecting. Fails only on invalid configuration; if
+    /// Redis cannot be reached within `connect_timeout` the cache starts unhealthy and
+    /// reconnects in the background.
+    pub async fn connect_with_clock(config: RedisConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        if !(config.url.starts_with("redis://") || config.url.starts_with("rediss://")) {
+            return Err(CacheError::InvalidInput(format!(
+                "invalid Redis URL {}: expected redis://host:port",
+                redact_url(&config.url)
+            )));
+        }
+        let mut fred_config = Config::from_url(&config.url).map_err(|e| {
+            CacheError::InvalidInput(format!(
+                "invalid Redis URL {}: {}",
+                redact_url(&config.url),
+                e.details()
+            ))
+        })?;
+        // Keep reconnecting instead of failing when the first connection fails.
+        fred_config.fail_fast = false;
+        let reconnect = ReconnectPolicy::new_exponential(
+            0, // never give up
+            config.reconnect_min_delay.as_millis() as u32,
+            config.reconnect_max_delay.as_millis() as u32,
+            2,
+        );
+        let pool = Builder::from_config(fred_config)
+            .with_connection_config(|c| {
+                c.connection_timeout = config.connect_timeout;
+                c.internal_command_timeout = config.command_timeout;
+                c.max_command_buffer_len = config.command_buffer;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = config.command_timeout;
+            })
+            .set_policy(reconnect)
+            .build_pool(config.pool_size.max(1))
+            .map_err(|e| CacheError::InvalidInput(format!("Redis pool: {}", e.details())))?;
+        // Spawns the connection tasks; they reconnect on their own from now on.
+        pool.connect_pool();
+        let connected = tokio::time::timeout(config.connect_timeout, pool.wait_for_connect())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !connected {
+            tracing::warn!(
+                url = %redact_url(&config.url),
+                "Redis not reachable at start; reconnecting in the background"
+            );
+        }
+        let healthy = Arc::new(AtomicBool::new(connected));
+        let health_task = tokio::spawn(health_loop(
+            pool.clone(),
+            healthy.clone(),
+            config.health_check_interval,
+            config.command_timeout,
+        ));
+        let index = format!("{}-index", config.key_prefix.trim_end_matches(':'));
+        Ok(RedisCache {
+            inner: Arc::new(Inner {
+                pool,
+                clock,
+                stats: StatsCounters::default(),
+                healthy,
+                command_timeout: config.command_timeout,
+                expiry_index: format!("{index}:expiry"),
+                policy_index: format!("{index}:policy"),
+                prefix: config.key_prefix,
+                policy: config.policy,
+                max_entries: config.max_entries.max(1),
+                health_task,
+            }),
+        })
+    }
+
+    /// The result of the last health check (or of the last call's connection state).
+    pub fn is_healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+
+    fn entry_key(&self, key: &str) -> String {
+        format!("{}{key}", self.inner.prefix)
+    }
+
+    /// Runs `op` under the command deadline, mapping and counting failures.
+    async fn run<T, F>(&self, op: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T, FredError>>,
+    {
+        match tokio::time::timeout(self.inner.command_timeout, op).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => {
+                self.inner.stats.error();
+                Err(map_error(&err, self.inner.command_timeout))
+            }
+            Err(_) => {
+                self.inner.stats.error();
+                self.inner.healthy.store(false, Ordering::Relaxed);
+                Err(CacheError::Timeout(self.inner.command_timeout))
+            }
+        }
+    }
+
+    /// Queues the lookup-and-record-access commands for one key on `pipe`.
+    async fn queue_lookup(
+        &self,
+        pipe: &fred::clients::Pipeline<fred::clients::Client>,
+        key: &str,
+        now: f64,
+    ) -> Result<(), FredError> {
+        let entry_key = self.entry_key(key);
+        let _: () = pipe.hgetall(&entry_key).await?;
+        let _: () = pipe.hincrby(&entry_key, "access_count", 1).await?;
+        let _: () = pipe
+            .hset(&entry_key, ("last_accessed", now.to_string()))
+            .await?;
+        let _: () = pipe
+            .expire(&entry_key, STUB_TTL_SECS, Some(ExpireOptions::NX))
+            .await?;
+        match self.inner.policy.kind() {
+            Kind::Lru => {
+                let _: () = pipe
+                    .zadd(
+                        &self.inner.policy_index,
+                        Some(SetOptions::XX),
+                        None,
+                        false,
+                        false,
+                        (now, key),
+                    )
+                    .await?;
+            }
+            Kind::Lfu => {
+                let _: () = pipe
+                    .zadd(
+                        &self.inner.policy_index,
+                        Some(SetOptions::XX),
+                        None,
+                        false,
+                        true,
+                        (1.0, key),
+                    )
+                    .await?;
+            }
+            Kind::Fifo => {}
+        }
+        Ok(())
+    }
+
+    fn commands_per_lookup(&self) -> usize {
+        match self.inner.policy.kind() {
+            Kind::Lru | Kind::Lfu => 5,
+            Kind::Fifo => 4,
+        }
+    }
+
+    /// Turns one key's pipeline replies into the lookup's outcome, counting it.
+    async fn finish_lookup(
+        &self,
+        key: &str,
+        replies: &mut std::vec::IntoIter<Result<Value, FredError>>,
+        now: f64,
+    ) -> Result<Option<CacheEntry>> {
+        let hash = replies.next();
+        let count = replies.next();
+        for _ in 2..self.commands_per_lookup() {
+            replies.next();
+        }
+        let fields: HashMap<String, String> = match hash {
+            Some(Ok(value)) => value
+                .convert()
+                .map_err(|e| self.corrupt(key, e.details()))?,
+            Some(Err(err)) if err.details().contains("WRONGTYPE") => {
+                return self.legacy_get(key, now).await;
+            }
+            Some(Err(err)) => {
+                self.inner.stats.error();
+                return Err(map_error(&err, self.inner.command_timeout));
+            }
+            None => return Err(self.corrupt(key, "missing pipeline reply")),
+        };
+        if !fields.contains_key("url") {
+            // Absent, or only the stub a missed lookup leaves.
+            self.inner.stats.miss(1);
+            return Ok(None);
+        }
+        let mut entry = parse_entry(key, &fields).inspect_err(|_| self.inner.stats.error())?;
+        if entry.is_expired(now) {
+            self.inner.stats.expired(1);
+            // Redis expires the hash on its own clock; ours said it is gone, so drop it.
+            let _ = self.delete_quietly(key).await;
+            return Ok(None);
+        }
+        if let Some(Ok(count)) = count {
+            entry.access_count = count.convert::<u64>().unwrap_or(entry.access_count + 1);
+        }
+        entry.last_accessed = now;
+        self.inner.stats.hit(1);
+        Ok(Some(entry))
+    }
+
+    /// Reads an entry the original system stored as a JSON string, and rewrites it in
+    /// this layout.
+    async fn legacy_get(&self, key: &str, now: f64) -> Result<Option<CacheEntry>> {
+        let client = self.inner.pool.next();
+        let json: Option<String> = self.run(client.get(self.entry_key(key))).await?;
+        let Some(json) = json else {
+            self.inner.stats.miss(1);
+            return Ok(None);
+        };
+        let mut entry: CacheEntry = serde_json::from_str(&json).map_err(|e| {
+            self.inner.stats.error();
+            self.corrupt(key, &e.to_string())
+        })?;
+        if entry.is_expired(now) {
+            self.inner.stats.expired(1);
+            let _ = self.delete_quietly(key).await;
+            return Ok(None);
+        }
+        entry.image_key = key.to_owned();
+        entry.access_count += 1;
+        entry.last_accessed = now;
+        let client = self.inner.pool.next();
+        let _: i64 = self.run(client.del(self.entry_key(key))).await?;
+        self.store(entry.clone(), now).await?;
+        self.inner.stats.hit(1);
+        Ok(Some(entry))
+    }
+
+    fn corrupt(&self, key: &str, reason: &str) -> CacheError {
+        CacheError::Corrupt {
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    async fn delete_quietly(&self, key: &str) -> Result<bool> {
+        let pipe = self.inner.pool.next().pipeline();
+        let entry_key = self.entry_key(key);
+        let op = async {
+            let _: () = pipe.del(&entry_key).await?;
+            let _: () = pipe.zrem(&self.inner.expiry_index, key).await?;
+            let _: () = pipe.zrem(&self.inner.policy_index, key).await?;
+            let (deleted, _, _): (i64, i64, i64) = pipe.all().await?;
+            Ok(deleted > 0)
+        };
+        self.run(op).await
+    }
+
+    /// Writes `entry` (already validated and live) and enforces the capacity.
+    async fn store(&self, entry: CacheEntry, now: f64) -> Result<()> {
+        let key = entry.image_key.clone();
+        let entry_key = self.entry_key(&key);
+        let order_score = match self.inner.policy.kind() {
+            Kind::Lru | Kind::Fifo => now,
+            Kind::Lfu => entry.access_count as f64,
+        };
+        let expires_ms = (entry.expires_at * 1000.0).ceil() as i64;
+        let mut fields = vec![
+            ("url", entry.url),
+            ("expires_at", entry.expires_at.to_string()),
+            ("access_count", entry.access_count.to_string()),
+            ("created_at", entry.created_at.to_string()),
+            ("last_accessed", entry.last_accessed.to_string()),
+            ("image_key", entry.image_key),
+        ];
+        let mime = entry.mime_type;
+        if let Some(mime) = &mime {
+            fields.push(("mime_type", mime.clone()));
+        }
+        let pipe = self.inner.pool.next().pipeline();
+        let op = async {
+            // Overwrite field by field (no DEL first): a concurrent reader sees the old
+            // entry or the new one, never a gap.
+            let _: () = pipe.hset(&entry_key, fields).await?;
+            if mime.is_none() {
+                let _: () = pipe.hdel(&entry_key, "mime_type").await?;
+            }
+            let _: () = pipe.pexpire_at(&entry_key, expires_ms, None).await?;
+            let _: () = pipe
+                .zadd(
+                    &self.inner.expiry_index,
+                    None,
+                    None,
+                    false,
+                    false,
+                    (entry.expires_at, key.as_str()),
+                )
+                .await?;
+            let _: () = pipe
+                .zadd(
+                    &self.inner.policy_index,
+                    None,
+                    None,
+                    false,
+                    false,
+                    (order_score, key.as_str()),
+                )
+                .await?;
+            let _: () = pipe.zcard(&self.inner.policy_index).await?;
+            let replies: Vec<Value> = pipe.all().await?;
+            Ok(replies.last().and_then(|v| v.as_u64()).unwrap_or(0))
+        };
+        let held = self.run(op).await?;
+        if held as usize > self.inner.max_entries {
+            self.evict(held as usize - self.inner.max_entries, &key)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes `surplus` entries from the bottom of the policy order, never `just_written`
+    /// (under LFU a new entry starts at the bottom). `ZPOPMIN` is atomic, so concurrent
+    /// writers never evict the same entry twice.
+    async fn evict(&self, surplus: usize, just_written: &str) -> Result<()> {
+        let client = self.inner.pool.next();
+        let mut popped: Vec<(String, f64)> = self
+            .run(client.zpopmin(&self.inner.policy_index, Some(surplus + 1)))
+            .await?;
+        // Give back what was popped beyond the surplus: the new entry, or the extra one.
+        let mut give_back: Vec<(f64, String)> = Vec::new();
+        if let Some(pos) = popped.iter().position(|(k, _)| k == just_written) {
+            let (k, score) = popped.remove(pos);
+            give_back.push((score, k));
+        }
+        while popped.len() > surplus {
+            if let Some((k, score)) = popped.pop() {
+                give_back.push((score, k));
+            }
+        }
+        if !give_back.is_empty() {
+            let client = self.inner.pool.next();
+            let members: Vec<(f64, &str)> =
+                give_back.iter().map(|(s, k)| (*s, k.as_str())).collect();
+            let _: i64 = self
+                .run(client.zadd(
+                    &self.inner.policy_index,
+                    Some(SetOptions::NX),
+                    None,
+                    false,
+                    false,
+                    members,
+                ))
+                .await?;
+        }
+        if popped.is_empty() {
+            return Ok(());
+        }
+        let pipe = self.inner.pool.next().pipeline();
+        let op = async {
+            for (key, _) in &popped {
+                let _: () = pipe.del(self.entry_key(key)).await?;
+            }
+            let members: Vec<&str> = popped.iter().map(|(k, _)| k.as_str()).collect();
+            let _: () = pipe.zrem(&self.inner.expiry_index, members).await?;
+            let _: Vec<Value> = pipe.all().await?;
+            Ok(())
+        };
+        self.run(op).await?;
+        self.inner.stats.evicted(popped.len() as u64);
+        Ok(())
+    }
+}
+
+async fn health_loop(pool: Pool, healthy: Arc<AtomicBool>, every: Duration, timeout: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let ok = matches!(
+            tokio::time::timeout(timeout, pool.next().ping::<String>(None)).await,
+            Ok(Ok(_))
+        );
+        if healthy.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                tracing::info!("Redis reachable again");
+            } else {
+                tracing::warn!("Redis health check failed");
+            }
+        }
+    }
+}
+
+fn map_error(err: &FredError, timeout: Duration) -> CacheError {
+    match err.kind() {
+        ErrorKind::Timeout => CacheError::Timeout(timeout),
+        ErrorKind::Parse => CacheError::Corrupt {
+            key: String::new(),
+            reason: err.details().to_owned(),
+        },
+        _ => CacheError::Unavailable(format!("{:?}: {}", err.kind(), err.details())),
+    }
+}
+
+fn parse_entry(key: &str, fields: &HashMap<String, String>) -> Result<CacheEntry> {
+    let corrupt = |field: &str| CacheError::Corrupt {
+        key: key.to_owned(),
+        reason: format!("field {field} is missing or malformed"),
+    };
+    let number = |field: &str| -> Result<f64> {
+        fields
+            .get(field)
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| corrupt(field))
+    };
+    Ok(CacheEntry {
+        url: fields.get("url").cloned().ok_or_else(|| corrupt("url"))?,
+        expires_at: number("expires_at")?,
+        access_count: fields
+            .get("access_count")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        created_at: number("created_at")?,
+        last_accessed: number("last_accessed").unwrap_or(0.0),
+        image_key: fields
+            .get("image_key")
+            .cloned()
+            .unwrap_or_else(|| key.to_owned()),
+        mime_type: fields.get("mime_type").cloned(),
+    })
+}
+
+#[async_trait]
+impl UrlCache for RedisCache {
+    async fn get(&self, key: &str) -> Result<Option<CacheEntry>> {
+        validate_key(key)?;
+        let now = self.inner.clock.now();
+        let pipe = self.inner.pool.next().pipeline();
+        self.queue_lookup(&pipe, key, now)
+            .await
+            .map_err(|e| map_error(&e, self.inner.command_timeout))?;
+        let replies = self
+            .run(async { Ok(pipe.try_all::<Value>().await) })
+            .await?;
+        let mut replies = replies.into_iter();
+        self.finish_lookup(key, &mut replies, now).await
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
+        for key in keys {
+            validate_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.inner.clock.now();
+        let pipe = self.inner.pool.next().pipeline();
+        for key in keys {
+            self.queue_lookup(&pipe, key, now)
+                .await
+                .map_err(|e| map_error(&e, self.inner.command_timeout))?;
+        }
+        let replies = self
+            .run(async { Ok(pipe.try_all::<Value>().await) })
+            .await?;
+        if replies.len() == 1 && keys.len() > 1 {
+            // The whole pipeline failed (e.g. disconnected): one error for the batch.
+            if let Some(Err(err)) = replies.into_iter().next() {
+                self.inner.stats.error();
+                return Err(map_error(&err, self.inner.command_timeout));
+            }
+            return Err(CacheError::Unavailable("truncated pipeline reply".into()));
+        }
+        let mut replies = replies.into_iter();
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            found.push(self.finish_lookup(key, &mut replies, now).await?);
+        }
+        Ok(found)
+    }
+
+    async fn put(&self, entry: CacheEntry) -> Result<()> {
+        validate_entry(&entry)?;
+        let now = self.inner.clock.now();
+        if entry.is_expired(now) {
+            self.delete_quietly(&entry.image_key).await?;
+            return Ok(());
+        }
+        self.store(entry, now).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        validate_key(key)?;
+        self.delete_quietly(key).await
+    }
+
+    async fn expiring_within(&self, within: Duration, limit: usize) -> Result<Vec<CacheEntry>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = self.inner.clock.now();
+        let until = now + within.as_secs_f64();
+        let client = self.inner.pool.next();
+        let keys: Vec<String> = self
+            .run(client.zrangebyscore(
+                &self.inner.expiry_index,
+                now,
+                until,
+                false,
+                Some((0, limit as i64)),
+            ))
+            .await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipe = self.inner.pool.next().pipeline();
+        let op = async {
+            for key in &keys {
+                let _: () = pipe.hgetall(self.entry_key(key)).await?;
+            }
+            pipe.all::<Vec<HashMap<String, String>>>().await
+        };
+        let hashes = self.run(op).await?;
+        let mut found: Vec<CacheEntry> = keys
+            .iter()
+            .zip(hashes)
+            .filter(|(_, fields)| fields.contains_key("url"))
+            .filter_map(|(key, fields)| parse_entry(key, &fields).ok())
+            .filter(|e| !e.is_expired(now) && e.expires_at <= until)
+            .collect();
+        found.sort_by(|a, b| a.expires_at.total_cmp(&b.expires_at));
+        Ok(found)
+    }
+
+    async fn remove_expired(&self, batch_size: usize) -> Result<usize> {
+        let batch_size = batch_size.max(1);
+        let mut total = 0;
+        loop {
+            let now = self.inner.clock.now();
+            let client = self.inner.pool.next();
+            let keys: Vec<String> = self
+                .run(client.zrangebyscore(
+                    &self.inner.expiry_index,
+                    f64::NEG_INFINITY,
+                    now,
+                    false,
+                    Some((0, batch_size as i64)),
+                ))
+                .await?;
+            if keys.is_empty() {
+                break;
+            }
+            let pipe = self.inner.pool.next().pipeline();
+            let op = async {
+                let members: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let _: () = pipe.zrem(&self.inner.expiry_index, members.clone()).await?;
+                let _: () = pipe.zrem(&self.inner.policy_index, members).await?;
+                for key in &keys {
+                    let _: () = pipe.del(self.entry_key(key)).await?;
+                }
+                pipe.all::<Vec<Value>>().await
+            };
+            self.run(op).await?;
+            total += keys.len();
+            if keys.len() < batch_size {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    async fn len(&self) -> Result<usize> {
+        let client = self.inner.pool.next();
+        let n: u64 = self.run(client.zcard(&self.inner.expiry_index)).await?;
+        Ok(n as usize)
+    }
+
+    async fn health_check(&self) -> Result<()> {
+        let client = self.inner.pool.next();
+        let result = self.run(client.ping::<String>(None)).await;
+        self.inner.healthy.store(result.is_ok(), Ordering::Relaxed);
+        result.map(|_| ())
+    }
+
+    fn stats(&self) -> CacheStats {
+        self.inner.stats.snapshot()
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://<redacted>@h:1/0");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        let shown = format!("{:?}", RedisConfig::new("redis://u:secret@h:6379"));
+        assert!(!shown.contains("secret"));
+    }
+}

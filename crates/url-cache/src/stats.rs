@@ -1,0 +1,81 @@
+//! Hit/miss/expiry/eviction/error counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// A snapshot of a cache's counters since it was created.
+///
+/// Every `get` (and every key of a `get_many`) counts exactly one of `hits`, `misses`
+/// or `expired`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Lookups that returned a live entry.
+    pub hits: u64,
+    /// Lookups that found nothing.
+    pub misses: u64,
+    /// Lookups that found an entry past its expiry (and dropped it).
+    pub expired: u64,
+    /// Entries removed to respect the capacity.
+    pub evictions: u64,
+    /// Operations that failed.
+    pub errors: u64,
+}
+
+impl CacheStats {
+    /// All lookups.
+    pub fn lookups(&self) -> u64 {
+        self.hits + self.misses + self.expired
+    }
+
+    /// hits / lookups, 0 when there were none.
+    pub fn hit_rate(&self) -> f64 {
+        match self.lookups() {
+            0 => 0.0,
+            n => self.hits as f64 / n as f64,
+        }
+    }
+}
+
+/// Lock-free counters behind [`CacheStats`], for backends.
+#[derive(Debug, Default)]
+pub struct StatsCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    expired: AtomicU64,
+    evictions: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl StatsCounters {
+    /// Counts `n` hits.
+    pub fn hit(&self, n: u64) {
+        self.hits.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts `n` misses.
+    pub fn miss(&self, n: u64) {
+        self.misses.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts `n` expired lookups.
+    pub fn expired(&self, n: u64) {
+        self.expired.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts `n` evictions.
+    pub fn evicted(&self, n: u64) {
+        self.evictions.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts one error.
+    pub fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    /// The current values.
+    pub fn snapshot(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Redis-specific behaviour: the documented layout, legacy JSON entries, and a server that
+//! stops or restarts under the client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::prelude::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface};
+use image_url_tests::RedisServer;
+use url_cache::{CacheEntry, Clock, ManualClock, RedisCache, RedisConfig, SystemClock, UrlCache};
+
+async fn raw_client(server: &RedisServer) -> fred::prelude::Client {
+    let client = fred::prelude::Client::new(
+        fred::prelude::Config::from_url(&server.url()).unwrap(),
+        None,
+        None,
+        None,
+    );
+    client.init().await.unwrap();
+    client
+}
+
+fn entry(key: &str, now: f64, ttl: f64) -> CacheEntry {
+    CacheEntry::new(
+        key,
+        format!("https://b.example/{key}?q-signature=s"),
+        now + ttl,
+        now,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layout_is_a_hash_per_entry_plus_two_sorted_sets() {
+    let server = RedisServer::start();
+    let cache = RedisCache::connect(RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    let now = SystemClock.now();
+    cache
+        .put(entry("img/a.jpg", now, 3600.0).with_mime_type("image/jpeg"))
+        .await
+        .unwrap();
+
+    let raw = raw_client(&server).await;
+    let fields: HashMap<String, String> = raw.hgetall("image:url:img/a.jpg").await.unwrap();
+    assert_eq!(fields["url"], "https://b.example/img/a.jpg?q-signature=s");
+    assert_eq!(fields["mime_type"], "image/jpeg");
+    assert_eq!(fields["image_key"], "img/a.jpg");
+    let ttl_ms: i64 = raw.pttl("image:url:img/a.jpg").await.unwrap();
+    assert!(
+        ttl_ms > 3_500_000 && ttl_ms <= 3_601_000,
+        "hash expires with the URL: {ttl_ms}"
+    );
+    let score: f64 = raw
+        .zscore("image:url-index:expiry", "img/a.jpg")
+        .await
+        .unwrap();
+    assert_eq!(score, now + 3600.0);
+    let policy: Option<f64> = raw
+        .zscore("image:url-index:policy", "img/a.jpg")
+        .await
+        .unwrap();
+    assert!(policy.is_some());
+
+    // A miss leaves at most a short-lived stub outside the indexes.
+    assert!(cache.get("img/missing.jpg").await.unwrap().is_none());
+    let stub_ttl: i64 = raw.ttl("image:url:img/missing.jpg").await.unwrap();
+    assert!((1..=60).contains(&stub_ttl), "stub ttl {stub_ttl}");
+    let card: u64 = raw.zcard("image:url-index:expiry").await.unwrap();
+    assert_eq!(card, 1);
+    // ...and a put over the stub yields a clean entry.
+    cache
+        .put(entry("img/missing.jpg", now, 3600.0))
+        .await
+        .unwrap();
+    let got = cache.get("img/missing.jpg").await.unwrap().unwrap();
+    assert_eq!(got.access_count, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_json_strings_written_by_the_original_system() {
+    let server = RedisServer::start();
+    let raw = raw_client(&server).await;
+    let now = SystemClock.now();
+    let json = format!(
+        r#"{{"url": "https://b.cos.ap-guangzhou.myqcloud.com/old.jpg?q-signature=x", "expires_at": {}, "access_count": 4, "created_at": {}, "last_accessed": {}, "image_key": "old.jpg", "mime_type": "image/jpeg"}}"#,
+        now + 1000.0,
+        now - 10.0,
+        now - 5.0
+    );
+    let _: () = raw
+        .set("image:url:old.jpg", json, None, None, false)
+        .await
+        .unwrap();
+    let cache = RedisCache::connect(RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    let got = cache.get("old.jpg").await.unwrap().unwrap();
+    assert_eq!(
+        got.url,
+        "https://b.cos.ap-guangzhou.myqcloud.com/old.jpg?q-signature=x"
+    );
+    assert_eq!(got.access_count, 5);
+    // Migrated to the hash layout on first read.
+    let kind: String = raw.r#type("image:url:old.jpg").await.unwrap();
+    assert_eq!(kind, "hash");
+    assert_eq!(cache.get("old.jpg").await.unwrap().unwrap().access_count, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_fails_fast_with_a_retryable_error() {
+    let mut server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.command_timeout = Duration::from_millis(300);
+    config.pool_size = 2;
+    let cache = RedisCache::connect(config).await.unwrap();
+    cache
+        .put(entry("k", SystemClock.now(), 3600.0))
+        .await
+        .unwrap();
+    server.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = cache.get("k").await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        // Bounded by the command timeout, never a hang (generous margin for a busy machine).
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(cache.health_check().await.is_err());
+    assert!(!cache.is_healthy());
+    assert!(cache.stats().errors >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_when_the_server_restarts_without_a_new_client() {
+    let mut server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.command_timeout = Duration::from_millis(500);
+    config.reconnect_max_delay = Duration::from_millis(200);
+    config.pool_size = 2;
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(SystemClock.now()));
+    let cache = RedisCache::connect_with_clock(config, clock.clone())
+        .await
+        .unwrap();
+    cache.put(entry("k", clock.now(), 3600.0)).await.unwrap();
+    server.restart(); // empty again: nothing is persisted
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match cache.put(entry("k2", clock.now(), 3600.0)).await {
+            Ok(()) => break,
+            Err(err) => {
+                assert!(err.is_retryable(), "{err}");
+                assert!(Instant::now() < deadline, "did not recover: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(cache.get("k2").await.unwrap().is_some());
+    assert!(
+        cache.get("k").await.unwrap().is_none(),
+        "the restarted server is empty"
+    );
+    assert!(cache.health_check().await.is_ok());
+    assert!(cache.is_healthy());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_while_redis_is_down_does_not_fail() {
+    let port = image_url_tests::free_port();
+    let mut config = RedisConfig::new(format!("redis://127.0.0.1:{port}"));
+    config.connect_timeout = Duration::from_millis(300);
+    config.command_timeout = Duration::from_millis(300);
+    let cache = RedisCache::connect(config).await.expect("starts anyway");
+    assert!(!cache.is_healthy());
+    assert!(cache.get("k").await.unwrap_err().is_retryable());
+}
+
+#[tokio::test]
+async fn an_invalid_url_is_a_clear_error() {
+    let err = RedisCache::connect(RedisConfig::new("http://nope"))
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+}
