@@ -124,7 +124,7 @@ pub fn validate_key(key: &str) -> Result<()> {
             key.len()
         )));
     }
-    if key.chars().any(char::is_control) {
+    if has_control_character(key) {
         return Err(CacheError::InvalidInput(
             "cache key contains a control character".into(),
         ));
@@ -150,4 +150,29 @@ pub(crate) fn validate_entry(entry: &CacheEntry) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `key.chars().any(char::is_control)` on bytes: C0 and DEL are single bytes, C1
+/// (U+0080..=U+009F) is `0xC2 0x80..=0x9F` in UTF-8. This runs on every lookup.
+fn has_control_character(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b < 0x20
+            || b == 0x7f
+            || (b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_character_scan_matches_char_is_control() {
+        for c in (0u32..0x300).filter_map(char::from_u32) {
+            let s = format!("a{c}b");
+            assert_eq!(has_control_character(&s), c.is_control(), "{c:?}");
+        }
+        assert!(!has_control_character("é图😀 images/a.jpg"));
+    }
 }

@@ -9,17 +9,20 @@
 //!   `BTreeMap` indexes (policy order, expiry order), so every operation is O(log n) and
 //!   concurrent tasks only contend when their keys share a shard;
 //! - a lock is never held across an `.await` (no operation awaits while holding one);
-//! - eviction is exact within a shard; small caches (< 4096 entries by default) use a
-//!   single shard, so their policy is exact globally, larger ones are approximately
-//!   global, like every sharded cache (moka, caffeine).
+//! - the capacity is global and exact (an atomic count); the victim is the policy's
+//!   first choice within the writer's shard. Small caches (< 4096 entries by default)
+//!   use a single shard, so their policy is exact; larger ones follow it approximately,
+//!   as every sharded cache does (moka, caffeine).
 
-use std::collections::hash_map::{Entry as MapEntry, RandomState};
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use foldhash::fast::RandomState;
 
 use crate::policy::Kind;
 use crate::{
@@ -55,6 +58,9 @@ pub struct MemoryCache {
     hasher: RandomState,
     policy: EvictionPolicy,
     capacity: usize,
+    /// Entries held across all shards: the capacity is global and exact, only the choice
+    /// of victim is per shard.
+    len: AtomicUsize,
     clock: Arc<dyn Clock>,
     stats: StatsCounters,
 }
@@ -115,16 +121,13 @@ impl MemoryCacheBuilder {
                 DEFAULT_SHARDS
             })
             .min(self.capacity);
-        // Split the capacity exactly: the first `rest` shards take one more.
-        let (base, rest) = (self.capacity / shard_count, self.capacity % shard_count);
-        let shards = (0..shard_count)
-            .map(|i| Mutex::new(Shard::new(base + usize::from(i < rest))))
-            .collect();
+        let shards = (0..shard_count).map(|_| Mutex::new(Shard::new())).collect();
         MemoryCache {
             shards,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             policy: self.policy,
             capacity: self.capacity,
+            len: AtomicUsize::new(0),
             clock: self.clock,
             stats: StatsCounters::default(),
         }
@@ -139,14 +142,17 @@ type ExpiryKey = (u64, u64);
 #[derive(Debug)]
 struct Slot {
     entry: CacheEntry,
-    order: OrderKey,
+    /// Where the entry sits in `Shard::order`.
+    indexed: OrderKey,
+    /// Where it should sit. Reads only raise this (no tree update on the hot path);
+    /// eviction repairs the index lazily, see `Shard::evict_one`.
+    current: OrderKey,
     expiry: ExpiryKey,
 }
 
 #[derive(Debug)]
 struct Shard {
-    capacity: usize,
-    map: HashMap<Arc<str>, Slot>,
+    map: HashMap<Arc<str>, Slot, RandomState>,
     order: BTreeMap<OrderKey, Arc<str>>,
     expiry: BTreeMap<ExpiryKey, Arc<str>>,
     /// Monotonic per-shard counter: recency and insertion order, and a tie-breaker.
@@ -158,10 +164,9 @@ fn millis(unix_secs: f64) -> u64 {
 }
 
 impl Shard {
-    fn new(capacity: usize) -> Self {
+    fn new() -> Self {
         Shard {
-            capacity,
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: BTreeMap::new(),
             expiry: BTreeMap::new(),
             tick: 0,
@@ -175,7 +180,7 @@ impl Shard {
 
     fn remove(&mut self, key: &str) -> Option<CacheEntry> {
         let (_, slot) = self.map.remove_entry(key)?;
-        self.order.remove(&slot.order);
+        self.order.remove(&slot.indexed);
         self.expiry.remove(&slot.expiry);
         Some(slot.entry)
     }
@@ -192,36 +197,32 @@ impl Shard {
         }
         slot.entry.access_count += 1;
         slot.entry.last_accessed = now;
-        let new_order = match policy {
-            Kind::Lru => Some((0, tick)),
-            Kind::Lfu => Some((slot.entry.access_count, tick)),
-            Kind::Fifo => None,
-        };
-        let entry = slot.entry.clone();
-        if let Some(new_order) = new_order {
-            let old = std::mem::replace(&mut slot.order, new_order);
-            if let Some(name) = self.order.remove(&old) {
-                self.order.insert(new_order, name);
-            }
+        match policy {
+            Kind::Lru => slot.current = (0, tick),
+            Kind::Lfu => slot.current = (slot.entry.access_count, tick),
+            Kind::Fifo => {}
         }
+        let entry = slot.entry.clone();
         Ok(Some(entry))
     }
 
-    /// Inserts or replaces; returns how many entries were evicted.
-    fn put(&mut self, entry: CacheEntry, policy: Kind) -> u64 {
+    /// Inserts or replaces; whether the key is new.
+    fn put(&mut self, entry: CacheEntry, policy: Kind) -> bool {
         let tick = self.next_tick();
         let order = match policy {
             Kind::Lru | Kind::Fifo => (0, tick),
             Kind::Lfu => (entry.access_count, tick),
         };
         let expiry = (millis(entry.expires_at), tick);
+        let mut inserted = false;
         let key: Arc<str> = match self.map.entry(Arc::from(entry.image_key.as_str())) {
             MapEntry::Occupied(mut occupied) => {
                 let old = occupied.get_mut();
-                let (old_order, old_expiry) = (old.order, old.expiry);
+                let (old_order, old_expiry) = (old.indexed, old.expiry);
                 *old = Slot {
                     entry,
-                    order,
+                    indexed: order,
+                    current: order,
                     expiry,
                 };
                 let name = occupied.key().clone();
@@ -230,32 +231,60 @@ impl Shard {
                 name
             }
             MapEntry::Vacant(vacant) => {
+                inserted = true;
                 let name = vacant.key().clone();
                 vacant.insert(Slot {
                     entry,
-                    order,
+                    indexed: order,
+                    current: order,
                     expiry,
                 });
                 name
             }
         };
         self.order.insert(order, key.clone());
-        self.expiry.insert(expiry, key.clone());
-        let mut evicted = 0;
-        while self.map.len() > self.capacity {
-            // The entry just written is never its own victim (under LFU it starts at the
-            // bottom of the order and would otherwise never get a chance to be read).
-            let Some((&order, victim)) = self.order.iter().find(|(_, name)| **name != key) else {
-                break;
+        self.expiry.insert(expiry, key);
+        inserted
+    }
+
+    /// Evicts the policy's first victim other than `keep`; whether there was one.
+    ///
+    /// Reads only raise a slot's `current` position, so the index holds positions that
+    /// are at most as high as the real ones. The smallest indexed entry whose position is
+    /// up to date is therefore the true victim; stale ones met on the way are re-indexed
+    /// at their real position (each read costs at most one such move, here, not on the
+    /// read path).
+    fn evict_one(&mut self, keep: &str) -> bool {
+        let mut skipped = None;
+        loop {
+            let Some((order, name)) = self.order.pop_first() else {
+                if let Some((order, name)) = skipped {
+                    self.order.insert(order, name);
+                }
+                return false;
             };
-            let victim = victim.clone();
-            self.order.remove(&order);
-            if let Some(slot) = self.map.remove(&victim) {
-                self.expiry.remove(&slot.expiry);
-                evicted += 1;
+            let Some(slot) = self.map.get_mut(&name) else {
+                continue;
+            };
+            if slot.current != order {
+                slot.indexed = slot.current;
+                self.order.insert(slot.current, name);
+                continue;
             }
+            if &*name == keep {
+                // The entry just written is never its own victim (under LFU it starts at
+                // the bottom and would otherwise never get a chance to be read).
+                skipped = Some((order, name));
+                continue;
+            }
+            if let Some(slot) = self.map.remove(&name) {
+                self.expiry.remove(&slot.expiry);
+            }
+            if let Some((order, name)) = skipped {
+                self.order.insert(order, name);
+            }
+            return true;
         }
-        evicted
     }
 
     /// Removes up to `limit` expired entries; returns how many.
@@ -313,9 +342,18 @@ impl MemoryCache {
         self.policy
     }
 
+    fn shard_index(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) % self.shards.len()
+    }
+
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
-        lock(&self.shards[index])
+        lock(&self.shards[self.shard_index(key)])
+    }
+
+    fn removed(&self, n: usize) {
+        if n > 0 {
+            self.len.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     fn get_sync(&self, key: &str, now: f64) -> Option<CacheEntry> {
@@ -330,6 +368,7 @@ impl MemoryCache {
                 None
             }
             Err(()) => {
+                self.removed(1);
                 self.stats.expired(1);
                 None
             }
@@ -369,20 +408,47 @@ impl UrlCache for MemoryCache {
     async fn put(&self, entry: CacheEntry) -> Result<()> {
         validate_entry(&entry)?;
         let now = self.clock.now();
-        let mut shard = self.shard(&entry.image_key);
+        let key = entry.image_key.clone();
+        let home = self.shard_index(&key);
+        let mut shard = lock(&self.shards[home]);
         if entry.is_expired(now) {
-            shard.remove(&entry.image_key);
+            if shard.remove(&key).is_some() {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+            }
             return Ok(());
         }
-        let evicted = shard.put(entry, self.policy.kind());
+        if !shard.put(entry, self.policy.kind()) {
+            return Ok(());
+        }
+        // Over capacity: evict from the writer's own shard first (its lock is held
+        // already), then from the others, one lock at a time so no two are ever held.
+        let mut held = self.len.fetch_add(1, Ordering::Relaxed) + 1;
+        while held > self.capacity && shard.evict_one(&key) {
+            held = self.len.fetch_sub(1, Ordering::Relaxed) - 1;
+            self.stats.evicted(1);
+        }
         drop(shard);
-        self.stats.evicted(evicted);
+        let mut next = home;
+        let mut empty_in_a_row = 0;
+        while self.len.load(Ordering::Relaxed) > self.capacity && empty_in_a_row < self.shards.len()
+        {
+            next = (next + 1) % self.shards.len();
+            if lock(&self.shards[next]).evict_one(&key) {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                self.stats.evicted(1);
+                empty_in_a_row = 0;
+            } else {
+                empty_in_a_row += 1;
+            }
+        }
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
         validate_key(key)?;
-        Ok(self.shard(key).remove(key).is_some())
+        let removed = self.shard(key).remove(key).is_some();
+        self.removed(usize::from(removed));
+        Ok(removed)
     }
 
     async fn expiring_within(&self, within: Duration, limit: usize) -> Result<Vec<CacheEntry>> {
@@ -405,6 +471,7 @@ impl UrlCache for MemoryCache {
             loop {
                 let now = self.clock.now();
                 let removed = lock(shard).remove_expired(now, batch_size);
+                self.removed(removed);
                 total += removed;
                 if removed < batch_size {
                     break;
@@ -416,7 +483,7 @@ impl UrlCache for MemoryCache {
     }
 
     async fn len(&self) -> Result<usize> {
-        Ok(self.shards.iter().map(|s| lock(s).map.len()).sum())
+        Ok(self.len.load(Ordering::Relaxed))
     }
 
     async fn health_check(&self) -> Result<()> {
@@ -429,5 +496,61 @@ impl UrlCache for MemoryCache {
 
     fn backend(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Memory operations never await, so polling once completes them.
+    fn now<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let waker = std::task::Waker::noop();
+        match f.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("memory cache awaited"),
+        }
+    }
+
+    fn entry(key: &str) -> CacheEntry {
+        CacheEntry::new(key, "https://h/x?sig", 4e9, 1.7e9)
+    }
+
+    #[test]
+    fn sharded_capacity_is_exact_and_global() {
+        let cache = MemoryCache::builder().capacity(5000).build();
+        assert_eq!(cache.shards.len(), DEFAULT_SHARDS);
+        for i in 0..6000 {
+            now(cache.put(entry(&format!("k{i}")))).unwrap();
+            assert!(now(cache.len()).unwrap() <= 5000);
+        }
+        assert_eq!(now(cache.len()).unwrap(), 5000);
+        assert_eq!(cache.stats().evictions, 1000);
+        let held: usize = cache.shards.iter().map(|s| lock(s).map.len()).sum();
+        assert_eq!(held, 5000, "the atomic count matches the shards");
+        assert!(now(cache.get("k5999")).unwrap().is_some());
+    }
+
+    #[test]
+    fn capacity_holds_under_concurrent_writers() {
+        let cache = Arc::new(MemoryCache::builder().capacity(4096).shards(8).build());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5000 {
+                        now(cache.put(entry(&format!("t{t}/{i}")))).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let held: usize = cache.shards.iter().map(|s| lock(s).map.len()).sum();
+        assert_eq!(held, 4096);
+        assert_eq!(now(cache.len()).unwrap(), 4096);
+        assert_eq!(cache.stats().evictions, 20_000 - 4096);
     }
 }
