@@ -1,4 +1,58 @@
-//! The policy layer: cache-first presigned URLs with pre-refresh, single-flight and
-//! degradation.
+//! The policy layer: cache-first presigned COS URLs.
 //!
-//! Skeleton: nothing is implemented yet (see the image-url-service issue).
+//! [`ImageUrlService`] hands out presigned URLs from a [`url_cache::UrlCache`], signing
+//! with a [`cos_sign::CosSigner`] only when needed:
+//!
+//! - **cache first**: a cached URL is served while it has more than `pre_refresh` left
+//!   (default 900 s of 3600 s); inside that threshold it is re-signed, so a client never
+//!   gets a URL about to expire;
+//! - **stable URLs**: with `align` set, signing windows start at multiples of it, so
+//!   replicas, restarts and a dead cache all produce byte-identical URLs within a window
+//!   and browsers and CDNs can cache the image;
+//! - **single-flight**: concurrent requests for the same missing or stale key cause one
+//!   signing and one cache write; errors are shared, never cached;
+//! - **degradation**: a cache error or timeout (default deadline 50 ms) never fails a
+//!   request: the URL is signed directly and marked `degraded`, and a circuit breaker
+//!   stops calling a failing cache for a cool-down, then probes;
+//! - **batches** with bounded concurrency and one cache round trip, **statistics** with
+//!   latency percentiles.
+//!
+//! It knows neither HTTP nor Redis: it sees `Arc<dyn UrlCache>`.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use cos_sign::{CosSigner, Credentials, Endpoint, ObjectKey};
+//! use image_url_service::{ImageUrlService, ServiceConfig, UrlOptions};
+//! use url_cache::MemoryCache;
+//!
+//! let signer = CosSigner::new(
+//!     Credentials::new("AKIDexample", "secret"),
+//!     Endpoint::bucket("examplebucket-1250000000", "ap-guangzhou")?,
+//! );
+//! let service = ImageUrlService::builder(signer, Arc::new(MemoryCache::new()))
+//!     .config(ServiceConfig::default())
+//!     .build()?;
+//! let key = ObjectKey::new("images/a.jpg")?;
+//! let first = service.get_url(&key, &UrlOptions::new()).await?;
+//! let again = service.get_url(&key, &UrlOptions::new()).await?;
+//! assert!(!first.from_cache && again.from_cache);
+//! assert_eq!(first.url, again.url); // stable while valid
+//! assert_eq!(again.mime_type.as_deref(), Some("image/jpeg"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+mod breaker;
+mod config;
+mod error;
+mod options;
+mod service;
+mod stats;
+
+pub use breaker::CircuitState;
+pub use config::ServiceConfig;
+pub use error::{Result, ServiceError};
+pub use options::{ImageUrl, UrlOptions, UrlStatus};
+pub use service::{BatchItem, ImageUrlService, ImageUrlServiceBuilder, PreloadReport};
+pub use stats::{LatencyPercentiles, ServiceStats};

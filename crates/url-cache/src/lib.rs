@@ -70,6 +70,10 @@ pub trait UrlCache: Send + Sync + Debug {
     /// The live entry for `key`, recording the access; `None` if absent or expired.
     async fn get(&self, key: &str) -> Result<Option<CacheEntry>>;
 
+    /// The live entry for `key` without recording an access or counting a lookup (for
+    /// status pages and tools).
+    async fn peek(&self, key: &str) -> Result<Option<CacheEntry>>;
+
     /// [`UrlCache::get`] for many keys, answered in order; one round trip for remote
     /// backends. The default calls `get` per key.
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {

@@ -397,6 +397,18 @@ impl UrlCache for MemoryCache {
         Ok(self.get_sync(key, self.clock.now()))
     }
 
+    async fn peek(&self, key: &str) -> Result<Option<CacheEntry>> {
+        validate_key(key)?;
+        let now = self.clock.now();
+        let shard = self.shard(key);
+        Ok(shard
+            .map
+            .get(key)
+            .map(|slot| &slot.entry)
+            .filter(|e| !e.is_expired(now))
+            .cloned())
+    }
+
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
         for key in keys {
             validate_key(key)?;

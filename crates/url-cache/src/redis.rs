@@ -620,6 +620,27 @@ impl UrlCache for RedisCache {
         self.finish_lookup(key, &mut replies, now).await
     }
 
+    async fn peek(&self, key: &str) -> Result<Option<CacheEntry>> {
+        validate_key(key)?;
+        let now = self.inner.clock.now();
+        let client = self.inner.pool.next();
+        let fields: Result<HashMap<String, String>> =
+            self.run(client.hgetall(self.entry_key(key))).await;
+        let fields = match fields {
+            Ok(fields) => fields,
+            // A legacy JSON string: `get` migrates it; peeking only reports absence.
+            Err(CacheError::Unavailable(message)) if message.contains("WRONGTYPE") => {
+                return Ok(None)
+            }
+            Err(err) => return Err(err),
+        };
+        if !fields.contains_key("url") {
+            return Ok(None);
+        }
+        let entry = parse_entry(key, &fields)?;
+        Ok((!entry.is_expired(now)).then_some(entry))
+    }
+
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
         for key in keys {
             validate_key(key)?;

@@ -120,6 +120,21 @@ async fn put_get_delete(backend: Backend, policy: EvictionPolicy) {
     assert!(f.cache.health_check().await.is_ok());
 }
 
+async fn peek_records_nothing(backend: Backend, policy: EvictionPolicy) {
+    let f = Fixture::new(backend, policy, 100).await;
+    f.cache.put(f.entry("k", 100.0)).await.unwrap();
+    let peeked = f.cache.peek("k").await.unwrap().unwrap();
+    assert_eq!(peeked.access_count, 0);
+    assert!(f.cache.peek("missing").await.unwrap().is_none());
+    assert_eq!(f.cache.stats().lookups(), 0);
+    assert_eq!(f.cache.get("k").await.unwrap().unwrap().access_count, 1);
+    f.clock.advance(Duration::from_secs(100));
+    assert!(
+        f.cache.peek("k").await.unwrap().is_none(),
+        "never shows an expired entry"
+    );
+}
+
 async fn expiry_follows_the_injected_clock(backend: Backend, policy: EvictionPolicy) {
     let f = Fixture::new(backend, policy, 100).await;
     f.cache.put(f.entry("k", 100.0)).await.unwrap();
@@ -428,6 +443,7 @@ macro_rules! conformance {
 
 conformance!(
     put_get_delete,
+    peek_records_nothing,
     expiry_follows_the_injected_clock,
     access_is_recorded,
     eviction_order_follows_the_policy,

@@ -1,0 +1,625 @@
+//! `ImageUrlService`: the request path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cos_sign::{CosSigner, ObjectKey, SigningWindow};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+use url_cache::{CacheEntry, CacheError, Clock, SystemClock, UrlCache, DEFAULT_CLEANUP_BATCH};
+
+use crate::breaker::Breaker;
+use crate::stats::{bump, Counters};
+use crate::{ImageUrl, Result, ServiceConfig, ServiceError, ServiceStats, UrlOptions, UrlStatus};
+
+/// Cache-first presigned URLs. Cheap to clone (an `Arc`); share one per process.
+#[derive(Clone)]
+pub struct ImageUrlService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    signer: CosSigner,
+    cache: Arc<dyn UrlCache>,
+    config: ServiceConfig,
+    clock: Arc<dyn Clock>,
+    breaker: Breaker,
+    counters: Counters,
+    /// Signings in progress, by cache key. A std mutex: held only to look up or insert
+    /// a flight, never across an `.await`.
+    flights: Mutex<HashMap<String, Flight>>,
+}
+
+/// One signing shared by every request for the same cache key while it runs.
+type Flight = Shared<BoxFuture<'static, Result<Signed>>>;
+
+#[derive(Debug, Clone)]
+struct Signed {
+    url: String,
+    expires_at: f64,
+    /// Found fresh in the cache by the flight's re-check (no signing happened).
+    from_cache: bool,
+    /// The cache could not store the new URL.
+    degraded: bool,
+}
+
+impl std::fmt::Debug for ImageUrlService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageUrlService")
+            .field("signer", &self.inner.signer)
+            .field("cache", &self.inner.cache)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`ImageUrlService`].
+#[derive(Debug)]
+pub struct ImageUrlServiceBuilder {
+    signer: CosSigner,
+    cache: Arc<dyn UrlCache>,
+    config: ServiceConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl ImageUrlServiceBuilder {
+    /// Replaces the configuration (default [`ServiceConfig::default`]).
+    pub fn config(mut self, config: ServiceConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The clock for expiry decisions and signing windows (default the system clock).
+    /// Give the cache the same clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Validates the configuration and builds the service.
+    pub fn build(self) -> Result<ImageUrlService> {
+        self.config.validate()?;
+        let breaker = Breaker::new(
+            self.config.breaker_threshold,
+            self.config.breaker_cool_down,
+            self.clock.clone(),
+        );
+        Ok(ImageUrlService {
+            inner: Arc::new(Inner {
+                signer: self.signer,
+                cache: self.cache,
+                config: self.config,
+                clock: self.clock,
+                breaker,
+                counters: Counters::default(),
+                flights: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+/// The outcome of a cache read, as the policy sees it.
+enum Lookup {
+    Found(CacheEntry),
+    Missing,
+    /// The cache failed, timed out or is skipped by the breaker.
+    Unavailable,
+}
+
+/// One key's answer in a batch.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    /// The key as given.
+    pub key: String,
+    /// Its URL, or why there is none.
+    pub result: Result<ImageUrl>,
+}
+
+/// What `preload` did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PreloadReport {
+    /// Distinct keys asked for.
+    pub requested: usize,
+    /// Keys signed and stored now.
+    pub loaded: usize,
+    /// Keys already cached with enough time left.
+    pub already_cached: usize,
+    /// Keys that failed, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+impl ImageUrlService {
+    /// A builder for a service signing with `signer` and caching in `cache`.
+    pub fn builder(signer: CosSigner, cache: Arc<dyn UrlCache>) -> ImageUrlServiceBuilder {
+        ImageUrlServiceBuilder {
+            signer,
+            cache,
+            config: ServiceConfig::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.config
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Arc<dyn UrlCache> {
+        &self.inner.cache
+    }
+
+    /// A presigned URL for `key`: from the cache while it has more than `pre_refresh`
+    /// left, else freshly signed (once, however many ask at the same time) and cached.
+    /// Never fails because of the cache.
+    pub async fn get_url(&self, key: &ObjectKey, options: &UrlOptions) -> Result<ImageUrl> {
+        let started = Instant::now();
+        bump(&self.inner.counters.requests);
+        let result = self.resolve(key, options, None).await;
+        self.inner.counters.record_latency(started.elapsed());
+        result
+    }
+
+    /// [`ImageUrlService::get_url`] for a key given as a string.
+    pub async fn get_url_for(&self, key: &str, options: &UrlOptions) -> Result<ImageUrl> {
+        let key = ObjectKey::new(key).map_err(ServiceError::InvalidKey)?;
+        self.get_url(&key, options).await
+    }
+
+    /// [`ImageUrlService::get_url`] with `force_refresh`: always signs a new URL.
+    pub async fn refresh(&self, key: &ObjectKey, options: &UrlOptions) -> Result<ImageUrl> {
+        self.get_url(key, &options.clone().force_refresh(true))
+            .await
+    }
+
+    /// URLs for many keys: one cache round trip for the cached part, at most
+    /// `max_concurrent` signings at once (`None`: the configured default), one result per
+    /// distinct key in the order first given. A bad key fails alone; only a batch larger
+    /// than `max_batch` fails as a whole.
+    pub async fn get_many(
+        &self,
+        keys: &[&str],
+        options: &UrlOptions,
+        max_concurrent: Option<usize>,
+    ) -> Result<Vec<BatchItem>> {
+        let started = Instant::now();
+        let max = self.inner.config.max_batch;
+        if keys.len() > max {
+            return Err(ServiceError::BatchTooLarge {
+                size: keys.len(),
+                max,
+            });
+        }
+        let mut unique: Vec<&str> = Vec::with_capacity(keys.len());
+        for key in keys {
+            if !unique.contains(key) {
+                unique.push(key);
+            }
+        }
+        let parsed: Vec<Result<(ObjectKey, String)>> = unique
+            .iter()
+            .map(|raw| {
+                let key = ObjectKey::new(raw).map_err(ServiceError::InvalidKey)?;
+                let cache_key = options.cache_key(&key)?;
+                Ok((key, cache_key))
+            })
+            .collect();
+        let cache_keys: Vec<&str> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok().map(|(_, c)| c.as_str()))
+            .collect();
+        let mut lookups =
+            if options.use_cache && !options.force_refresh && !cache_keys.is_empty() {
+                self.cache_get_many(&cache_keys).await
+            } else {
+                Vec::new()
+            }
+            .into_iter();
+
+        let mut items: Vec<BatchItem> = Vec::with_capacity(unique.len());
+        let mut pending = Vec::new();
+        for (index, (raw, parsed)) in unique.iter().zip(parsed).enumerate() {
+            bump(&self.inner.counters.requests);
+            items.push(BatchItem {
+                key: (*raw).to_owned(),
+                result: Err(ServiceError::InvalidOptions("not resolved".into())),
+            });
+            match parsed {
+                Err(err) => items[index].result = Err(err),
+                Ok((key, _)) => pending.push((index, key, lookups.next())),
+            }
+        }
+        let concurrency = max_concurrent
+            .unwrap_or(self.inner.config.batch_concurrency)
+            .max(1);
+        let resolved: Vec<(usize, Result<ImageUrl>)> = stream::iter(pending)
+            .map(|(index, key, lookup)| async move {
+                (index, self.resolve(&key, options, lookup).await)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        for (index, result) in resolved {
+            items[index].result = result;
+        }
+        self.inner.counters.record_latency(started.elapsed());
+        Ok(items)
+    }
+
+    /// What the cache holds for `key` (without counting an access). Never fails because
+    /// of the cache: `cache_available` says whether it answered.
+    pub async fn status(&self, key: &ObjectKey, options: &UrlOptions) -> Result<UrlStatus> {
+        let cache_key = options.cache_key(key)?;
+        let now = self.inner.clock.now();
+        let (entry, available) = match self.cache_call(self.inner.cache.peek(&cache_key)).await {
+            Some(Ok(entry)) => (entry, true),
+            Some(Err(_)) | None => (None, false),
+        };
+        let threshold = self.inner.config.pre_refresh;
+        Ok(UrlStatus {
+            key: key.as_str().to_owned(),
+            cached: entry.is_some(),
+            expires_at: entry.as_ref().map(|e| e.expires_at),
+            ttl_remaining: entry.as_ref().map(|e| e.remaining(now).as_secs_f64()),
+            access_count: entry.as_ref().map(|e| e.access_count),
+            created_at: entry.as_ref().map(|e| e.created_at),
+            last_accessed: entry.as_ref().map(|e| e.last_accessed),
+            needs_refresh: entry
+                .as_ref()
+                .is_none_or(|e| e.needs_refresh(now, threshold)),
+            cache_available: available,
+        })
+    }
+
+    /// Signs and caches every key that is not already cached with enough time left,
+    /// in batches of `max_batch`.
+    pub async fn preload(&self, keys: &[&str], options: &UrlOptions) -> PreloadReport {
+        let mut report = PreloadReport::default();
+        let mut seen = std::collections::HashSet::new();
+        let keys: Vec<&str> = keys.iter().copied().filter(|k| seen.insert(*k)).collect();
+        report.requested = keys.len();
+        for chunk in keys.chunks(self.inner.config.max_batch) {
+            match self.get_many(chunk, options, None).await {
+                Ok(items) => {
+                    for item in items {
+                        match item.result {
+                            Ok(url) if url.from_cache => report.already_cached += 1,
+                            Ok(_) => report.loaded += 1,
+                            Err(err) => report.failed.push((item.key, err.to_string())),
+                        }
+                    }
+                }
+                Err(err) => {
+                    for key in chunk {
+                        report.failed.push(((*key).to_owned(), err.to_string()));
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Removes expired entries from the cache, in batches; how many.
+    pub async fn cleanup(&self) -> Result<usize> {
+        // Cleanup walks the whole index: it gets a generous deadline of its own.
+        let deadline = self.inner.config.cache_timeout.max(Duration::from_secs(30));
+        match tokio::time::timeout(
+            deadline,
+            self.inner.cache.remove_expired(DEFAULT_CLEANUP_BATCH),
+        )
+        .await
+        {
+            Ok(Ok(removed)) => Ok(removed),
+            Ok(Err(err)) => Err(ServiceError::CacheUnavailable(err.to_string())),
+            Err(_) => Err(ServiceError::CacheUnavailable(format!(
+                "cleanup timed out after {deadline:?}"
+            ))),
+        }
+    }
+
+    /// Counters, hit rate, signings saved, breaker state and latency percentiles.
+    pub fn stats(&self) -> ServiceStats {
+        self.inner.counters.snapshot(
+            self.inner.breaker.state(),
+            self.inner.cache.stats(),
+            self.inner.cache.backend(),
+        )
+    }
+
+    /// Whether the cache answers now (bypassing the breaker), for readiness probes.
+    pub async fn cache_healthy(&self) -> bool {
+        matches!(
+            tokio::time::timeout(
+                self.inner
+                    .config
+                    .cache_timeout
+                    .max(Duration::from_millis(500)),
+                self.inner.cache.health_check()
+            )
+            .await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn resolve(
+        &self,
+        key: &ObjectKey,
+        options: &UrlOptions,
+        prefetched: Option<Lookup>,
+    ) -> Result<ImageUrl> {
+        let counters = &self.inner.counters;
+        let cache_key = options.cache_key(key)?;
+        let mut degraded = false;
+        let mut refreshed = false;
+        if options.force_refresh {
+            bump(&counters.forced_refreshes);
+            refreshed = true;
+        } else if options.use_cache {
+            let lookup = match prefetched {
+                Some(lookup) => lookup,
+                None => self.cache_get(&cache_key).await,
+            };
+            match lookup {
+                Lookup::Found(entry) => {
+                    let now = self.inner.clock.now();
+                    if !entry.needs_refresh(now, self.inner.config.pre_refresh) {
+                        bump(&counters.hits);
+                        return Ok(self.answer(
+                            key,
+                            entry.url,
+                            entry.expires_at,
+                            now,
+                            true,
+                            false,
+                            false,
+                        ));
+                    }
+                    bump(&counters.pre_refreshes);
+                    refreshed = true;
+                }
+                Lookup::Missing => bump(&counters.misses),
+                Lookup::Unavailable => {
+                    bump(&counters.misses);
+                    degraded = true;
+                }
+            }
+        }
+        let signed = if options.use_cache {
+            self.sign_once(key, cache_key, options).await?
+        } else {
+            let (url, expires_at) = self.sign(key, options)?;
+            Signed {
+                url,
+                expires_at,
+                from_cache: false,
+                degraded: false,
+            }
+        };
+        let degraded = degraded || signed.degraded;
+        if degraded {
+            bump(&counters.degraded);
+        }
+        let now = self.inner.clock.now();
+        Ok(self.answer(
+            key,
+            signed.url,
+            signed.expires_at,
+            now,
+            signed.from_cache,
+            degraded,
+            refreshed && !signed.from_cache,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &self,
+        key: &ObjectKey,
+        url: String,
+        expires_at: f64,
+        now: f64,
+        from_cache: bool,
+        degraded: bool,
+        refreshed: bool,
+    ) -> ImageUrl {
+        ImageUrl {
+            key: key.as_str().to_owned(),
+            url,
+            expires_at,
+            ttl_remaining: Duration::try_from_secs_f64(expires_at - now).unwrap_or(Duration::ZERO),
+            from_cache,
+            degraded,
+            refreshed,
+            mime_type: mime_type(key),
+        }
+    }
+
+    /// Joins the signing in flight for `cache_key`, or starts one.
+    async fn sign_once(
+        &self,
+        key: &ObjectKey,
+        cache_key: String,
+        options: &UrlOptions,
+    ) -> Result<Signed> {
+        let flight = {
+            let mut flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get(&cache_key) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let flight = self
+                        .clone()
+                        .fly(key.clone(), cache_key.clone(), options.clone())
+                        .boxed()
+                        .shared();
+                    flights.insert(cache_key, flight.clone());
+                    flight
+                }
+            }
+        };
+        flight.await
+    }
+
+    /// The body of a flight: re-check the cache, sign, store, and leave the flight map.
+    async fn fly(self, key: ObjectKey, cache_key: String, options: UrlOptions) -> Result<Signed> {
+        let result = async {
+            if !options.force_refresh {
+                // A flight that finished between our lookup and now stored a fresh URL:
+                // use it instead of signing again.
+                if let Some(Ok(Some(entry))) =
+                    self.cache_call(self.inner.cache.peek(&cache_key)).await
+                {
+                    if !entry.needs_refresh(self.inner.clock.now(), self.inner.config.pre_refresh) {
+                        return Ok(Signed {
+                            url: entry.url,
+                            expires_at: entry.expires_at,
+                            from_cache: true,
+                            degraded: false,
+                        });
+                    }
+                }
+            }
+            let (url, expires_at) = self.sign(&key, &options)?;
+            let now = self.inner.clock.now();
+            let mut degraded = false;
+            // A URL already inside the threshold (credentials about to expire) would be
+            // re-signed on every read anyway: not worth storing.
+            if expires_at - now > self.inner.config.pre_refresh.as_secs_f64() {
+                let mut entry = CacheEntry::new(cache_key.clone(), url.clone(), expires_at, now);
+                entry.mime_type = mime_type(&key);
+                degraded = !self.cache_put(entry).await;
+            }
+            Ok(Signed {
+                url,
+                expires_at,
+                from_cache: false,
+                degraded,
+            })
+        }
+        .await;
+        self.inner
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&cache_key);
+        result
+    }
+
+    /// Signs `key` for the configured window, clamped to the credentials' lifetime.
+    fn sign(&self, key: &ObjectKey, options: &UrlOptions) -> Result<(String, f64)> {
+        let config = &self.inner.config;
+        let now = self.inner.clock.now().floor() as i64;
+        let ttl = config.ttl.as_secs() as i64;
+        let window = if config.align.is_zero() {
+            SigningWindow::from_now_with_skew(now, ttl)
+        } else {
+            SigningWindow::aligned(now, config.align.as_secs() as i64, ttl)
+        }
+        .map_err(ServiceError::Signing)?;
+        let window = match self.inner.signer.credentials().expires_at() {
+            Some(expiry) => {
+                let expiry = expiry.unix_timestamp();
+                if expiry <= now {
+                    return Err(ServiceError::CredentialsExpired);
+                }
+                if window.end() > expiry {
+                    SigningWindow::new(window.start(), expiry).map_err(ServiceError::Signing)?
+                } else {
+                    window
+                }
+            }
+            None => window,
+        };
+        let url = self
+            .inner
+            .signer
+            .presign_url(key, window, &options.presign_options()?)
+            .map_err(|err| match err {
+                cos_sign::Error::InvalidParameter { .. }
+                | cos_sign::Error::InvalidHeader { .. } => {
+                    ServiceError::InvalidOptions(err.to_string())
+                }
+                other => ServiceError::Signing(other),
+            })?;
+        bump(&self.inner.counters.signings);
+        Ok((url, window.end() as f64))
+    }
+
+    /// Runs a cache call through the breaker and the deadline. `None`: skipped or failed
+    /// (already counted); `Some(Err)` only for errors that say nothing about the cache's
+    /// health (invalid input, a corrupt entry).
+    async fn cache_call<T>(
+        &self,
+        call: impl std::future::Future<Output = url_cache::Result<T>>,
+    ) -> Option<url_cache::Result<T>> {
+        let permit = self.inner.breaker.try_acquire()?;
+        match tokio::time::timeout(self.inner.config.cache_timeout, call).await {
+            Ok(Ok(value)) => {
+                self.inner.breaker.record_success(permit);
+                Some(Ok(value))
+            }
+            Ok(Err(err)) if !err.is_retryable() => {
+                // The backend answered; the data or the input was bad.
+                self.inner.breaker.record_success(permit);
+                Some(Err(err))
+            }
+            Ok(Err(err)) => {
+                self.cache_failed(permit, &err.to_string());
+                None
+            }
+            Err(_) => {
+                let err = CacheError::Timeout(self.inner.config.cache_timeout);
+                self.cache_failed(permit, &err.to_string());
+                None
+            }
+        }
+    }
+
+    fn cache_failed(&self, permit: crate::breaker::Permit, reason: &str) {
+        bump(&self.inner.counters.cache_errors);
+        if self.inner.breaker.record_failure(permit) {
+            tracing::warn!(
+                reason,
+                cool_down = ?self.inner.config.breaker_cool_down,
+                "cache circuit opened: signing directly"
+            );
+        } else {
+            tracing::debug!(reason, "cache call failed: signing directly");
+        }
+    }
+
+    async fn cache_get(&self, cache_key: &str) -> Lookup {
+        match self.cache_call(self.inner.cache.get(cache_key)).await {
+            Some(Ok(Some(entry))) => Lookup::Found(entry),
+            // Corrupt entries are overwritten by the signing that follows.
+            Some(Ok(None)) | Some(Err(_)) => Lookup::Missing,
+            None => Lookup::Unavailable,
+        }
+    }
+
+    async fn cache_get_many(&self, cache_keys: &[&str]) -> Vec<Lookup> {
+        match self.cache_call(self.inner.cache.get_many(cache_keys)).await {
+            Some(Ok(found)) => found
+                .into_iter()
+                .map(|e| e.map_or(Lookup::Missing, Lookup::Found))
+                .collect(),
+            Some(Err(_)) => cache_keys.iter().map(|_| Lookup::Missing).collect(),
+            None => cache_keys.iter().map(|_| Lookup::Unavailable).collect(),
+        }
+    }
+
+    /// Stores an entry; whether the cache took it.
+    async fn cache_put(&self, entry: CacheEntry) -> bool {
+        matches!(
+            self.cache_call(self.inner.cache.put(entry)).await,
+            Some(Ok(()))
+        )
+    }
+}
+
+fn mime_type(key: &ObjectKey) -> Option<String> {
+    mime_guess::from_path(key.as_str())
+        .first_raw()
+        .map(str::to_owned)
+}

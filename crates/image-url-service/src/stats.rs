@@ -1,0 +1,154 @@
+//! Service statistics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use url_cache::CacheStats;
+
+use crate::CircuitState;
+
+/// A snapshot of the service's counters since it started.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceStats {
+    /// URL requests (each key of a batch counts once).
+    pub requests: u64,
+    /// Answered from the cache.
+    pub hits: u64,
+    /// Not in the cache (or unreadable), signed.
+    pub misses: u64,
+    /// Cached but inside the pre-refresh threshold, re-signed.
+    pub pre_refreshes: u64,
+    /// `force_refresh` requests.
+    pub forced_refreshes: u64,
+    /// URLs signed.
+    pub signings: u64,
+    /// Cache calls that failed or timed out.
+    pub cache_errors: u64,
+    /// Answers marked degraded (cache failed or skipped by the breaker).
+    pub degraded: u64,
+    /// The breaker's state now.
+    pub circuit: CircuitState,
+    /// hits / requests.
+    pub hit_rate: f64,
+    /// 1 − signings / requests: the share of requests that did not need a signature.
+    pub signings_saved: f64,
+    /// Response time percentiles of `get_url`, microseconds.
+    pub latency_us: LatencyPercentiles,
+    /// The cache backend's own counters.
+    pub cache: CacheStats,
+    /// The cache backend's name.
+    pub cache_backend: &'static str,
+}
+
+/// Response-time percentiles, microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencyPercentiles {
+    /// Median.
+    pub p50: u64,
+    /// 95th percentile.
+    pub p95: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Maximum.
+    pub max: u64,
+    /// Samples.
+    pub count: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) pre_refreshes: AtomicU64,
+    pub(crate) forced_refreshes: AtomicU64,
+    pub(crate) signings: AtomicU64,
+    pub(crate) cache_errors: AtomicU64,
+    pub(crate) degraded: AtomicU64,
+    /// A histogram, not a list of samples: fixed memory, 3 significant digits, 1 µs–60 s.
+    /// Recording takes the lock for a few nanoseconds.
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            requests: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            pre_refreshes: AtomicU64::new(0),
+            forced_refreshes: AtomicU64::new(0),
+            signings: AtomicU64::new(0),
+            cache_errors: AtomicU64::new(0),
+            degraded: AtomicU64::new(0),
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3)
+                    .unwrap_or_else(|_| unreachable!("static histogram bounds are valid")),
+            ),
+        }
+    }
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn record_latency(&self, elapsed: Duration) {
+        let micros = (elapsed.as_micros() as u64).clamp(1, 60_000_000);
+        let mut histogram = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        histogram.saturating_record(micros);
+    }
+
+    pub(crate) fn snapshot(
+        &self,
+        circuit: CircuitState,
+        cache: CacheStats,
+        cache_backend: &'static str,
+    ) -> ServiceStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let requests = load(&self.requests);
+        let hits = load(&self.hits);
+        let signings = load(&self.signings);
+        let ratio = |n: u64| {
+            if requests == 0 {
+                0.0
+            } else {
+                n as f64 / requests as f64
+            }
+        };
+        let latency = {
+            let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+            LatencyPercentiles {
+                p50: h.value_at_quantile(0.50),
+                p95: h.value_at_quantile(0.95),
+                p99: h.value_at_quantile(0.99),
+                max: h.max(),
+                count: h.len(),
+            }
+        };
+        ServiceStats {
+            requests,
+            hits,
+            misses: load(&self.misses),
+            pre_refreshes: load(&self.pre_refreshes),
+            forced_refreshes: load(&self.forced_refreshes),
+            signings,
+            cache_errors: load(&self.cache_errors),
+            degraded: load(&self.degraded),
+            circuit,
+            hit_rate: ratio(hits),
+            signings_saved: if requests == 0 {
+                0.0
+            } else {
+                1.0 - ratio(signings).min(1.0)
+            },
+            latency_us: latency,
+            cache,
+            cache_backend,
+        }
+    }
+}

@@ -1,0 +1,714 @@
+//! The policy, end to end against the real memory backend with an injected clock, plus
+//! mockall caches for faults (errors, timeouts) at the `UrlCache` boundary.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cos_sign::{CosSigner, Credentials, Endpoint, ObjectKey};
+use image_url_service::{CircuitState, ImageUrlService, ServiceConfig, ServiceError, UrlOptions};
+use url_cache::{CacheEntry, CacheError, CacheStats, ManualClock, MemoryCache, UrlCache};
+
+const T0: f64 = 1_700_000_000.0;
+
+fn signer() -> CosSigner {
+    CosSigner::new(
+        Credentials::new("AKIDtest", "secret"),
+        Endpoint::bucket("examplebucket-1250000000", "ap-guangzhou").unwrap(),
+    )
+}
+
+fn key(k: &str) -> ObjectKey {
+    ObjectKey::new(k).unwrap()
+}
+
+struct Setup {
+    service: ImageUrlService,
+    clock: Arc<ManualClock>,
+    cache: Arc<dyn UrlCache>,
+}
+
+fn setup_with(
+    config: ServiceConfig,
+    wrap: impl FnOnce(Arc<dyn UrlCache>) -> Arc<dyn UrlCache>,
+) -> Setup {
+    let clock = Arc::new(ManualClock::new(T0));
+    let memory: Arc<dyn UrlCache> = Arc::new(MemoryCache::builder().clock(clock.clone()).build());
+    let cache = wrap(memory);
+    let service = ImageUrlService::builder(signer(), cache.clone())
+        .config(config)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    Setup {
+        service,
+        clock,
+        cache,
+    }
+}
+
+/// The default configuration with `change` applied (the struct is non-exhaustive).
+fn config(change: impl FnOnce(&mut ServiceConfig)) -> ServiceConfig {
+    let mut config = ServiceConfig::default();
+    change(&mut config);
+    config
+}
+
+fn setup() -> Setup {
+    setup_with(ServiceConfig::default(), |c| c)
+}
+
+#[tokio::test]
+async fn hit_miss_and_pre_refresh_boundaries() {
+    let s = setup();
+    let opts = UrlOptions::new();
+    let first = s.service.get_url(&key("a.jpg"), &opts).await.unwrap();
+    assert!(!first.from_cache && !first.refreshed && !first.degraded);
+    assert_eq!(first.expires_at, T0 + 3600.0);
+    assert_eq!(first.mime_type.as_deref(), Some("image/jpeg"));
+
+    // 901 s left: still served from the cache, same URL.
+    s.clock.advance(Duration::from_secs(2699));
+    let hit = s.service.get_url(&key("a.jpg"), &opts).await.unwrap();
+    assert!(hit.from_cache);
+    assert_eq!(hit.url, first.url);
+    assert_eq!(hit.ttl_remaining, Duration::from_secs(901));
+
+    // 900 s left: inside the threshold, re-signed, never handed out.
+    s.clock.advance(Duration::from_secs(1));
+    let fresh = s.service.get_url(&key("a.jpg"), &opts).await.unwrap();
+    assert!(!fresh.from_cache && fresh.refreshed);
+    assert_ne!(fresh.url, first.url);
+    assert_eq!(fresh.expires_at, T0 + 2700.0 + 3600.0);
+    // ...and the fresh one is what the cache serves now.
+    let again = s.service.get_url(&key("a.jpg"), &opts).await.unwrap();
+    assert!(again.from_cache);
+    assert_eq!(again.url, fresh.url);
+
+    let stats = s.service.stats();
+    assert_eq!(
+        (
+            stats.requests,
+            stats.hits,
+            stats.misses,
+            stats.pre_refreshes,
+            stats.signings
+        ),
+        (4, 2, 1, 1, 2)
+    );
+    assert_eq!(stats.signings_saved, 0.5);
+    assert_eq!(stats.hit_rate, 0.5);
+    assert_eq!(stats.latency_us.count, 4);
+    assert!(stats.latency_us.p50 >= 1 && stats.latency_us.p99 >= stats.latency_us.p50);
+    assert_eq!(stats.circuit, CircuitState::Closed);
+}
+
+#[tokio::test]
+async fn a_client_never_gets_less_than_the_threshold() {
+    let s = setup();
+    for _ in 0..200 {
+        let answer = s
+            .service
+            .get_url(&key("b.png"), &UrlOptions::new())
+            .await
+            .unwrap();
+        assert!(
+            answer.ttl_remaining > Duration::from_secs(900),
+            "{:?}",
+            answer.ttl_remaining
+        );
+        s.clock.advance(Duration::from_secs(37));
+    }
+}
+
+/// A real memory cache whose writes take a while, so that concurrent requests overlap.
+#[derive(Debug)]
+struct SlowWrites {
+    inner: Arc<dyn UrlCache>,
+    delay: Duration,
+    gets: AtomicUsize,
+    get_manys: AtomicUsize,
+}
+
+#[async_trait]
+impl UrlCache for SlowWrites {
+    async fn get(&self, key: &str) -> url_cache::Result<Option<CacheEntry>> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(key).await
+    }
+    async fn peek(&self, key: &str) -> url_cache::Result<Option<CacheEntry>> {
+        self.inner.peek(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> url_cache::Result<Vec<Option<CacheEntry>>> {
+        self.get_manys.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_many(keys).await
+    }
+    async fn put(&self, entry: CacheEntry) -> url_cache::Result<()> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.put(entry).await
+    }
+    async fn delete(&self, key: &str) -> url_cache::Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn expiring_within(
+        &self,
+        within: Duration,
+        limit: usize,
+    ) -> url_cache::Result<Vec<CacheEntry>> {
+        self.inner.expiring_within(within, limit).await
+    }
+    async fn remove_expired(&self, batch: usize) -> url_cache::Result<usize> {
+        self.inner.remove_expired(batch).await
+    }
+    async fn len(&self) -> url_cache::Result<usize> {
+        self.inner.len().await
+    }
+    async fn health_check(&self) -> url_cache::Result<()> {
+        self.inner.health_check().await
+    }
+    fn stats(&self) -> CacheStats {
+        self.inner.stats()
+    }
+    fn backend(&self) -> &'static str {
+        "slow-memory"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_signing_for_a_thousand_concurrent_requests() {
+    let s = setup_with(ServiceConfig::default(), |inner| {
+        Arc::new(SlowWrites {
+            inner,
+            delay: Duration::from_millis(20),
+            gets: AtomicUsize::new(0),
+            get_manys: AtomicUsize::new(0),
+        })
+    });
+    let barrier = Arc::new(tokio::sync::Barrier::new(1000));
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let service = s.service.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                service
+                    .get_url(&key("hot.jpg"), &UrlOptions::new())
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut urls = std::collections::HashSet::new();
+    for task in tasks {
+        urls.insert(task.await.unwrap().url);
+    }
+    let stats = s.service.stats();
+    assert_eq!(stats.signings, 1, "exactly one signing");
+    assert_eq!(urls.len(), 1, "everyone got the same URL");
+    assert_eq!(stats.requests, 1000);
+    // The requests really overlapped: all of them missed the cache before the one write.
+    assert_eq!(stats.misses, 1000);
+    assert_eq!(s.cache.len().await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_shared_not_cached() {
+    // Expired STS credentials: every concurrent request gets the error, and once the
+    // credentials are valid the next request succeeds (nothing cached the failure).
+    let clock = Arc::new(ManualClock::new(T0));
+    let expired = Credentials::new("AKIDtest", "secret").with_session_token(
+        "token",
+        Some(time::OffsetDateTime::from_unix_timestamp(T0 as i64 - 1).unwrap()),
+    );
+    let cache: Arc<dyn UrlCache> = Arc::new(MemoryCache::builder().clock(clock.clone()).build());
+    let bad = ImageUrlService::builder(
+        CosSigner::new(expired, Endpoint::bucket("b-1", "ap-guangzhou").unwrap()),
+        cache.clone(),
+    )
+    .clock(clock.clone())
+    .build()
+    .unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let service = bad.clone();
+            tokio::spawn(async move { service.get_url(&key("x.jpg"), &UrlOptions::new()).await })
+        })
+        .collect();
+    for task in tasks {
+        assert!(matches!(
+            task.await.unwrap(),
+            Err(ServiceError::CredentialsExpired)
+        ));
+    }
+    assert_eq!(cache.len().await.unwrap(), 0);
+    let good = ImageUrlService::builder(signer(), cache.clone())
+        .clock(clock)
+        .build()
+        .unwrap();
+    assert!(good
+        .get_url(&key("x.jpg"), &UrlOptions::new())
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn sts_credentials_bound_the_url_lifetime() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let creds = Credentials::new("AKIDtest", "secret").with_session_token(
+        "token",
+        Some(time::OffsetDateTime::from_unix_timestamp(T0 as i64 + 1800).unwrap()),
+    );
+    let service = ImageUrlService::builder(
+        CosSigner::new(creds, Endpoint::bucket("b-1", "ap-guangzhou").unwrap()),
+        Arc::new(MemoryCache::builder().clock(clock.clone()).build()),
+    )
+    .clock(clock.clone())
+    .build()
+    .unwrap();
+    let answer = service
+        .get_url(&key("a.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(answer.expires_at, T0 + 1800.0);
+    assert!(answer.url.contains(&format!(
+        "q-sign-time={}%3B{}",
+        T0 as i64 - 60,
+        T0 as i64 + 1800
+    )));
+    assert!(answer.url.contains("x-cos-security-token=token"));
+}
+
+mockall::mock! {
+    pub Cache {}
+    #[async_trait]
+    impl UrlCache for Cache {
+        async fn get(&self, key: &str) -> url_cache::Result<Option<CacheEntry>>;
+        async fn peek(&self, key: &str) -> url_cache::Result<Option<CacheEntry>>;
+        async fn put(&self, entry: CacheEntry) -> url_cache::Result<()>;
+        async fn delete(&self, key: &str) -> url_cache::Result<bool>;
+        async fn expiring_within(&self, within: Duration, limit: usize) -> url_cache::Result<Vec<CacheEntry>>;
+        async fn remove_expired(&self, batch_size: usize) -> url_cache::Result<usize>;
+        async fn len(&self) -> url_cache::Result<usize>;
+        async fn health_check(&self) -> url_cache::Result<()>;
+        fn stats(&self) -> CacheStats;
+        fn backend(&self) -> &'static str;
+    }
+}
+
+impl std::fmt::Debug for MockCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MockCache")
+    }
+}
+
+fn service_over(
+    mock: MockCache,
+    clock: Arc<ManualClock>,
+    config: ServiceConfig,
+) -> ImageUrlService {
+    ImageUrlService::builder(signer(), Arc::new(mock))
+        .config(config)
+        .clock(clock)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_failing_cache_degrades_opens_the_breaker_and_recovers() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let healthy = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut mock = MockCache::new();
+    let (h, c) = (healthy.clone(), calls.clone());
+    mock.expect_get().returning(move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+        if h.load(Ordering::SeqCst) {
+            Ok(None)
+        } else {
+            Err(CacheError::Unavailable("connection refused".into()))
+        }
+    });
+    let (h, c) = (healthy.clone(), calls.clone());
+    mock.expect_peek().returning(move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+        if h.load(Ordering::SeqCst) {
+            Ok(None)
+        } else {
+            Err(CacheError::Unavailable("connection refused".into()))
+        }
+    });
+    let (h, c) = (healthy.clone(), calls.clone());
+    mock.expect_put().returning(move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+        if h.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(CacheError::Unavailable("connection refused".into()))
+        }
+    });
+    mock.expect_stats().returning(CacheStats::default);
+    mock.expect_backend().return_const("mock");
+    let config = config(|c| {
+        c.breaker_threshold = 3;
+        c.breaker_cool_down = Duration::from_secs(10);
+    });
+    let service = service_over(mock, clock.clone(), config);
+
+    // Every request is answered, degraded; three cache failures open the breaker.
+    let first = service
+        .get_url(&key("a.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    assert!(first.degraded && !first.from_cache);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "get, peek (flight re-check), put"
+    );
+    assert_eq!(service.stats().circuit, CircuitState::Open);
+    for _ in 0..20 {
+        let answer = service
+            .get_url(&key("a.jpg"), &UrlOptions::new())
+            .await
+            .unwrap();
+        assert!(answer.degraded);
+        assert!(answer
+            .url
+            .starts_with("https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/a.jpg?"));
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "an open breaker stops calling the cache"
+    );
+    let stats = service.stats();
+    assert_eq!(
+        (
+            stats.requests,
+            stats.degraded,
+            stats.cache_errors,
+            stats.signings
+        ),
+        (21, 21, 3, 21)
+    );
+
+    // After the cool-down one probe goes through; the cache is back, the breaker closes.
+    healthy.store(true, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(service.stats().circuit, CircuitState::HalfOpen);
+    let answer = service
+        .get_url(&key("a.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    assert!(!answer.degraded);
+    assert_eq!(service.stats().circuit, CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_cache_costs_one_deadline_then_nothing() {
+    let clock = Arc::new(ManualClock::new(T0));
+    // Every call hangs far past the deadline.
+    let service = ImageUrlService::builder(signer(), Arc::new(HangingCache))
+        .config(config(|c| c.breaker_threshold = 1))
+        .clock(clock)
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let answer = service
+        .get_url(&key("a.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    assert!(answer.degraded);
+    // One 50 ms deadline (the get); the breaker then skips the re-check and the put.
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    let started = tokio::time::Instant::now();
+    assert!(
+        service
+            .get_url(&key("a.jpg"), &UrlOptions::new())
+            .await
+            .unwrap()
+            .degraded
+    );
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(service.stats().cache_errors, 1);
+}
+
+/// A cache whose every call hangs for an hour (with paused time, instantly skipped).
+#[derive(Debug)]
+struct HangingCache;
+
+#[async_trait]
+impl UrlCache for HangingCache {
+    async fn get(&self, _: &str) -> url_cache::Result<Option<CacheEntry>> {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(None)
+    }
+    async fn peek(&self, _: &str) -> url_cache::Result<Option<CacheEntry>> {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(None)
+    }
+    async fn put(&self, _: CacheEntry) -> url_cache::Result<()> {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(())
+    }
+    async fn delete(&self, _: &str) -> url_cache::Result<bool> {
+        Ok(false)
+    }
+    async fn expiring_within(&self, _: Duration, _: usize) -> url_cache::Result<Vec<CacheEntry>> {
+        Ok(Vec::new())
+    }
+    async fn remove_expired(&self, _: usize) -> url_cache::Result<usize> {
+        Ok(0)
+    }
+    async fn len(&self) -> url_cache::Result<usize> {
+        Ok(0)
+    }
+    async fn health_check(&self) -> url_cache::Result<()> {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(())
+    }
+    fn stats(&self) -> CacheStats {
+        CacheStats::default()
+    }
+    fn backend(&self) -> &'static str {
+        "hanging"
+    }
+}
+
+#[tokio::test]
+async fn batches_dedupe_isolate_bad_keys_and_use_one_round_trip() {
+    let s = setup_with(ServiceConfig::default(), |inner| {
+        Arc::new(SlowWrites {
+            inner,
+            delay: Duration::ZERO,
+            gets: AtomicUsize::new(0),
+            get_manys: AtomicUsize::new(0),
+        })
+    });
+    for k in ["a.jpg", "b.jpg", "c.jpg"] {
+        s.service
+            .get_url(&key(k), &UrlOptions::new())
+            .await
+            .unwrap();
+    }
+    let before = s.service.stats().signings;
+    let keys = ["a.jpg", "b.jpg", "a.jpg", "", "d.png", "c.jpg", "dir/.."];
+    let items = s
+        .service
+        .get_many(&keys, &UrlOptions::new(), Some(2))
+        .await
+        .unwrap();
+    let order: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(order, ["a.jpg", "b.jpg", "", "d.png", "c.jpg", "dir/.."]);
+    for item in &items {
+        match item.key.as_str() {
+            "a.jpg" | "b.jpg" | "c.jpg" => assert!(item.result.as_ref().unwrap().from_cache),
+            "d.png" => {
+                let url = item.result.as_ref().unwrap();
+                assert!(!url.from_cache);
+                assert_eq!(url.mime_type.as_deref(), Some("image/png"));
+            }
+            _ => assert!(
+                matches!(item.result, Err(ServiceError::InvalidKey(_))),
+                "{}",
+                item.key
+            ),
+        }
+    }
+    assert_eq!(s.service.stats().signings - before, 1);
+    // Compare through the wrapper: one get_many round trip, no single gets for the batch.
+    let wrapper = format!("{:?}", s.cache);
+    assert!(wrapper.contains("get_manys: 1"), "{wrapper}");
+    assert!(wrapper.contains("gets: 3"), "{wrapper}");
+
+    let too_many: Vec<String> = (0..101).map(|i| format!("k{i}")).collect();
+    let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    assert!(matches!(
+        s.service
+            .get_many(&too_many, &UrlOptions::new(), None)
+            .await,
+        Err(ServiceError::BatchTooLarge {
+            size: 101,
+            max: 100
+        })
+    ));
+}
+
+#[tokio::test]
+async fn stable_windows_give_identical_urls_across_replicas_and_degradation() {
+    let config = config(|c| c.align = Duration::from_secs(600));
+    let a = setup_with(config.clone(), |c| c);
+    let b = setup_with(config.clone(), |c| c);
+    // A third replica whose cache is dead.
+    let mut dead = MockCache::new();
+    dead.expect_get()
+        .returning(|_| Err(CacheError::Unavailable("down".into())));
+    dead.expect_peek()
+        .returning(|_| Err(CacheError::Unavailable("down".into())));
+    dead.expect_put()
+        .returning(|_| Err(CacheError::Unavailable("down".into())));
+    dead.expect_stats().returning(CacheStats::default);
+    dead.expect_backend().return_const("mock");
+    let dead_clock = Arc::new(ManualClock::new(T0));
+    let c = service_over(dead, dead_clock.clone(), config);
+
+    let from_a = a
+        .service
+        .get_url(&key("s.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    for step in [0u64, 100, 199] {
+        a.clock.set(T0 + step as f64);
+        b.clock.set(T0 + step as f64);
+        dead_clock.set(T0 + step as f64);
+        let cached = a
+            .service
+            .get_url(&key("s.jpg"), &UrlOptions::new())
+            .await
+            .unwrap();
+        let fresh = b
+            .service
+            .get_url(&key("s.jpg"), &UrlOptions::new())
+            .await
+            .unwrap();
+        let degraded = c.get_url(&key("s.jpg"), &UrlOptions::new()).await.unwrap();
+        assert!(degraded.degraded);
+        assert_eq!(cached.url, from_a.url);
+        assert_eq!(fresh.url, from_a.url, "another replica, same window");
+        assert_eq!(degraded.url, from_a.url, "a dead cache, same window");
+    }
+    // T0 = 1_700_000_000 is 200 s past a 600 s boundary: the window started at T0 - 200.
+    assert_eq!(from_a.expires_at, T0 - 200.0 + 3600.0);
+    // Next window: a new URL.
+    dead_clock.set(T0 + 400.0);
+    assert_ne!(
+        c.get_url(&key("s.jpg"), &UrlOptions::new())
+            .await
+            .unwrap()
+            .url,
+        from_a.url
+    );
+}
+
+#[tokio::test]
+async fn variants_status_refresh_preload_and_cleanup() {
+    let s = setup();
+    let thumb = UrlOptions::new()
+        .process("imageMogr2/thumbnail/200x")
+        .content_type("image/webp");
+    let plain = s
+        .service
+        .get_url(&key("v.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    let small = s.service.get_url(&key("v.jpg"), &thumb).await.unwrap();
+    assert_ne!(plain.url, small.url);
+    assert!(
+        small.url.contains("imageMogr2%2Fthumbnail%2F200x=")
+            && small.url.contains("response-content-type=image%2Fwebp")
+    );
+    assert_eq!(s.cache.len().await.unwrap(), 2);
+    assert!(
+        s.service
+            .get_url(&key("v.jpg"), &thumb)
+            .await
+            .unwrap()
+            .from_cache
+    );
+
+    let status = s
+        .service
+        .status(&key("v.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    assert!(status.cached && status.cache_available && !status.needs_refresh);
+    assert_eq!(status.expires_at, Some(plain.expires_at));
+    assert_eq!(
+        status.access_count,
+        Some(0),
+        "status does not count as access"
+    );
+    let unknown = s
+        .service
+        .status(&key("nope.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    assert!(!unknown.cached && unknown.needs_refresh);
+
+    s.clock.advance(Duration::from_secs(5));
+    let refreshed = s
+        .service
+        .refresh(&key("v.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    assert!(refreshed.refreshed && !refreshed.from_cache);
+    assert_ne!(refreshed.url, plain.url);
+    assert_eq!(
+        s.service
+            .get_url(&key("v.jpg"), &UrlOptions::new())
+            .await
+            .unwrap()
+            .url,
+        refreshed.url
+    );
+
+    let report = s
+        .service
+        .preload(
+            &["p1.jpg", "p2.jpg", "v.jpg", "p1.jpg", ""],
+            &UrlOptions::new(),
+        )
+        .await;
+    assert_eq!(
+        (
+            report.requested,
+            report.loaded,
+            report.already_cached,
+            report.failed.len()
+        ),
+        (4, 2, 1, 1)
+    );
+
+    s.clock.advance(Duration::from_secs(4000));
+    // v.jpg (refreshed in place), its thumbnail variant, p1.jpg and p2.jpg.
+    assert_eq!(s.service.cleanup().await.unwrap(), 4);
+    assert_eq!(s.cache.len().await.unwrap(), 0);
+
+    let direct = s
+        .service
+        .get_url(&key("v.jpg"), &UrlOptions::new().use_cache(false))
+        .await
+        .unwrap();
+    assert!(!direct.from_cache);
+    assert_eq!(
+        s.cache.len().await.unwrap(),
+        0,
+        "use_cache=false touches nothing"
+    );
+}
+
+#[tokio::test]
+async fn invalid_input_and_config_are_typed_errors() {
+    let s = setup();
+    assert!(matches!(
+        s.service.get_url_for("", &UrlOptions::new()).await,
+        Err(ServiceError::InvalidKey(_))
+    ));
+    assert!(matches!(
+        s.service
+            .get_url(&key("a.jpg"), &UrlOptions::new().process("a&b"))
+            .await,
+        Err(ServiceError::InvalidOptions(_))
+    ));
+    for config in [
+        config(|c| c.pre_refresh = Duration::from_secs(3600)),
+        config(|c| c.align = Duration::from_secs(3000)),
+        config(|c| c.cache_timeout = Duration::ZERO),
+    ] {
+        let built = ImageUrlService::builder(signer(), Arc::new(MemoryCache::new()))
+            .config(config)
+            .build();
+        assert!(matches!(built, Err(ServiceError::InvalidConfig(_))));
+    }
+}
