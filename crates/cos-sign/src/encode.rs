@@ -20,37 +20,54 @@ fn push_escaped(out: &mut String, b: u8, hex: &[u8; 16]) {
     out.push(hex[usize::from(b & 0xf)] as char);
 }
 
+/// Appends `s` with every byte for which `keep` is false escaped as `%XX`. Runs of kept
+/// bytes are copied with one `push_str`. Kept bytes are ASCII, so a non-empty run starts
+/// and ends on char boundaries; the bytes of a multi-byte char are all escaped, so the
+/// run after them is empty until the next ASCII byte.
+#[inline]
+fn push_escaped_runs(out: &mut String, s: &str, keep: impl Fn(u8) -> bool, hex: &[u8; 16]) {
+    let bytes = s.as_bytes();
+    let mut run_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !keep(b) {
+            if run_start < i {
+                out.push_str(&s[run_start..i]);
+            }
+            push_escaped(out, b, hex);
+            run_start = i + 1;
+        }
+    }
+    out.push_str(&s[run_start..]);
+}
+
 /// Appends the URL path of an object key: `quote(key, '/-_.~')`, then `./` written as
 /// `.%2F` (the SDK does this so that servers and proxies do not collapse dot segments).
 pub(crate) fn push_path(out: &mut String, key: &str) {
-    let mut previous = 0u8;
-    for &b in key.as_bytes() {
-        if b == b'/' {
-            if previous == b'.' {
-                out.push_str("%2F");
-            } else {
-                out.push('/');
+    let bytes = key.as_bytes();
+    let mut run_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let keep = is_unreserved(b) || (b == b'/' && (i == 0 || bytes[i - 1] != b'.'));
+        if !keep {
+            if run_start < i {
+                out.push_str(&key[run_start..i]);
             }
-        } else if is_unreserved(b) {
-            out.push(b as char);
-        } else {
             push_escaped(out, b, HEX_UPPER);
+            run_start = i + 1;
         }
-        previous = b;
     }
+    out.push_str(&key[run_start..]);
 }
 
 /// Appends `quote(s, '-_.~')`: the form names and values take inside the signed strings.
-/// With `lower_hex` the escapes are lower case, which is what `quote(k).lower()` yields
-/// for names (unreserved characters are lowered separately by the caller).
+/// With `lowercase` the whole result is lower case, which is what `quote(k).lower()`
+/// yields for names.
 pub(crate) fn push_sign_component(out: &mut String, s: &str, lowercase: bool) {
-    let hex = if lowercase { HEX_LOWER } else { HEX_UPPER };
-    for &b in s.as_bytes() {
-        if is_unreserved(b) {
-            out.push(if lowercase { b.to_ascii_lowercase() } else { b } as char);
-        } else {
-            push_escaped(out, b, hex);
-        }
+    if lowercase {
+        let start = out.len();
+        push_escaped_runs(out, s, is_unreserved, HEX_LOWER);
+        out[start..].make_ascii_lowercase();
+    } else {
+        push_escaped_runs(out, s, is_unreserved, HEX_UPPER);
     }
 }
 
@@ -70,15 +87,22 @@ pub(crate) fn sign_value(s: &str) -> String {
 
 /// Appends `quote_plus(s)`, the form `urlencode` gives query names and values.
 pub(crate) fn push_query_component(out: &mut String, s: &str) {
-    for &b in s.as_bytes() {
-        if is_unreserved(b) {
-            out.push(b as char);
-        } else if b == b' ' {
-            out.push('+');
-        } else {
-            push_escaped(out, b, HEX_UPPER);
+    let bytes = s.as_bytes();
+    let mut run_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !is_unreserved(b) {
+            if run_start < i {
+                out.push_str(&s[run_start..i]);
+            }
+            if b == b' ' {
+                out.push('+');
+            } else {
+                push_escaped(out, b, HEX_UPPER);
+            }
+            run_start = i + 1;
         }
     }
+    out.push_str(&s[run_start..]);
 }
 
 /// Decodes `%XX` escapes (no `+` rule: this is for paths). `None` if the result is not

@@ -153,7 +153,10 @@ pub fn verify(
         return Err(Rejection::Malformed("q-key-time differs from q-sign-time"));
     }
     let method = request.method.to_ascii_lowercase();
-    let expected = sign_with(&mac, &method, &path, sign_time, params, headers);
+    let key_path = path
+        .strip_prefix('/')
+        .ok_or(Rejection::Malformed("the path does not start with '/'"))?;
+    let expected = sign_with(&mac, &method, key_path, sign_time, params, headers);
     if !constant_time_eq(&expected.hex, signature.to_ascii_lowercase().as_bytes()) {
         return Err(Rejection::SignatureMismatch);
     }
