@@ -17,6 +17,23 @@ pub enum Command {
     /// Print a presigned URL for an object (credentials from COS_SECRET_ID,
     /// COS_SECRET_KEY and optional COS_SECURITY_TOKEN).
     Presign(PresignArgs),
+    /// Serve a directory as a local COS-compatible bucket that verifies signatures made
+    /// with COS_SECRET_ID / COS_SECRET_KEY (for development, demos and tests).
+    DevOrigin(DevOriginArgs),
+}
+
+/// Arguments of `dev-origin`.
+#[derive(Debug, Args)]
+pub struct DevOriginArgs {
+    /// The directory whose files are the bucket's objects.
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: std::net::SocketAddr,
+    /// Bucket name shown in error bodies.
+    #[arg(long, default_value = "local-1250000000")]
+    pub bucket: String,
 }
 
 /// Arguments of `presign`.

@@ -3,13 +3,16 @@
 //! The binary stays thin: it parses arguments, reads the environment and calls into the
 //! library crates. Subcommands:
 //!
-//! - `presign` — print a presigned COS URL, like `coscli signurl`.
+//! - `presign` — print a presigned COS URL, like `coscli signurl`;
+//! - `dev-origin` — serve a directory as a local COS-compatible bucket.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 mod cli;
+mod dev_origin_cmd;
+mod logging;
 mod presign;
 
 fn main() -> ExitCode {
@@ -34,10 +37,13 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         cli::Command::Presign(args) => presign::run(&args, &|name| std::env::var(name).ok()),
+        cli::Command::DevOrigin(args) => dev_origin_cmd::run(&args).map(|()| String::new()),
     };
     match result {
         Ok(output) => {
-            println!("{output}");
+            if !output.is_empty() {
+                println!("{output}");
+            }
             ExitCode::SUCCESS
         }
         Err(message) => {

@@ -48,7 +48,7 @@ pub fn run(args: &PresignArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<S
         .map_err(|e| e.to_string())
 }
 
-fn credentials_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Credentials, String> {
+pub fn credentials_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Credentials, String> {
     let required = |name: &str| {
         env(name)
             .filter(|v| !v.is_empty())
