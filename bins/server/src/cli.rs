@@ -14,12 +14,23 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the HTTP server (configuration: the embedded default, then --config, then
+    /// IMAGE_URL_* and COS_* environment variables).
+    Serve(ServeArgs),
     /// Print a presigned URL for an object (credentials from COS_SECRET_ID,
     /// COS_SECRET_KEY and optional COS_SECURITY_TOKEN).
     Presign(PresignArgs),
     /// Serve a directory as a local COS-compatible bucket that verifies signatures made
     /// with COS_SECRET_ID / COS_SECRET_KEY (for development, demos and tests).
     DevOrigin(DevOriginArgs),
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML configuration file (see the README for every key).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `dev-origin`.

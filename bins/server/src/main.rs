@@ -3,6 +3,7 @@
 //! The binary stays thin: it parses arguments, reads the environment and calls into the
 //! library crates. Subcommands:
 //!
+//! - `serve` — run the HTTP server;
 //! - `presign` — print a presigned COS URL, like `coscli signurl`;
 //! - `dev-origin` — serve a directory as a local COS-compatible bucket.
 
@@ -11,9 +12,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod config;
 mod dev_origin_cmd;
 mod logging;
 mod presign;
+mod serve;
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         cli::Command::Presign(args) => presign::run(&args, &|name| std::env::var(name).ok()),
+        cli::Command::Serve(args) => serve::run(&args).map(|()| String::new()),
         cli::Command::DevOrigin(args) => dev_origin_cmd::run(&args).map(|()| String::new()),
     };
     match result {

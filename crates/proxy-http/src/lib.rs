@@ -1,3 +1,164 @@
-//! The actix-web HTTP API over `image-url-service`.
+//! The image-url HTTP API, on actix-web.
 //!
-//! Skeleton: nothing is implemented yet (see the proxy-http issue).
+//! `proxy-http` holds no policy: it parses and authorises requests, calls
+//! [`image_url_service::ImageUrlService`], and renders the answer. Endpoints (keys may
+//! contain `/` and any UTF-8, percent-encoded in the path):
+//!
+//! | endpoint | what |
+//! |---|---|
+//! | `GET /api/v1/images/{key}/proxy?mode=redirect\|proxy` | 302 to the presigned URL, or the object streamed through |
+//! | `GET /api/v1/images/{key}/status` | what the cache knows about the key |
+//! | `POST /api/v1/images/{key}/refresh` | admin: sign a new URL now |
+//! | `GET\|POST /api/v1/images/batch/urls` | URLs for many keys |
+//! | `GET /api/v1/images/stats` | admin: service statistics |
+//! | `POST /api/v1/images/cleanup` | admin: remove expired entries |
+//! | `POST /api/v1/images/preload` | admin: sign and cache keys ahead of use |
+//! | `GET /livez`, `/readyz`, `/metrics`, `/api/v1/openapi.json` | operations |
+//!
+//! Errors are RFC 9457 `application/problem+json` with a request id (also echoed in
+//! `X-Request-Id`); no body or log line carries a secret or a signed URL.
+//!
+//! ```no_run
+//! # async fn run(service: image_url_service::ImageUrlService) -> std::io::Result<()> {
+//! use proxy_http::{ApiConfig, AppState, HttpServerHandle};
+//! let state = AppState::new(Ok(service), ApiConfig::default());
+//! let server = HttpServerHandle::start(state, "127.0.0.1:0".parse().unwrap(), 1)?;
+//! println!("listening on {}", server.addr());
+//! server.stop(true).await;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::{middleware, web, App, HttpServer};
+use image_url_service::ImageUrlService;
+
+mod error;
+mod handlers;
+mod metrics;
+mod openapi;
+mod proxy;
+pub mod request_id;
+
+pub use error::{ApiError, Problem};
+pub use metrics::Metrics;
+pub use openapi::openapi_json;
+
+/// HTTP-level settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ApiConfig {
+    /// Bearer token of the admin endpoints; `None` disables them (403).
+    pub admin_token: Option<String>,
+    /// Proxy mode: time to connect to the origin (default 5 s).
+    pub proxy_connect_timeout: Duration,
+    /// Proxy mode: longest silence while reading from the origin (default 30 s).
+    pub proxy_read_timeout: Duration,
+    /// Longest `max-age` of a redirect (default 3600 s).
+    pub max_redirect_age: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            admin_token: None,
+            proxy_connect_timeout: Duration::from_secs(5),
+            proxy_read_timeout: Duration::from_secs(30),
+            max_redirect_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl ApiConfig {
+    /// Sets the admin token (an empty token disables the admin endpoints).
+    pub fn admin_token(mut self, token: Option<String>) -> Self {
+        self.admin_token = token.filter(|t| !t.is_empty());
+        self
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    service: Result<ImageUrlService, String>,
+    config: ApiConfig,
+    upstream: reqwest::Client,
+    metrics: Metrics,
+}
+
+impl AppState {
+    /// `service` is `Err(why)` when the server runs without COS credentials: URL
+    /// endpoints then answer 503 with `why`, ops endpoints still work.
+    pub fn new(service: Result<ImageUrlService, String>, config: ApiConfig) -> Self {
+        let upstream = proxy::client(&config);
+        AppState {
+            service,
+            config,
+            upstream,
+            metrics: Metrics::new(),
+        }
+    }
+
+    pub(crate) fn service(&self) -> Result<&ImageUrlService, ApiError> {
+        self.service
+            .as_ref()
+            .map_err(|why| ApiError::NotConfigured(why.clone()))
+    }
+
+    /// The metrics of this state's server.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// Registers every route on an actix `App`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    handlers::routes(cfg);
+}
+
+/// A running HTTP server.
+#[derive(Debug)]
+pub struct HttpServerHandle {
+    addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServerHandle {
+    /// Binds `listen` (port 0: any free port) with `workers` threads and starts serving.
+    /// Signals are not handled here: whoever owns the handle stops it.
+    pub fn start(state: AppState, listen: SocketAddr, workers: usize) -> std::io::Result<Self> {
+        let state = web::Data::new(state);
+        let metrics = web::Data::new(state.metrics.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(metrics.clone())
+                .app_data(handlers::json_config())
+                .wrap(middleware::from_fn(request_id::middleware))
+                .configure(configure)
+        })
+        .workers(workers.max(1))
+        .disable_signals()
+        .shutdown_timeout(30)
+        .bind(listen)?;
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        let task = tokio::spawn(server);
+        Ok(HttpServerHandle { addr, handle, task })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the server: with `graceful`, stops accepting and lets in-flight requests
+    /// finish (up to 30 s) before returning.
+    pub async fn stop(self, graceful: bool) {
+        self.handle.stop(graceful).await;
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,126 @@
+//! `serve` configuration: the embedded default, then a TOML file, then the environment.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// The embedded default, documented key by key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The whole configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    pub server: Server,
+    /// `[cos]`.
+    pub cos: Cos,
+    /// `[signing]`.
+    pub signing: Signing,
+    /// `[cache]`.
+    pub cache: Cache,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub admin_token: String,
+    pub workers: usize,
+    pub json_logs: bool,
+}
+
+/// `[cos]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cos {
+    pub secret_id: String,
+    pub secret_key: String,
+    pub security_token: String,
+    pub bucket: String,
+    pub region: String,
+    pub domain: String,
+    pub scheme: String,
+}
+
+impl std::fmt::Debug for Cos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cos")
+            .field("secret_id", &self.secret_id)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("domain", &self.domain)
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[signing]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signing {
+    pub ttl_secs: u64,
+    pub pre_refresh_secs: u64,
+    pub align_secs: u64,
+}
+
+/// `[cache]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    pub backend: String,
+    pub redis_url: String,
+    pub policy: String,
+    pub max_entries: usize,
+    pub pool_size: usize,
+    pub timeout_ms: u64,
+    pub cleanup_interval_secs: u64,
+}
+
+/// Loads the configuration; an error is one line naming the key and where it came from.
+pub fn load(file: Option<&Path>) -> Result<(Config, Figment), String> {
+    let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+    if let Some(file) = file {
+        if !file.is_file() {
+            return Err(format!("--config {}: no such file", file.display()));
+        }
+        figment = figment.merge(Toml::file(file));
+    }
+    figment = figment
+        .merge(Env::prefixed("IMAGE_URL_").split("__"))
+        .merge(
+            Env::raw()
+                .only(&["COS_SECRET_ID", "COS_SECRET_KEY", "COS_SECURITY_TOKEN"])
+                .map(|k| {
+                    format!(
+                        "cos.{}",
+                        k.as_str().to_ascii_lowercase().trim_start_matches("cos_")
+                    )
+                    .into()
+                }),
+        );
+    let config: Config = figment.extract().map_err(|e| {
+        let e = e
+            .into_iter()
+            .next()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        format!("invalid configuration: {e}")
+    })?;
+    Ok((config, figment))
+}
+
+/// Where a key's value came from, for error messages.
+pub fn source_of(figment: &Figment, key: &str) -> String {
+    figment
+        .find_metadata(key)
+        .map(|m| match &m.source {
+            Some(source) => format!("{} ({source})", m.name),
+            None => m.name.to_string(),
+        })
+        .unwrap_or_else(|| "the default".into())
+}

@@ -1,0 +1,163 @@
+//! `image-url-server serve`: builds the cache, the service and the HTTP server from the
+//! configuration, runs until Ctrl-C or SIGTERM, then drains in-flight requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cos_sign::{CosSigner, Credentials, Endpoint};
+use figment::Figment;
+use image_url_service::{ImageUrlService, ServiceConfig};
+use proxy_http::{ApiConfig, AppState, HttpServerHandle};
+use url_cache::{EvictionPolicy, MemoryCache, RedisCache, RedisConfig, UrlCache};
+
+use crate::cli::ServeArgs;
+use crate::config::{self, Config};
+
+/// Runs the server.
+pub fn run(args: &ServeArgs) -> Result<(), String> {
+    let (config, figment) = config::load(args.config.as_deref())?;
+    crate::logging::init(config.server.json_logs);
+    let policy: EvictionPolicy = config.cache.policy.parse().map_err(|e| {
+        format!(
+            "cache.policy from {}: {e}",
+            config::source_of(&figment, "cache.policy")
+        )
+    })?;
+    let service_config = service_config(&config, &figment)?;
+    let endpoint = endpoint(&config, &figment)?;
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let cache: Arc<dyn UrlCache> = match config.cache.backend.as_str() {
+            "memory" => Arc::new(
+                MemoryCache::builder()
+                    .capacity(config.cache.max_entries)
+                    .policy(policy)
+                    .build(),
+            ),
+            "redis" => {
+                let mut redis = RedisConfig::new(&config.cache.redis_url);
+                redis.pool_size = config.cache.pool_size;
+                redis.max_entries = config.cache.max_entries;
+                redis.policy = policy;
+                let cache = RedisCache::connect(redis).await.map_err(|e| {
+                    format!("cache.redis_url from {}: {e}", config::source_of(&figment, "cache.redis_url"))
+                })?;
+                Arc::new(cache)
+            }
+            other => {
+                return Err(format!(
+                    "cache.backend from {}: {other:?} is not memory or redis",
+                    config::source_of(&figment, "cache.backend")
+                ))
+            }
+        };
+        let service = match credentials(&config) {
+            Ok(credentials) => ImageUrlService::builder(CosSigner::new(credentials, endpoint), cache)
+                .config(service_config)
+                .build()
+                .map(Ok)
+                .map_err(|e| e.to_string())?,
+            Err(missing) => {
+                tracing::warn!("{missing}; URL endpoints answer 503 until it is set");
+                Err(missing)
+            }
+        };
+        let background = service.as_ref().ok().cloned();
+        let api = ApiConfig::default().admin_token(Some(config.server.admin_token.clone()));
+        let state = AppState::new(service, api);
+        let server = HttpServerHandle::start(state, config.server.listen, workers).map_err(|e| {
+            format!("server.listen {} from {}: {e}", config.server.listen, config::source_of(&figment, "server.listen"))
+        })?;
+        tracing::info!(addr = %server.addr(), workers, backend = %config.cache.backend, "image-url server listening");
+
+        // The cleanup task stops when `stop` is dropped or sent, below.
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let cleanup = background.map(|service| {
+            let every = Duration::from_secs(config.cache.cleanup_interval_secs.max(1));
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(every);
+                interval.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => match service.cleanup().await {
+                            Ok(removed) => tracing::debug!(removed, "expired cache entries removed"),
+                            Err(e) => tracing::warn!(error = %e, "cache cleanup failed"),
+                        },
+                        _ = stopped.changed() => break,
+                    }
+                }
+            })
+        });
+
+        crate::logging::shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop.send(true);
+        server.stop(true).await;
+        if let Some(task) = cleanup {
+            let _ = task.await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn credentials(config: &Config) -> Result<Credentials, String> {
+    let mut missing = Vec::new();
+    if config.cos.secret_id.is_empty() {
+        missing.push("cos.secret_id (or COS_SECRET_ID)");
+    }
+    if config.cos.secret_key.is_empty() {
+        missing.push("cos.secret_key (or COS_SECRET_KEY)");
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "COS credentials missing: set {}",
+            missing.join(" and ")
+        ));
+    }
+    let credentials = Credentials::new(&config.cos.secret_id, &config.cos.secret_key);
+    Ok(if config.cos.security_token.is_empty() {
+        credentials
+    } else {
+        credentials.with_session_token(&config.cos.security_token, None)
+    })
+}
+
+fn endpoint(config: &Config, figment: &Figment) -> Result<Endpoint, String> {
+    let at = |key: &str| config::source_of(figment, key);
+    let scheme = config
+        .cos
+        .scheme
+        .parse()
+        .map_err(|e| format!("cos.scheme from {}: {e}", at("cos.scheme")))?;
+    let endpoint = if config.cos.domain.is_empty() {
+        Endpoint::bucket(&config.cos.bucket, &config.cos.region)
+            .map_err(|e| format!("cos.bucket/cos.region from {}: {e}", at("cos.bucket")))?
+    } else {
+        Endpoint::custom_domain(&config.cos.domain)
+            .map_err(|e| format!("cos.domain from {}: {e}", at("cos.domain")))?
+    };
+    Ok(endpoint.with_scheme(scheme))
+}
+
+fn service_config(config: &Config, figment: &Figment) -> Result<ServiceConfig, String> {
+    let mut service = ServiceConfig::default();
+    service.ttl = Duration::from_secs(config.signing.ttl_secs);
+    service.pre_refresh = Duration::from_secs(config.signing.pre_refresh_secs);
+    service.align = Duration::from_secs(config.signing.align_secs);
+    service.cache_timeout = Duration::from_millis(config.cache.timeout_ms);
+    service.validate().map_err(|e| {
+        format!(
+            "[signing] from {}: {e}",
+            config::source_of(figment, "signing.ttl_secs")
+        )
+    })?;
+    Ok(service)
+}

@@ -1,0 +1,367 @@
+//! Route table and handlers. Each handler parses, authorises, calls the service, renders.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use cos_sign::ObjectKey;
+use image_url_service::{ImageUrl, ServiceError, UrlOptions};
+use serde::Deserialize;
+
+use crate::{proxy, ApiError, AppState};
+
+const PREFIX: &str = "/api/v1/images/";
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    let not_allowed = || web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) });
+    cfg.service(
+        web::resource("/api/v1/images/batch/urls")
+            .route(web::get().to(batch_get))
+            .route(web::post().to(batch_post))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/api/v1/images/stats")
+            .route(web::get().to(stats))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/api/v1/images/cleanup")
+            .route(web::post().to(cleanup))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/api/v1/images/preload")
+            .route(web::post().to(preload))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/api/v1/images/{key:.+}/proxy")
+            .route(web::get().to(proxy_or_redirect))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/api/v1/images/{key:.+}/status")
+            .route(web::get().to(status))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/api/v1/images/{key:.+}/refresh")
+            .route(web::post().to(refresh))
+            .default_service(not_allowed()),
+    )
+    .service(web::resource("/livez").route(web::get().to(livez)))
+    .service(web::resource("/readyz").route(web::get().to(readyz)))
+    .service(web::resource("/metrics").route(web::get().to(metrics)))
+    .service(web::resource("/api/v1/openapi.json").route(web::get().to(openapi)))
+    .default_service(web::to(|| async {
+        Err::<HttpResponse, _>(ApiError::NotFound)
+    }));
+}
+
+/// JSON bodies: limited size, and errors rendered as problems.
+pub(crate) fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(256 * 1024)
+        .error_handler(|err, _req| ApiError::BadRequest(format!("invalid JSON body: {err}")).into())
+}
+
+/// The object key between the prefix and `suffix`, percent-decoded from the raw path.
+fn key_from_path(req: &HttpRequest, suffix: &str) -> Result<ObjectKey, ApiError> {
+    let raw = req
+        .uri()
+        .path()
+        .strip_prefix(PREFIX)
+        .and_then(|p| p.strip_suffix(suffix))
+        .ok_or(ApiError::NotFound)?;
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| {
+            ApiError::BadRequest("the image key is not UTF-8 once percent-decoded".into())
+        })?;
+    ObjectKey::new(&decoded).map_err(|e| ApiError::Service(ServiceError::InvalidKey(e)))
+}
+
+/// Query parameters shared by the URL endpoints.
+fn url_options(query: &[(String, String)]) -> Result<UrlOptions, ApiError> {
+    let mut options = UrlOptions::new();
+    for (name, value) in query {
+        options = match name.as_str() {
+            "process" => options.process(value),
+            "content_type" | "response-content-type" => options.content_type(value),
+            "content_disposition" | "response-content-disposition" => {
+                options.content_disposition(value)
+            }
+            "mode" | "key" => options,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}"
+                )))
+            }
+        };
+    }
+    Ok(options)
+}
+
+fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(expected) = state.config.admin_token.as_deref() else {
+        return Err(ApiError::AdminDisabled);
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Compares without revealing where the first difference is; only the length leaks.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /api/v1/images/{key}/proxy`: a 302 to the presigned URL (default), or with
+/// `mode=proxy` the object streamed through.
+#[utoipa::path(get, path = "/api/v1/images/{key}/proxy",
+    params(("key" = String, Path, description = "Object key, percent-encoded"),
+           ("mode" = Option<String>, Query, description = "redirect (default) or proxy")),
+    responses((status = 302, description = "Redirect to the presigned URL"),
+              (status = 200, description = "The object (proxy mode)"),
+              (status = 206, description = "Partial content (proxy mode, Range)"),
+              (status = 304, description = "Not modified (proxy mode)"),
+              (status = 400, description = "Invalid key", body = crate::Problem),
+              (status = 404, description = "No such image (proxy mode)", body = crate::Problem)))]
+pub(crate) async fn proxy_or_redirect(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let key = key_from_path(&req, "/proxy")?;
+    let query = query_pairs(&req);
+    let options = url_options(&query)?;
+    let mode = query
+        .iter()
+        .find(|(k, _)| k == "mode")
+        .map(|(_, v)| v.as_str());
+    let service = state.service()?;
+    match mode {
+        None | Some("redirect") => {
+            let answer = service.get_url(&key, &options).await?;
+            let cache_control = redirect_cache_control(
+                &answer,
+                service.config().pre_refresh,
+                state.config.max_redirect_age,
+            );
+            Ok(HttpResponse::Found()
+                .insert_header((header::LOCATION, answer.url))
+                .insert_header((header::CACHE_CONTROL, cache_control))
+                .finish())
+        }
+        Some("proxy") => proxy::stream(&req, &state, service, &key, &options).await,
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "mode must be redirect or proxy, not {other:?}"
+        ))),
+    }
+}
+
+/// `private, max-age=N` with N ending when the server would re-sign (so a browser never
+/// follows a cached redirect to a URL that is about to expire); `no-store` when less than
+/// a minute would be left.
+pub(crate) fn redirect_cache_control(
+    answer: &ImageUrl,
+    pre_refresh: std::time::Duration,
+    max: std::time::Duration,
+) -> String {
+    let usable = answer
+        .ttl_remaining
+        .saturating_sub(pre_refresh)
+        .min(max)
+        .as_secs();
+    if usable < 60 {
+        "no-store".to_owned()
+    } else {
+        format!("private, max-age={usable}")
+    }
+}
+
+/// `GET /api/v1/images/{key}/status`.
+#[utoipa::path(get, path = "/api/v1/images/{key}/status",
+    params(("key" = String, Path, description = "Object key, percent-encoded")),
+    responses((status = 200, description = "Cache status (no URL)"), (status = 400, description = "Invalid key", body = crate::Problem)))]
+pub(crate) async fn status(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let key = key_from_path(&req, "/status")?;
+    let options = url_options(&query_pairs(&req))?;
+    let status = state.service()?.status(&key, &options).await?;
+    Ok(HttpResponse::Ok().json(status))
+}
+
+/// `POST /api/v1/images/{key}/refresh` (admin).
+#[utoipa::path(post, path = "/api/v1/images/{key}/refresh",
+    params(("key" = String, Path, description = "Object key, percent-encoded")),
+    responses((status = 200, description = "A freshly signed URL"), (status = 401, description = "Missing or wrong admin token", body = crate::Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn refresh(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let key = key_from_path(&req, "/refresh")?;
+    let options = url_options(&query_pairs(&req))?;
+    let answer = state.service()?.refresh(&key, &options).await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct KeysBody {
+    /// Object keys.
+    keys: Vec<String>,
+}
+
+/// `GET /api/v1/images/batch/urls?key=a&key=b`.
+#[utoipa::path(get, path = "/api/v1/images/batch/urls",
+    params(("key" = Vec<String>, Query, description = "Object keys (repeat the parameter)")),
+    responses((status = 200, description = "A result per key"), (status = 400, description = "No keys, or too many", body = crate::Problem)))]
+pub(crate) async fn batch_get(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query_pairs(&req);
+    let keys: Vec<String> = query
+        .iter()
+        .filter(|(k, _)| k == "key")
+        .map(|(_, v)| v.clone())
+        .collect();
+    batch(&state, keys, url_options(&query)?).await
+}
+
+/// `POST /api/v1/images/batch/urls` with `{"keys": [...]}`.
+#[utoipa::path(post, path = "/api/v1/images/batch/urls", request_body = KeysBody,
+    responses((status = 200, description = "A result per key"), (status = 400, description = "No keys, or too many", body = crate::Problem)))]
+pub(crate) async fn batch_post(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<KeysBody>,
+) -> Result<HttpResponse, ApiError> {
+    let options = url_options(&query_pairs(&req))?;
+    batch(&state, body.into_inner().keys, options).await
+}
+
+async fn batch(
+    state: &AppState,
+    keys: Vec<String>,
+    options: UrlOptions,
+) -> Result<HttpResponse, ApiError> {
+    if keys.is_empty() {
+        return Err(ApiError::BadRequest("give at least one key".into()));
+    }
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let items = state.service()?.get_many(&refs, &options, None).await?;
+    let mut results = BTreeMap::new();
+    for item in items {
+        let value = match item.result {
+            Ok(url) => serde_json::json!({
+                "url": url.url,
+                "expires_at": url.expires_at,
+                "ttl_remaining": url.ttl_remaining.as_secs_f64(),
+                "from_cache": url.from_cache,
+                "degraded": url.degraded,
+            }),
+            Err(err) => {
+                let problem = ApiError::Service(err).problem("");
+                serde_json::json!({ "error": { "type": problem.kind, "title": problem.title, "status": problem.status, "detail": problem.detail } })
+            }
+        };
+        results.insert(item.key, value);
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "results": results })))
+}
+
+/// `GET /api/v1/images/stats` (admin).
+#[utoipa::path(get, path = "/api/v1/images/stats", responses((status = 200, description = "Service statistics")), security(("bearer" = [])))]
+pub(crate) async fn stats(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    Ok(HttpResponse::Ok().json(state.service()?.stats()))
+}
+
+/// `POST /api/v1/images/cleanup` (admin).
+#[utoipa::path(post, path = "/api/v1/images/cleanup", responses((status = 200, description = "{\"removed\": n}")), security(("bearer" = [])))]
+pub(crate) async fn cleanup(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let removed = state.service()?.cleanup().await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "removed": removed })))
+}
+
+/// `POST /api/v1/images/preload` (admin) with `{"keys": [...]}`.
+#[utoipa::path(post, path = "/api/v1/images/preload", request_body = KeysBody,
+    responses((status = 200, description = "Counts and per-key failures")), security(("bearer" = [])))]
+pub(crate) async fn preload(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<KeysBody>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let options = url_options(&query_pairs(&req))?;
+    let keys = body.into_inner().keys;
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let report = state.service()?.preload(&refs, &options).await;
+    let failed: BTreeMap<String, String> = report.failed.into_iter().collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "requested": report.requested,
+        "loaded": report.loaded,
+        "already_cached": report.already_cached,
+        "failed": failed,
+    })))
+}
+
+/// `GET /livez`: the process is up.
+#[utoipa::path(get, path = "/livez", responses((status = 200, description = "Alive")))]
+pub(crate) async fn livez() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: ready to serve URLs; says whether the cache answers or the server is
+/// degraded-but-serving.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Ready (maybe degraded)"), (status = 503, description = "Not configured", body = crate::Problem)))]
+pub(crate) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let service = state.service()?;
+    let cache_ok = service.cache_healthy().await;
+    let stats = service.stats();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "status": if cache_ok { "ready" } else { "degraded" },
+        "cache": { "backend": stats.cache_backend, "reachable": cache_ok, "circuit": stats.circuit },
+    })))
+}
+
+/// `GET /metrics`: Prometheus text.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text exposition")))]
+pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let stats = state.service.as_ref().ok().map(|s| s.stats());
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(stats.as_ref()))
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(crate::openapi_json())
+}

@@ -1,0 +1,142 @@
+//! Prometheus metrics: HTTP requests by route pattern (unmatched paths collapse into one
+//! label), and the service's counters rendered at scrape time.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use image_url_service::{CircuitState, ServiceStats};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// The HTTP-level metrics of one server.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Empty metrics.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "image_url_http_requests_total",
+                "HTTP requests by route pattern and status",
+            ),
+            &["method", "route", "status"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "image_url_http_request_duration_seconds",
+                "HTTP request latency by route pattern",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ]),
+            &["route"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let _ = registry.register(Box::new(requests.clone()));
+        let _ = registry.register(Box::new(latency.clone()));
+        Metrics {
+            registry,
+            requests,
+            latency,
+        }
+    }
+
+    pub(crate) fn observe_request(
+        &self,
+        method: &str,
+        route: &str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+        self.latency
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition, with `stats` appended when the service runs.
+    pub fn render(&self, stats: Option<&ServiceStats>) -> String {
+        let mut buffer = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        let mut text = String::from_utf8(buffer).unwrap_or_default();
+        if let Some(s) = stats {
+            let counters = [
+                (
+                    "image_url_requests_total",
+                    "URL requests answered by the service",
+                    s.requests,
+                ),
+                (
+                    "image_url_cache_hits_total",
+                    "URLs served from the cache",
+                    s.hits,
+                ),
+                (
+                    "image_url_cache_misses_total",
+                    "URLs not in the cache",
+                    s.misses,
+                ),
+                (
+                    "image_url_pre_refreshes_total",
+                    "Cached URLs re-signed inside the pre-refresh threshold",
+                    s.pre_refreshes,
+                ),
+                ("image_url_signings_total", "URLs signed", s.signings),
+                (
+                    "image_url_cache_errors_total",
+                    "Cache calls that failed or timed out",
+                    s.cache_errors,
+                ),
+                (
+                    "image_url_degraded_total",
+                    "Answers signed directly because the cache failed",
+                    s.degraded,
+                ),
+                (
+                    "image_url_cache_evictions_total",
+                    "Cache entries evicted for capacity",
+                    s.cache.evictions,
+                ),
+            ];
+            for (name, help, value) in counters {
+                let _ = writeln!(
+                    text,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+                );
+            }
+            let state = match s.circuit {
+                CircuitState::Closed => 0,
+                CircuitState::HalfOpen => 1,
+                CircuitState::Open => 2,
+            };
+            let _ = writeln!(
+                text,
+                "# HELP image_url_cache_circuit_state Cache circuit breaker: 0 closed, 1 half-open, 2 open\n# TYPE image_url_cache_circuit_state gauge\nimage_url_cache_circuit_state{{backend=\"{}\"}} {state}",
+                s.cache_backend
+            );
+            let _ = writeln!(
+                text,
+                "# HELP image_url_cache_hit_ratio Share of URL requests served from the cache\n# TYPE image_url_cache_hit_ratio gauge\nimage_url_cache_hit_ratio {}",
+                s.hit_rate
+            );
+        }
+        text
+    }
+}

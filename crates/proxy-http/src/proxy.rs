@@ -1,0 +1,125 @@
+//! Proxy mode: fetch the object from COS with the presigned URL and stream it through.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpRequest, HttpResponse};
+use cos_sign::ObjectKey;
+use futures::TryStreamExt;
+use image_url_service::{ImageUrlService, UrlOptions};
+
+use crate::{ApiConfig, ApiError, AppState};
+
+/// Request headers passed to the origin.
+const FORWARDED: [header::HeaderName; 4] = [
+    header::RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
+/// Response headers passed back to the client.
+const PASSED_BACK: [header::HeaderName; 7] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::ACCEPT_RANGES,
+    header::CONTENT_DISPOSITION,
+];
+
+/// The origin client: no redirects followed, connect and read timeouts, rustls with ring.
+pub(crate) fn client(config: &ApiConfig) -> reqwest::Client {
+    // Several servers may build clients in one process: installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.proxy_connect_timeout)
+        .read_timeout(config.proxy_read_timeout)
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+pub(crate) async fn stream(
+    req: &HttpRequest,
+    state: &AppState,
+    service: &ImageUrlService,
+    key: &ObjectKey,
+    options: &UrlOptions,
+) -> Result<HttpResponse, ApiError> {
+    let mut answer = service.get_url(key, options).await?;
+    for attempt in 0..2 {
+        let mut upstream = state.upstream.get(&answer.url);
+        for name in &FORWARDED {
+            if let Some(value) = req.headers().get(name) {
+                upstream = upstream.header(name.as_str(), value.as_bytes());
+            }
+        }
+        let response = upstream.send().await.map_err(describe)?;
+        let status = response.status().as_u16();
+        match status {
+            // COS answers 403 when the signature has expired: refresh once and retry.
+            403 if attempt == 0 => {
+                tracing::info!(key = %key, "origin refused the URL; re-signing once");
+                answer = service.refresh(key, options).await?;
+            }
+            404 => return Err(ApiError::ImageNotFound),
+            200 | 206 | 304 | 416 => return Ok(render(response, &answer, service, state)),
+            other => return Err(ApiError::BadGateway(format!("the origin answered {other}"))),
+        }
+    }
+    Err(ApiError::BadGateway(
+        "the origin refused a freshly signed URL (403)".into(),
+    ))
+}
+
+fn render(
+    response: reqwest::Response,
+    answer: &image_url_service::ImageUrl,
+    service: &ImageUrlService,
+    state: &AppState,
+) -> HttpResponse {
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut builder = HttpResponse::build(status);
+    for name in &PASSED_BACK {
+        if let Some(value) = response.headers().get(name.as_str()) {
+            if let Ok(value) = header::HeaderValue::from_bytes(value.as_bytes()) {
+                builder.insert_header((name.clone(), value));
+            }
+        }
+    }
+    builder.insert_header((
+        header::CACHE_CONTROL,
+        crate::handlers::redirect_cache_control(
+            answer,
+            service.config().pre_refresh,
+            state.config.max_redirect_age,
+        ),
+    ));
+    if status == StatusCode::NOT_MODIFIED || status == StatusCode::RANGE_NOT_SATISFIABLE {
+        return builder.finish();
+    }
+    let length = response.content_length();
+    let body = response
+        .bytes_stream()
+        .map_err(|e| actix_web::error::ErrorBadGateway(describe(e)));
+    if let Some(length) = length {
+        // Keep the origin's Content-Length instead of switching to chunked encoding.
+        builder.no_chunking(length);
+    }
+    builder.streaming(body)
+}
+
+/// A reqwest error without its URL (which carries the signature).
+fn describe(err: reqwest::Error) -> ApiError {
+    if err.is_timeout() {
+        return ApiError::GatewayTimeout;
+    }
+    let err = err.without_url();
+    ApiError::BadGateway(if err.is_connect() {
+        "cannot connect to the origin".to_owned()
+    } else {
+        format!("{err}")
+    })
+}

@@ -1,0 +1,497 @@
+//! The HTTP API end to end: the real server on 127.0.0.1:0, the real memory and Redis
+//! caches, and the dev origin (which verifies every signature) as COS.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cos_sign::{CosSigner, Credentials, Endpoint, Scheme};
+use dev_origin::{DevOrigin, OriginConfig};
+use image_url_service::{ImageUrlService, ServiceConfig};
+use image_url_tests::RedisServer;
+use proxy_http::{ApiConfig, AppState, HttpServerHandle};
+use reqwest::{header, redirect, StatusCode};
+use url_cache::{Clock, ManualClock, MemoryCache, RedisCache, RedisConfig, SystemClock, UrlCache};
+
+const TOKEN: &str = "test-admin-token";
+
+struct Stack {
+    server: Option<HttpServerHandle>,
+    origin: Option<DevOrigin>,
+    origin_clock: Arc<AtomicI64>,
+    service_clock: Arc<ManualClock>,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+    _redis: Option<RedisServer>,
+}
+
+impl Stack {
+    async fn start(redis: bool) -> Self {
+        Self::start_with(redis, ApiConfig::default().admin_token(Some(TOKEN.into()))).await
+    }
+
+    async fn start_with(redis: bool, api: ApiConfig) -> Self {
+        let now = SystemClock.now().floor();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("photos")).unwrap();
+        std::fs::write(dir.path().join("photos/cat 1.jpg"), vec![42u8; 10_000]).unwrap();
+        std::fs::write(dir.path().join("logo.png"), b"png").unwrap();
+        let credentials = Credentials::new("AKIDe2e", "e2e-secret");
+        let origin_clock = Arc::new(AtomicI64::new(now as i64));
+        let mut origin_config = OriginConfig::new(dir.path(), credentials.clone());
+        let c = origin_clock.clone();
+        origin_config.clock = Arc::new(move || c.load(Ordering::SeqCst));
+        let origin = DevOrigin::start(origin_config, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+
+        let service_clock = Arc::new(ManualClock::new(now));
+        let (cache, redis_server): (Arc<dyn UrlCache>, _) = if redis {
+            let server = RedisServer::start();
+            let cache = RedisCache::connect_with_clock(
+                RedisConfig::new(server.url()),
+                service_clock.clone(),
+            )
+            .await
+            .unwrap();
+            (Arc::new(cache), Some(server))
+        } else {
+            (
+                Arc::new(MemoryCache::builder().clock(service_clock.clone()).build()),
+                None,
+            )
+        };
+        let endpoint = Endpoint::custom_domain(&origin.addr().to_string())
+            .unwrap()
+            .with_scheme(Scheme::Http);
+        let service = ImageUrlService::builder(CosSigner::new(credentials, endpoint), cache)
+            .config(ServiceConfig::default())
+            .clock(service_clock.clone())
+            .build()
+            .unwrap();
+        let server = HttpServerHandle::start(
+            AppState::new(Ok(service), api),
+            "127.0.0.1:0".parse().unwrap(),
+            2,
+        )
+        .unwrap();
+        Stack {
+            server: Some(server),
+            origin: Some(origin),
+            origin_clock,
+            service_clock,
+            dir,
+            http: reqwest::Client::builder()
+                .redirect(redirect::Policy::none())
+                .build()
+                .unwrap(),
+            _redis: redis_server,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.as_ref().unwrap().addr())
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop(true).await;
+        }
+        if let Some(origin) = self.origin.take() {
+            origin.stop().await;
+        }
+    }
+}
+
+async fn problem(res: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(res.status().as_u16(), status);
+    assert_eq!(
+        res.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert_eq!(
+        body["request_id"],
+        id.as_str(),
+        "the body carries the header's request id"
+    );
+    assert!(body["type"].as_str().unwrap().starts_with("https://"));
+    assert!(
+        !body.to_string().contains("q-signature"),
+        "no signed URL in an error body"
+    );
+    body
+}
+
+async fn redirect_flow(redis: bool) {
+    let s = Stack::start(redis).await;
+    let res = s.get("/api/v1/images/photos%2Fcat%201.jpg/proxy").await;
+    assert_eq!(res.status(), StatusCode::FOUND);
+    assert_eq!(
+        res.headers()[header::CACHE_CONTROL],
+        "private, max-age=2700"
+    );
+    assert!(res.headers().contains_key("x-request-id"));
+    let location = res.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    assert!(location.contains("/photos/cat%201.jpg?q-sign-algorithm=sha1"));
+    // The origin accepts the URL: the whole chain works.
+    let image = s.http.get(&location).send().await.unwrap();
+    assert_eq!(image.status(), 200);
+    assert_eq!(image.bytes().await.unwrap().len(), 10_000);
+    // A raw '/' in the key works too, and the URL is stable while valid.
+    let again = s.get("/api/v1/images/photos/cat%201.jpg/proxy").await;
+    assert_eq!(
+        again.headers()[header::LOCATION].to_str().unwrap(),
+        location
+    );
+
+    // Batch, GET and POST.
+    let res = s
+        .get("/api/v1/images/batch/urls?key=logo.png&key=photos/cat%201.jpg&key=")
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["results"]["photos/cat 1.jpg"]["from_cache"], true);
+    assert_eq!(body["results"]["logo.png"]["from_cache"], false);
+    assert!(body["results"]["logo.png"]["url"]
+        .as_str()
+        .unwrap()
+        .contains("/logo.png?"));
+    assert_eq!(body["results"][""]["error"]["status"], 400);
+    let res = s
+        .http
+        .post(s.url("/api/v1/images/batch/urls"))
+        .json(&serde_json::json!({"keys": ["logo.png"]}))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["results"]["logo.png"]["from_cache"], true);
+    let many: Vec<String> = (0..101).map(|i| format!("k{i}")).collect();
+    let res = s
+        .http
+        .post(s.url("/api/v1/images/batch/urls"))
+        .json(&serde_json::json!({ "keys": many }))
+        .send()
+        .await
+        .unwrap();
+    let body = problem(res, 400).await;
+    assert_eq!(body["title"], "Batch too large");
+
+    // Status.
+    let res = s.get("/api/v1/images/logo.png/status").await;
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["cached"], true);
+    assert!(body.get("url").is_none(), "status never hands out the URL");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_batch_and_status_with_the_memory_cache() {
+    redirect_flow(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_batch_and_status_with_the_redis_cache() {
+    redirect_flow(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_streams_with_ranges_conditionals_and_refresh_on_expiry() {
+    let s = Stack::start(false).await;
+    let path = "/api/v1/images/photos%2Fcat%201.jpg/proxy?mode=proxy";
+    let res = s.get(path).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "image/jpeg");
+    assert_eq!(res.headers()[header::CONTENT_LENGTH], "10000");
+    assert_eq!(res.headers()[header::ACCEPT_RANGES], "bytes");
+    assert!(res.headers()[header::CACHE_CONTROL]
+        .to_str()
+        .unwrap()
+        .starts_with("private"));
+    let etag = res.headers()[header::ETAG].clone();
+    assert!(res.headers().contains_key(header::LAST_MODIFIED));
+    assert_eq!(
+        res.bytes().await.unwrap().as_ref(),
+        vec![42u8; 10_000].as_slice()
+    );
+
+    let res = s
+        .http
+        .get(s.url(path))
+        .header(header::RANGE, "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 206);
+    assert_eq!(res.headers()[header::CONTENT_RANGE], "bytes 0-99/10000");
+    assert_eq!(res.bytes().await.unwrap().len(), 100);
+    let res = s
+        .http
+        .get(s.url(path))
+        .header(header::IF_NONE_MATCH, etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 304);
+
+    let body = problem(
+        s.get("/api/v1/images/missing.jpg/proxy?mode=proxy").await,
+        404,
+    )
+    .await;
+    assert_eq!(body["title"], "Image not found");
+
+    // The origin's clock runs past the cached URL's end while the service still
+    // considers it fresh: the origin answers 403, the server re-signs once and succeeds.
+    s.service_clock.advance(Duration::from_secs(2000));
+    s.origin_clock.fetch_add(3700, Ordering::SeqCst);
+    let res = s.get(path).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().len(), 10_000);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_need_the_token() {
+    let s = Stack::start(false).await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/v1/images/stats"),
+        (reqwest::Method::POST, "/api/v1/images/cleanup"),
+        (reqwest::Method::POST, "/api/v1/images/logo.png/refresh"),
+    ] {
+        let res = s
+            .http
+            .request(method.clone(), s.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        problem(res, 401).await;
+        let res = s
+            .http
+            .request(method.clone(), s.url(path))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        problem(res, 401).await;
+        let res = s
+            .http
+            .request(method, s.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    let res = s
+        .http
+        .post(s.url("/api/v1/images/preload"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"keys": ["logo.png", "photos/cat 1.jpg", "bad/.."]}))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["requested"], 3);
+    assert_eq!(
+        body["loaded"].as_u64().unwrap() + body["already_cached"].as_u64().unwrap(),
+        2
+    );
+    assert!(body["failed"]["bad/.."].is_string());
+    let res = s
+        .http
+        .post(s.url("/api/v1/images/logo.png/refresh"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["refreshed"], true);
+    let stats: serde_json::Value = s
+        .http
+        .get(s.url("/api/v1/images/stats"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(stats["signings"].as_u64().unwrap() >= 3);
+    assert_eq!(stats["circuit"], "closed");
+    s.service_clock.advance(Duration::from_secs(7200));
+    let res = s
+        .http
+        .post(s.url("/api/v1/images/cleanup"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["removed"], 2);
+    s.stop().await;
+
+    // Without a configured token the admin endpoints are off.
+    let s = Stack::start_with(false, ApiConfig::default()).await;
+    let res = s
+        .http
+        .get(s.url("/api/v1/images/stats"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    problem(res, 403).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_problem_json_with_a_request_id() {
+    let s = Stack::start(false).await;
+    let body = problem(s.get("/api/v1/images/a%0Ab.jpg/proxy").await, 400).await;
+    assert_eq!(body["title"], "Invalid image key");
+    problem(s.get("/api/v1/images/%FF%FE/proxy").await, 400).await;
+    problem(s.get("/api/v1/images/a.jpg/proxy?mode=teleport").await, 400).await;
+    problem(s.get("/api/v1/images/a.jpg/proxy?bogus=1").await, 400).await;
+    problem(s.get("/nope").await, 404).await;
+    problem(
+        s.http
+            .delete(s.url("/api/v1/images/a.jpg/proxy"))
+            .send()
+            .await
+            .unwrap(),
+        405,
+    )
+    .await;
+    let res = s
+        .http
+        .post(s.url("/api/v1/images/batch/urls"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    problem(res, 400).await;
+    problem(s.get("/api/v1/images/batch/urls").await, 400).await;
+    // A caller's request id is kept.
+    let res = s
+        .http
+        .get(s.url("/nope"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "abc-123");
+    let res = s
+        .http
+        .get(s.url("/nope"))
+        .header("x-request-id", "no spaces <allowed>")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(res.headers()["x-request-id"], "no spaces <allowed>");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_endpoints() {
+    let s = Stack::start(false).await;
+    assert_eq!(s.get("/livez").await.status(), 200);
+    let ready: serde_json::Value = s.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+    s.get("/api/v1/images/logo.png/proxy").await;
+    s.get("/some/random/path").await;
+    s.get("/another/random/path").await;
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains(r#"image_url_http_requests_total{method="GET",route="/api/v1/images/{key:.+}/proxy",status="302"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"route="unmatched",status="404"} 2"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("image_url_signings_total 1"));
+    assert!(metrics.contains("image_url_cache_circuit_state{backend=\"memory\"} 0"));
+    assert!(
+        !metrics.contains("random"),
+        "unmatched paths collapse into one label"
+    );
+    let openapi: serde_json::Value = s.get("/api/v1/openapi.json").await.json().await.unwrap();
+    assert!(openapi["paths"]["/api/v1/images/{key}/proxy"]["get"].is_object());
+    assert!(openapi["paths"]["/api/v1/images/batch/urls"]["post"].is_object());
+    s.stop().await;
+
+    // Not configured: URL endpoints and readiness answer 503, liveness 200.
+    let server = HttpServerHandle::start(
+        AppState::new(Err("COS credentials missing".into()), ApiConfig::default()),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", server.addr());
+    assert_eq!(
+        http.get(format!("{base}/livez"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let body = problem(
+        http.get(format!("{base}/readyz")).send().await.unwrap(),
+        503,
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("credentials"));
+    problem(
+        http.get(format!("{base}/api/v1/images/a.jpg/proxy"))
+            .send()
+            .await
+            .unwrap(),
+        503,
+    )
+    .await;
+    server.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_loses_no_in_flight_request() {
+    let s = Stack::start(false).await;
+    // Slow requests: proxy mode through the origin, for a 10 MB object.
+    std::fs::write(s.dir.path().join("big.bin"), vec![1u8; 10_000_000]).unwrap();
+    let url = s.url("/api/v1/images/big.bin/proxy?mode=proxy");
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let http = reqwest::Client::new();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let res = http.get(url).send().await?;
+            let status = res.status();
+            let len = res.bytes().await?.len();
+            Ok::<_, reqwest::Error>((status, len))
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let Stack { server, origin, .. } = s;
+    server.unwrap().stop(true).await;
+    let mut completed = 0;
+    for task in tasks {
+        // Requests accepted before the stop all complete in full; none is cut off.
+        if let Ok((status, len)) = task.await.unwrap() {
+            assert_eq!(status, 200);
+            assert_eq!(len, 10_000_000);
+            completed += 1;
+        }
+    }
+    assert!(
+        completed > 0,
+        "some requests were in flight when the server stopped"
+    );
+    origin.unwrap().stop().await;
+}
