@@ -31,6 +31,8 @@ impl Stack {
     }
 
     async fn start_with(redis: bool, api: ApiConfig) -> Self {
+        // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let now = SystemClock.now().floor();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("photos")).unwrap();
@@ -427,6 +429,7 @@ async fn ops_endpoints() {
     s.stop().await;
 
     // Not configured: URL endpoints and readiness answer 503, liveness 200.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let server = HttpServerHandle::start(
         AppState::new(Err("COS credentials missing".into()), ApiConfig::default()),
         "127.0.0.1:0".parse().unwrap(),
@@ -468,7 +471,7 @@ async fn graceful_shutdown_loses_no_in_flight_request() {
     let url = s.url("/api/v1/images/big.bin/proxy?mode=proxy");
     let mut tasks = Vec::new();
     for _ in 0..40 {
-        let http = reqwest::Client::new();
+        let http = reqwest::Client::builder().build().unwrap();
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
             let res = http.get(url).send().await?;

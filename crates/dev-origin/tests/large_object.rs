@@ -48,6 +48,8 @@ async fn a_200_mib_object_streams_with_flat_memory() {
     let file = std::fs::File::create(dir.path().join("big.bin")).unwrap();
     file.set_len(size).unwrap(); // sparse: no disk needed
     let before = rss_kib();
+    // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let res = reqwest::get(url).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.content_length(), Some(size));

@@ -48,7 +48,7 @@ impl Origin {
             clock,
             signer: CosSigner::new(credentials.clone(), endpoint),
             credentials,
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 
@@ -68,6 +68,12 @@ impl Origin {
             origin.stop().await;
         }
     }
+}
+
+/// reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
+fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

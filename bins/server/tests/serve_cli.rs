@@ -1,0 +1,133 @@
+//! `image-url-server serve` as a real process: the embedded default, config errors, and
+//! shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn server() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_image-url-server"));
+    for var in ["COS_SECRET_ID", "COS_SECRET_KEY", "COS_SECURITY_TOKEN"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+#[test]
+fn invalid_configuration_names_the_key_and_its_source() {
+    let dir = tempfile_dir();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[signing]\nttl_secs = \"soon\"\n").unwrap();
+    let out = server()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("signing.ttl_secs") && err.contains("bad.toml"),
+        "{err}"
+    );
+
+    let out = server()
+        .arg("serve")
+        .env("IMAGE_URL_CACHE__BACKEND", "memcached")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cache.backend") && err.contains("IMAGE_URL_"),
+        "{err}"
+    );
+
+    std::fs::write(&file, "[signing]\nttl_secs = 600\npre_refresh_secs = 900\n").unwrap();
+    let out = server()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pre_refresh"));
+
+    let out = server()
+        .args(["serve", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("image-url-serve-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_on_the_embedded_default_says_what_is_missing_and_stops_on_sigterm() {
+    let port = image_url_tests::free_port();
+    let mut child = server()
+        .arg("serve")
+        .env("IMAGE_URL_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("IMAGE_URL_SERVER__WORKERS", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Kill the server if an assertion fails before the orderly SIGTERM below.
+    struct KillOnDrop(Option<std::process::Child>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(child) = self.0.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let mut guard = KillOnDrop(Some(child));
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(res) = http.get(format!("{base}/livez")).send().await {
+            assert_eq!(res.status(), 200);
+            break;
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let res = http
+        .get(format!("{base}/api/v1/images/a.jpg/proxy"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let body = res.text().await.unwrap();
+    assert!(
+        body.contains("COS_SECRET_ID") && body.contains("COS_SECRET_KEY"),
+        "{body}"
+    );
+
+    let mut child = guard.0.take().unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM");
+    let log = lines.join().unwrap().join("\n");
+    assert!(log.contains("COS credentials missing"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+}
