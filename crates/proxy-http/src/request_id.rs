@@ -64,10 +64,17 @@ pub async fn middleware(
     let metrics = req.app_data::<actix_web::web::Data<Metrics>>().cloned();
     let method = req.method().clone();
     let response = next.call(req).await?;
-    let route = response
+    let route = match response
         .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .extensions()
+        .get::<crate::handlers::RouteLabel>()
+    {
+        Some(label) => label.0.to_owned(),
+        None => response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned()),
+    };
     let mut response = fill_problem(response, &id).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response
