@@ -60,11 +60,11 @@ impl Metrics {
         &self,
         method: &str,
         route: &str,
-        status: u16,
+        status: &str,
         elapsed: Duration,
     ) {
         self.requests
-            .with_label_values(&[method, route, &status.to_string()])
+            .with_label_values(&[method, route, status])
             .inc();
         self.latency
             .with_label_values(&[route])

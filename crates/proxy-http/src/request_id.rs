@@ -81,16 +81,16 @@ pub async fn middleware(
             .headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
     }
-    let status = response.status().as_u16();
+    let status = response.status();
     let elapsed = started.elapsed();
     if let Some(metrics) = metrics {
-        metrics.observe_request(method.as_str(), &route, status, elapsed);
+        metrics.observe_request(method.as_str(), &route, status.as_str(), elapsed);
     }
     tracing::info!(
         request_id = %id,
         method = %method,
         route = %route,
-        status,
+        status = status.as_u16(),
         latency_us = elapsed.as_micros() as u64,
         "request"
     );
