@@ -180,7 +180,7 @@ async fn one_signing_for_a_thousand_concurrent_requests() {
     let s = setup_with(ServiceConfig::default(), |inner| {
         Arc::new(SlowWrites {
             inner,
-            delay: Duration::from_millis(20),
+            delay: Duration::from_millis(250),
             gets: AtomicUsize::new(0),
             get_manys: AtomicUsize::new(0),
         })
