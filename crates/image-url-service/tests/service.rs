@@ -177,14 +177,19 @@ impl UrlCache for SlowWrites {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_signing_for_a_thousand_concurrent_requests() {
-    let s = setup_with(ServiceConfig::default(), |inner| {
-        Arc::new(SlowWrites {
-            inner,
-            delay: Duration::from_millis(250),
-            gets: AtomicUsize::new(0),
-            get_manys: AtomicUsize::new(0),
-        })
-    });
+    // A slow cache write (within a generous deadline) keeps the flight open long enough
+    // that all 1000 requests overlap it, even on a loaded machine.
+    let s = setup_with(
+        config(|c| c.cache_timeout = Duration::from_secs(5)),
+        |inner| {
+            Arc::new(SlowWrites {
+                inner,
+                delay: Duration::from_millis(250),
+                gets: AtomicUsize::new(0),
+                get_manys: AtomicUsize::new(0),
+            })
+        },
+    );
     let barrier = Arc::new(tokio::sync::Barrier::new(1000));
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
