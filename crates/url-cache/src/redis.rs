@@ -300,33 +300,23 @@ impl RedisCache {
         let _: () = pipe
             .expire(&entry_key, STUB_TTL_SECS, Some(ExpireOptions::NX))
             .await?;
-        match self.inner.policy.kind() {
-            Kind::Lru => {
-                let _: () = pipe
-                    .zadd(
-                        &self.inner.policy_index,
-                        Some(SetOptions::XX),
-                        None,
-                        false,
-                        false,
-                        (now, key),
-                    )
-                    .await?;
-            }
-            Kind::Lfu => {
-                let _: () = pipe
-                    .zadd(
-                        &self.inner.policy_index,
-                        Some(SetOptions::XX),
-                        None,
-                        false,
-                        true,
-                        (1.0, key),
-                    )
-                    .await?;
-            }
-            Kind::Fifo => {}
-        }
+        // LRU: the score becomes the access time; LFU: it goes up by one (`INCR`); FIFO:
+        // reads do not move an entry. `XX`: never add a member for a missing key.
+        let (score, increment) = match self.inner.policy.kind() {
+            Kind::Lru => (now, false),
+            Kind::Lfu => (1.0, true),
+            Kind::Fifo => return Ok(()),
+        };
+        let _: () = pipe
+            .zadd(
+                &self.inner.policy_index,
+                Some(SetOptions::XX),
+                None,
+                false,
+                increment,
+                (score, key),
+            )
+            .await?;
         Ok(())
     }
 
