@@ -366,15 +366,12 @@ impl ImageUrlService {
                     let now = self.inner.clock.now();
                     if !entry.needs_refresh(now, self.inner.config.pre_refresh) {
                         bump(&counters.hits);
-                        return Ok(self.answer(
-                            key,
-                            entry.url,
-                            entry.expires_at,
-                            now,
-                            true,
-                            false,
-                            false,
-                        ));
+                        // The entry carries the MIME type guessed when it was stored.
+                        let mime = entry.mime_type.or_else(|| mime_type(key));
+                        return Ok(ImageUrl {
+                            from_cache: true,
+                            ..answer(key, entry.url, entry.expires_at, now, mime)
+                        });
                     }
                     bump(&counters.pre_refreshes);
                     refreshed = true;
@@ -402,38 +399,12 @@ impl ImageUrlService {
             bump(&counters.degraded);
         }
         let now = self.inner.clock.now();
-        Ok(self.answer(
-            key,
-            signed.url,
-            signed.expires_at,
-            now,
-            signed.from_cache,
+        Ok(ImageUrl {
+            from_cache: signed.from_cache,
             degraded,
-            refreshed && !signed.from_cache,
-        ))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn answer(
-        &self,
-        key: &ObjectKey,
-        url: String,
-        expires_at: f64,
-        now: f64,
-        from_cache: bool,
-        degraded: bool,
-        refreshed: bool,
-    ) -> ImageUrl {
-        ImageUrl {
-            key: key.as_str().to_owned(),
-            url,
-            expires_at,
-            ttl_remaining: Duration::try_from_secs_f64(expires_at - now).unwrap_or(Duration::ZERO),
-            from_cache,
-            degraded,
-            refreshed,
-            mime_type: mime_type(key),
-        }
+            refreshed: refreshed && !signed.from_cache,
+            ..answer(key, signed.url, signed.expires_at, now, mime_type(key))
+        })
     }
 
     /// Joins the signing in flight for `cache_key`, or starts one.
@@ -615,6 +586,26 @@ impl ImageUrlService {
             self.cache_call(self.inner.cache.put(entry)).await,
             Some(Ok(()))
         )
+    }
+}
+
+/// An answer with every flag off; callers set the ones that apply.
+fn answer(
+    key: &ObjectKey,
+    url: String,
+    expires_at: f64,
+    now: f64,
+    mime_type: Option<String>,
+) -> ImageUrl {
+    ImageUrl {
+        key: key.as_str().to_owned(),
+        url,
+        expires_at,
+        ttl_remaining: Duration::try_from_secs_f64(expires_at - now).unwrap_or(Duration::ZERO),
+        from_cache: false,
+        degraded: false,
+        refreshed: false,
+        mime_type,
     }
 }
 

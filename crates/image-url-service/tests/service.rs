@@ -325,33 +325,23 @@ async fn a_failing_cache_degrades_opens_the_breaker_and_recovers() {
     let healthy = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
     let mut mock = MockCache::new();
-    let (h, c) = (healthy.clone(), calls.clone());
-    mock.expect_get().returning(move |_| {
-        c.fetch_add(1, Ordering::SeqCst);
-        if h.load(Ordering::SeqCst) {
-            Ok(None)
-        } else {
-            Err(CacheError::Unavailable("connection refused".into()))
+    // Every call is counted, and fails until `healthy` is set.
+    let outcome = {
+        let (healthy, calls) = (healthy.clone(), calls.clone());
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if healthy.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(CacheError::Unavailable("connection refused".into()))
+            }
         }
-    });
-    let (h, c) = (healthy.clone(), calls.clone());
-    mock.expect_peek().returning(move |_| {
-        c.fetch_add(1, Ordering::SeqCst);
-        if h.load(Ordering::SeqCst) {
-            Ok(None)
-        } else {
-            Err(CacheError::Unavailable("connection refused".into()))
-        }
-    });
-    let (h, c) = (healthy.clone(), calls.clone());
-    mock.expect_put().returning(move |_| {
-        c.fetch_add(1, Ordering::SeqCst);
-        if h.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(CacheError::Unavailable("connection refused".into()))
-        }
-    });
+    };
+    let o = outcome.clone();
+    mock.expect_get().returning(move |_| o().map(|()| None));
+    let o = outcome.clone();
+    mock.expect_peek().returning(move |_| o().map(|()| None));
+    mock.expect_put().returning(move |_| outcome());
     mock.expect_stats().returning(CacheStats::default);
     mock.expect_backend().return_const("mock");
     let config = config(|c| {

@@ -44,52 +44,56 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn title(&self) -> &'static str {
+    /// Status, machine-readable problem type and title: one table, so the three can
+    /// never disagree.
+    fn classify(&self) -> (StatusCode, &'static str, &'static str) {
+        use StatusCode as S;
         match self {
-            ApiError::BadRequest(_) => "Bad request",
-            ApiError::Unauthorized => "Unauthorized",
-            ApiError::AdminDisabled => "Forbidden",
-            ApiError::NotFound => "Not found",
-            ApiError::ImageNotFound => "Image not found",
-            ApiError::MethodNotAllowed => "Method not allowed",
-            ApiError::NotConfigured(_) => "Service not configured",
-            ApiError::Service(ServiceError::InvalidKey(_)) => "Invalid image key",
-            ApiError::Service(ServiceError::InvalidOptions(_)) => "Invalid URL options",
-            ApiError::Service(ServiceError::BatchTooLarge { .. }) => "Batch too large",
-            ApiError::Service(ServiceError::CredentialsExpired) => "Credentials expired",
-            ApiError::Service(ServiceError::CacheUnavailable(_)) => "Cache unavailable",
-            ApiError::Service(_) => "Signing failed",
-            ApiError::BadGateway(_) => "Bad gateway",
-            ApiError::GatewayTimeout => "Gateway timeout",
-        }
-    }
-
-    /// A stable, machine-readable problem type.
-    fn kind(&self) -> &'static str {
-        match self {
-            ApiError::BadRequest(_) => "bad-request",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::AdminDisabled => "admin-disabled",
-            ApiError::NotFound => "not-found",
-            ApiError::ImageNotFound => "image-not-found",
-            ApiError::MethodNotAllowed => "method-not-allowed",
-            ApiError::NotConfigured(_) => "not-configured",
-            ApiError::Service(ServiceError::InvalidKey(_)) => "invalid-key",
-            ApiError::Service(ServiceError::InvalidOptions(_)) => "invalid-options",
-            ApiError::Service(ServiceError::BatchTooLarge { .. }) => "batch-too-large",
-            ApiError::Service(ServiceError::CredentialsExpired) => "credentials-expired",
-            ApiError::Service(ServiceError::CacheUnavailable(_)) => "cache-unavailable",
-            ApiError::Service(_) => "signing-failed",
-            ApiError::BadGateway(_) => "bad-gateway",
-            ApiError::GatewayTimeout => "gateway-timeout",
+            ApiError::BadRequest(_) => (S::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::AdminDisabled => (S::FORBIDDEN, "admin-disabled", "Forbidden"),
+            ApiError::NotFound => (S::NOT_FOUND, "not-found", "Not found"),
+            ApiError::ImageNotFound => (S::NOT_FOUND, "image-not-found", "Image not found"),
+            ApiError::MethodNotAllowed => (
+                S::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            ApiError::NotConfigured(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "not-configured",
+                "Service not configured",
+            ),
+            ApiError::Service(ServiceError::InvalidKey(_)) => {
+                (S::BAD_REQUEST, "invalid-key", "Invalid image key")
+            }
+            ApiError::Service(ServiceError::InvalidOptions(_)) => {
+                (S::BAD_REQUEST, "invalid-options", "Invalid URL options")
+            }
+            ApiError::Service(ServiceError::BatchTooLarge { .. }) => {
+                (S::BAD_REQUEST, "batch-too-large", "Batch too large")
+            }
+            ApiError::Service(ServiceError::CredentialsExpired) => (
+                S::SERVICE_UNAVAILABLE,
+                "credentials-expired",
+                "Credentials expired",
+            ),
+            ApiError::Service(ServiceError::CacheUnavailable(_)) => (
+                S::SERVICE_UNAVAILABLE,
+                "cache-unavailable",
+                "Cache unavailable",
+            ),
+            ApiError::Service(_) => (S::INTERNAL_SERVER_ERROR, "signing-failed", "Signing failed"),
+            ApiError::BadGateway(_) => (S::BAD_GATEWAY, "bad-gateway", "Bad gateway"),
+            ApiError::GatewayTimeout => (S::GATEWAY_TIMEOUT, "gateway-timeout", "Gateway timeout"),
         }
     }
 
     /// The problem document for this error, for `request_id`.
     pub fn problem(&self, request_id: &str) -> Problem {
         Problem {
-            kind: format!("https://image-url.dev/problems/{}", self.kind()),
-            title: self.title(),
+            kind: format!("https://image-url.dev/problems/{}", self.classify().1),
+            title: self.classify().2,
             status: self.status_code().as_u16(),
             detail: self.to_string(),
             request_id: request_id.to_owned(),
@@ -115,21 +119,7 @@ pub struct Problem {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
-            ApiError::NotFound | ApiError::ImageNotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Service(e) if e.is_client_error() => StatusCode::BAD_REQUEST,
-            ApiError::Service(
-                ServiceError::CredentialsExpired | ServiceError::CacheUnavailable(_),
-            ) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Service(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            ApiError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
-        }
+        self.classify().0
     }
 
     fn error_response(&self) -> HttpResponse {

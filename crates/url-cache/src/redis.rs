@@ -597,17 +597,8 @@ fn parse_entry(key: &str, fields: &HashMap<String, String>) -> Result<CacheEntry
 #[async_trait]
 impl UrlCache for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<CacheEntry>> {
-        validate_key(key)?;
-        let now = self.inner.clock.now();
-        let pipe = self.inner.pool.next().pipeline();
-        self.queue_lookup(&pipe, key, now)
-            .await
-            .map_err(|e| map_error(&e, self.inner.command_timeout))?;
-        let replies = self
-            .run(async { Ok(pipe.try_all::<Value>().await) })
-            .await?;
-        let mut replies = replies.into_iter();
-        self.finish_lookup(key, &mut replies, now).await
+        // One key is a batch of one: the same pipeline, the same reply handling.
+        Ok(self.get_many(&[key]).await?.pop().flatten())
     }
 
     async fn peek(&self, key: &str) -> Result<Option<CacheEntry>> {
