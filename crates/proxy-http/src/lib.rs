@@ -31,7 +31,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use actix_web::{middleware, web, App, HttpServer};
+use actix_web::{web, App, HttpServer};
 use image_url_service::ImageUrlService;
 
 mod error;
@@ -130,13 +130,12 @@ impl HttpServerHandle {
     /// Signals are not handled here: whoever owns the handle stops it.
     pub fn start(state: AppState, listen: SocketAddr, workers: usize) -> std::io::Result<Self> {
         let state = web::Data::new(state);
-        let metrics = web::Data::new(state.metrics.clone());
+        let metrics = state.metrics.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .app_data(metrics.clone())
                 .app_data(handlers::json_config())
-                .wrap(middleware::from_fn(request_id::middleware))
+                .wrap(request_id::RequestContext::new(metrics.clone()))
                 .configure(configure)
         })
         .workers(workers.max(1))

@@ -1,12 +1,16 @@
 //! Prometheus metrics: HTTP requests by route pattern (unmatched paths collapse into one
 //! label), and the service's counters rendered at scrape time.
 
+use std::cell::RefCell;
 use std::fmt::Write;
 use std::time::Duration;
 
+use actix_web::http::{Method, StatusCode};
+
 use image_url_service::{CircuitState, ServiceStats};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The HTTP-level metrics of one server.
@@ -54,21 +58,6 @@ impl Metrics {
             requests,
             latency,
         }
-    }
-
-    pub(crate) fn observe_request(
-        &self,
-        method: &str,
-        route: &str,
-        status: &str,
-        elapsed: Duration,
-    ) {
-        self.requests
-            .with_label_values(&[method, route, status])
-            .inc();
-        self.latency
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
     }
 
     /// The Prometheus text exposition, with `stats` appended when the service runs.
@@ -138,5 +127,120 @@ impl Metrics {
             );
         }
         text
+    }
+}
+
+/// One worker's handles on the request series it has recorded into.
+///
+/// Finding a series by its labels hashes three strings under a lock; a worker sees a
+/// handful of (method, route, status) combinations, so it keeps their handles and finds
+/// them again with a few comparisons. Not `Sync`: each actix worker builds its own.
+#[derive(Debug)]
+pub(crate) struct WorkerMetrics {
+    metrics: Metrics,
+    seen: RefCell<Vec<Series>>,
+}
+
+#[derive(Debug)]
+struct Series {
+    method: Method,
+    route: String,
+    status: StatusCode,
+    requests: IntCounter,
+    latency: Histogram,
+}
+
+/// More distinct series than this are recorded without keeping their handles.
+const MAX_KEPT_SERIES: usize = 64;
+
+impl WorkerMetrics {
+    pub(crate) fn new(metrics: Metrics) -> Self {
+        WorkerMetrics {
+            metrics,
+            seen: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn observe_request(
+        &self,
+        method: &Method,
+        route: &str,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        let seconds = elapsed.as_secs_f64();
+        let mut seen = self.seen.borrow_mut();
+        if let Some(series) = seen
+            .iter()
+            .find(|s| s.status == status && s.method == method && s.route == route)
+        {
+            series.requests.inc();
+            series.latency.observe(seconds);
+            return;
+        }
+        let requests =
+            self.metrics
+                .requests
+                .with_label_values(&[method.as_str(), route, status.as_str()]);
+        let latency = self.metrics.latency.with_label_values(&[route]);
+        requests.inc();
+        latency.observe(seconds);
+        if seen.len() < MAX_KEPT_SERIES {
+            seen.push(Series {
+                method: method.clone(),
+                route: route.to_owned(),
+                status,
+                requests,
+                latency,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_and_fresh_series_count_alike() {
+        let metrics = Metrics::new();
+        let worker = WorkerMetrics::new(metrics.clone());
+        for i in 0..(MAX_KEPT_SERIES + 10) {
+            let route = format!("/r{i}");
+            for _ in 0..3 {
+                worker.observe_request(
+                    &Method::GET,
+                    &route,
+                    StatusCode::OK,
+                    Duration::from_millis(1),
+                );
+            }
+        }
+        worker.observe_request(
+            &Method::POST,
+            "/r0",
+            StatusCode::OK,
+            Duration::from_millis(1),
+        );
+        worker.observe_request(
+            &Method::GET,
+            "/r0",
+            StatusCode::NOT_FOUND,
+            Duration::from_millis(1),
+        );
+        let text = metrics.render(None);
+        for i in [0, MAX_KEPT_SERIES - 1, MAX_KEPT_SERIES + 9] {
+            let line = format!(
+                "image_url_http_requests_total{{method=\"GET\",route=\"/r{i}\",status=\"200\"}} 3"
+            );
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+        assert!(text.contains(
+            "image_url_http_requests_total{method=\"POST\",route=\"/r0\",status=\"200\"} 1"
+        ));
+        assert!(text.contains(
+            "image_url_http_requests_total{method=\"GET\",route=\"/r0\",status=\"404\"} 1"
+        ));
+        assert!(text.contains("image_url_http_request_duration_seconds_count{route=\"/r0\"} 5"));
     }
 }

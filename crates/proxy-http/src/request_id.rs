@@ -1,127 +1,281 @@
 //! Request ids, access logs and HTTP metrics: one middleware around every request.
+//!
+//! [`RequestContext`] is written as a plain `Transform` rather than with
+//! `middleware::from_fn`: on the redirect endpoint the whole request costs a few
+//! microseconds, and `from_fn` boxes two futures and the response body per request. Here
+//! the future is a small pinned wrapper, the body is passed through untouched
+//! (`EitherBody::Left`) unless it is a problem body that needs its request id, and nothing
+//! is allocated but the id itself.
 
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
-use actix_web::middleware::Next;
 use actix_web::HttpMessage;
+use tracing::instrument::Instrumented;
+use tracing::Instrument;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WorkerMetrics};
 
 /// The header carrying the request id, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+
 /// Stands in for the request id in problem bodies until the middleware fills it in.
 pub(crate) const PLACEHOLDER: &str = "\u{1}request-id\u{1}";
 
-/// The id of the current request, stored in request extensions.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+/// How serde_json writes [`PLACEHOLDER`] (control characters become `\u0001`).
+const PLACEHOLDER_IN_JSON: &str = r"\u0001request-id\u0001";
 
-fn new_id() -> String {
+/// A fresh id: 12 hex digits fixed per process, a dash, and a per-process counter.
+fn new_id() -> HeaderValue {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let prefix = PREFIX.get_or_init(|| {
+    let prefix = *PREFIX.get_or_init(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64 ^ u64::from(std::process::id()) << 32)
             .unwrap_or(0)
     });
-    format!(
-        "{:012x}-{:08x}",
-        prefix & 0xffff_ffff_ffff,
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    let counter = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut id = [b'-'; 21];
+    write_hex(&mut id[..12], prefix);
+    write_hex(&mut id[13..], counter);
+    // Hex digits and a dash are always a valid header value.
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Writes the low `4 * out.len()` bits of `value` as lower-case hex.
+fn write_hex(out: &mut [u8], mut value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
 }
 
 /// Accepts a caller's id if it is short and plain, so it can be logged safely.
-fn accepted(id: &str) -> bool {
+fn accepted(id: &HeaderValue) -> bool {
+    let id = id.as_bytes();
     !id.is_empty()
         && id.len() <= 64
         && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// Assigns the request id, echoes it, fills it into problem bodies, records metrics and
+/// The middleware: assigns the request id (or keeps a plain one the caller sent), echoes
+/// it in `X-Request-Id`, fills it into problem bodies, records the request's metrics and
 /// writes one access-log line (method, route pattern, status, latency — never the query,
-/// never a `Location`).
-pub async fn middleware(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let started = Instant::now();
-    let id = req
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| accepted(v))
-        .map_or_else(new_id, str::to_owned);
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let metrics = req.app_data::<actix_web::web::Data<Metrics>>().cloned();
-    let method = req.method().clone();
-    let response = next.call(req).await?;
-    let route = match response
-        .request()
+/// never a `Location`). Log lines written while the request runs carry the id too (the
+/// handler runs inside a `request` span).
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    metrics: Metrics,
+}
+
+impl RequestContext {
+    /// Records into `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        RequestContext { metrics }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for RequestContext
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    type Response = ServiceResponse<EitherBody<B, String>>;
+    type Error = actix_web::Error;
+    type Transform = RequestContextService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(RequestContextService {
+            service,
+            metrics: Rc::new(WorkerMetrics::new(self.metrics.clone())),
+        }))
+    }
+}
+
+/// [`RequestContext`] wrapped around a service.
+#[derive(Debug)]
+pub struct RequestContextService<S> {
+    service: S,
+    // An `Rc`: each worker builds its own app (so its own `WorkerMetrics`), and the
+    // future needs the metrics after the inner service has answered.
+    metrics: Rc<WorkerMetrics>,
+}
+
+impl<S, B> Service<ServiceRequest> for RequestContextService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    type Response = ServiceResponse<EitherBody<B, String>>;
+    type Error = actix_web::Error;
+    type Future = RequestContextFuture<S::Future>;
+
+    actix_web::dev::forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let started = Instant::now();
+        let id = req
+            .headers()
+            .get(&REQUEST_ID)
+            .filter(|v| accepted(v))
+            .cloned()
+            .unwrap_or_else(new_id);
+        // `accepted` and `new_id` only let ASCII through.
+        let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or(""));
+        RequestContextFuture {
+            inner: self.service.call(req).instrument(span),
+            started,
+            id: Some(id),
+            metrics: Rc::clone(&self.metrics),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a request running inside [`RequestContext`].
+    #[derive(Debug)]
+    pub struct RequestContextFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        started: Instant,
+        id: Option<HeaderValue>,
+        metrics: Rc<WorkerMetrics>,
+    }
+}
+
+impl<F, B> Future for RequestContextFuture<F>
+where
+    F: Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
+    B: MessageBody,
+{
+    type Output = Result<ServiceResponse<EitherBody<B, String>>, actix_web::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(response) => response?,
+        };
+        let id = this.id.take().unwrap_or_else(new_id);
+        Poll::Ready(Ok(finish(response, id, *this.started, this.metrics)))
+    }
+}
+
+/// Everything done once the handler has answered.
+fn finish<B: MessageBody>(
+    response: ServiceResponse<B>,
+    id: HeaderValue,
+    started: Instant,
+    metrics: &WorkerMetrics,
+) -> ServiceResponse<EitherBody<B, String>> {
+    let id_text = id.to_str().unwrap_or("");
+    let mut response = fill_problem(response, id_text);
+    let request = response.request();
+    let route_label = request
         .extensions()
         .get::<crate::handlers::RouteLabel>()
-    {
-        Some(label) => label.0.to_owned(),
-        None => response
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_owned()),
+        .map(|label| label.0);
+    // Routes matched by hand carry a static label; the others ask the router (a small
+    // allocation, off the hot path).
+    let route_pattern;
+    let route = match route_label {
+        Some(label) => label,
+        None => {
+            route_pattern = request.match_pattern();
+            route_pattern.as_deref().unwrap_or("unmatched")
+        }
     };
-    let mut response = fill_problem(response, &id).await?;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
-    }
     let status = response.status();
     let elapsed = started.elapsed();
-    if let Some(metrics) = metrics {
-        metrics.observe_request(method.as_str(), &route, status.as_str(), elapsed);
-    }
+    metrics.observe_request(request.method(), route, status, elapsed);
     tracing::info!(
-        request_id = %id,
-        method = %method,
-        route = %route,
+        request_id = id_text,
+        method = %request.method(),
+        route,
         status = status.as_u16(),
         latency_us = elapsed.as_micros() as u64,
         "request"
     );
-    Ok(response)
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
 }
 
-/// Replaces the placeholder in problem+json bodies (small, buffered) with the id.
-async fn fill_problem(
-    response: ServiceResponse<impl MessageBody + 'static>,
+/// Replaces the placeholder in problem+json bodies (small, held in memory) with the id;
+/// every other body passes through untouched.
+fn fill_problem<B: MessageBody>(
+    response: ServiceResponse<B>,
     id: &str,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+) -> ServiceResponse<EitherBody<B, String>> {
     let is_problem = response
         .headers()
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
     if !is_problem {
-        return Ok(response.map_into_boxed_body());
+        return response.map_into_left_body();
     }
     let (request, response) = response.into_parts();
     let (head, body) = response.into_parts();
-    let bytes = actix_web::body::to_bytes(body).await.unwrap_or_default();
-    // serde_json writes the placeholder's control characters as \u0001 escapes; the id
-    // is plain ASCII (see `accepted`), so it needs no escaping in JSON.
-    let text = String::from_utf8_lossy(&bytes).replace(r"\u0001request-id\u0001", id);
-    let response = head.set_body(text).map_into_boxed_body();
-    Ok(ServiceResponse::new(request, response))
+    match body.try_into_bytes() {
+        Ok(bytes) => {
+            // The id is plain ASCII (see `accepted`), so it needs no escaping in JSON.
+            let text = String::from_utf8_lossy(&bytes).replace(PLACEHOLDER_IN_JSON, id);
+            ServiceResponse::new(request, head.set_body(text)).map_into_right_body()
+        }
+        // Problem bodies are built in memory by `ApiError`; a streamed one is left as is
+        // (the id is still in the header).
+        Err(body) => ServiceResponse::new(request, head.set_body(body)).map_into_left_body(),
+    }
 }
 
-/// The id of a request handled by this server.
-pub fn of(req: &actix_web::HttpRequest) -> String {
-    req.extensions()
-        .get::<RequestId>()
-        .map_or_else(String::new, |r| r.0.clone())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_ids_are_distinct_and_well_formed() {
+        let a = new_id();
+        let b = new_id();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let text = id.to_str().unwrap();
+            assert_eq!(text.len(), 21, "{text}");
+            assert_eq!(&text[12..13], "-");
+            assert!(text
+                .bytes()
+                .all(|c| c == b'-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            assert!(accepted(id));
+        }
+    }
+
+    #[test]
+    fn hex_is_written_right_aligned() {
+        let mut out = [0u8; 8];
+        write_hex(&mut out, 0xab_cdef);
+        assert_eq!(&out, b"00abcdef");
+    }
+
+    #[test]
+    fn only_plain_caller_ids_are_kept() {
+        for good in ["abc", "req-1_2.3", &"a".repeat(64)] {
+            assert!(accepted(&HeaderValue::from_str(good).unwrap()), "{good}");
+        }
+        for bad in ["", "has space", "semi;colon", &"a".repeat(65), "quote\""] {
+            assert!(!accepted(&HeaderValue::from_str(bad).unwrap()), "{bad}");
+        }
+    }
 }
