@@ -1,0 +1,126 @@
+//! Proxy mode streams a 1 GiB object through the real server process with flat memory.
+//!
+//! The server runs as its own process so that its resident memory can be read from
+//! `/proc/<pid>/status` without the test's own buffers blurring it; the origin (the dev
+//! origin, which verifies every signature) runs in the test process and serves a sparse
+//! file, so no disk space is needed.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cos_sign::Credentials;
+use dev_origin::{DevOrigin, OriginConfig};
+use futures::StreamExt;
+
+const SIZE: u64 = 1024 * 1024 * 1024;
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Kills the server if an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_streams_1_gib_with_flat_server_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::File::create(dir.path().join("big.bin"))
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let credentials = Credentials::new("AKIDproxytest", "proxy-test-secret");
+    let origin = DevOrigin::start(
+        OriginConfig::new(dir.path(), credentials),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let port = image_url_tests::free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_image-url-server"))
+        .arg("serve")
+        .env("COS_SECRET_ID", "AKIDproxytest")
+        .env("COS_SECRET_KEY", "proxy-test-secret")
+        .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
+        .env("IMAGE_URL_COS__SCHEME", "http")
+        .env("IMAGE_URL_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("IMAGE_URL_SERVER__WORKERS", "1")
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = KillOnDrop(child);
+    let pid = server.0.id();
+
+    // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("{base}/livez")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Warm the server up (connection pool, cache entry) before the baseline reading.
+    let warm = http
+        .get(format!("{base}/api/v1/images/big.bin/proxy?mode=proxy"))
+        .header("range", "bytes=0-1023")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), 206);
+    assert_eq!(warm.bytes().await.unwrap().len(), 1024);
+    let before = rss_kib(pid);
+
+    let res = http
+        .get(format!("{base}/api/v1/images/big.bin/proxy?mode=proxy"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.content_length(),
+        Some(SIZE),
+        "Content-Length passed through"
+    );
+    let mut body = res.bytes_stream();
+    let (mut received, mut peak, mut chunks) = (0u64, before, 0u64);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        assert!(
+            chunk.iter().all(|&b| b == 0),
+            "the sparse file reads as zeros"
+        );
+        received += chunk.len() as u64;
+        chunks += 1;
+        if chunks % 64 == 0 {
+            peak = peak.max(rss_kib(pid));
+        }
+    }
+    peak = peak.max(rss_kib(pid));
+    assert_eq!(received, SIZE);
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    println!(
+        "server resident memory {before} KiB before, peak {peak} KiB while proxying 1 GiB \
+         (+{grown_mib} MiB)"
+    );
+    assert!(
+        grown_mib < 64,
+        "the server's resident memory grew by {grown_mib} MiB while proxying 1 GiB"
+    );
+    drop(server);
+    origin.stop().await;
+}
