@@ -1,24 +1,110 @@
 #!/usr/bin/env bash
 # Load test of the redirect and proxy endpoints, side by side with baselines, in one run.
-# Usage: bash benches/load/run.sh   (needs wrk and nginx: apt-get install wrk nginx-light)
+# Usage: bash benches/load/run.sh   (needs wrk and nginx: apt-get install wrk nginx-light;
+#        the link section needs root and iproute2, and is skipped without them)
 #
 # Redirect: wrk -t1 -c64 against (a) nginx `return 302`, (b) a minimal actix-web handler
 # returning a constant 302, (c) image-url-server with the memory cache, (d) with Redis;
 # every server on one worker. Proxy: a 10 MiB object through `?mode=proxy` versus fetched
-# directly from the origin with a presigned URL.
+# directly from the origin with a presigned URL, (e) over loopback, where client, proxy
+# and origin share this machine's cores, and (f) with the origin in a network namespace
+# behind a veth link shaped with tbf, as a COS bucket is reached over a network.
+#
+# This machine is shared and noisy, so every table is ROUNDS interleaved rounds (a round
+# runs each target once) and reports medians; "CPU/req" is the server process's CPU time
+# (user + system, from /proc) divided by the requests it answered, which varies much less
+# than throughput from run to run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-8s}
+ROUNDS=${ROUNDS:-3}
+LINK_RATES=${LINK_RATES:-1gbit 4gbit 8gbit}
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+NS=iu-load-$$
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  ip link del iu-h$$ 2>/dev/null || true
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+wait_port() { # host port
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done
+  echo "port $1:$2 never opened" >&2; return 1
+}
+pid_of_port() { ss -ltnpH "sport = :$1" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
+# CPU ticks (user + system) of the given processes; the comm field may hold spaces.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12+$13}'))); done; echo "$t"; }
+HZ=$(getconf CLK_TCK)
 
 cargo build --release -q -p image-url-server
 cargo build --release -q -p image-url-benches --example const302
 bin=target/release/image-url-server
+export COS_SECRET_ID=AKIDload COS_SECRET_KEY=load-secret
+
+# One measurement: prints "req_per_s p99_ms cpu_us_per_request bytes_per_s".
+measure() { # url connections pids-to-charge...
+  local url=$1 conns=$2; shift 2
+  local t0 t1 out
+  t0=$(ticks "$@")
+  out=$(wrk -t1 -c"$conns" -d"$DURATION" --latency "$url")
+  t1=$(ticks "$@")
+  python3 - "$t0" "$t1" "$HZ" "$DURATION" "$out" <<'PY'
+import re, sys
+t0, t1, hz, dur = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+out = sys.argv[5]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+m = re.search(r"\s99%\s+([\d.]+)(us|ms|s)\b", out)
+p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+t = re.search(r"Transfer/sec:\s+([\d.]+)([KMG]?B)", out)
+bps = float(t.group(1)) * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[t.group(2)]
+secs = float(dur[:-1]) * {"s": 1, "m": 60}[dur[-1]]
+cpu_us = (t1 - t0) / hz * 1e6 / max(rps * secs, 1)
+print(f"{rps:.1f} {p99:.2f} {cpu_us:.2f} {bps:.0f}")
+PY
+}
+
+# Runs ROUNDS interleaved rounds over the targets and prints a markdown table of medians.
+# Targets are given as "label|url|connections|pids|baseline-label" lines on stdin; the
+# ratio column compares each target with the target named as its baseline.
+table() { # kind (rps|bytes)
+  local kind=$1 targets=() results="$work/results.$RANDOM"
+  mapfile -t targets
+  : >"$results"
+  for round in $(seq "$ROUNDS"); do
+    for t in "${targets[@]}"; do
+      IFS='|' read -r label url conns tpids _ <<<"$t"
+      # shellcheck disable=SC2086
+      echo "$label|$(measure "$url" "$conns" $tpids)" >>"$results"
+    done
+  done
+  python3 - "$kind" "$results" "${targets[@]}" <<'PY'
+import statistics, sys
+kind, path, targets = sys.argv[1], sys.argv[2], sys.argv[3:]
+rows = {}
+for line in open(path):
+    label, values = line.rstrip("\n").split("|")
+    rows.setdefault(label, []).append([float(v) for v in values.split()])
+med = {l: [statistics.median(col) for col in zip(*v)] for l, v in rows.items()}
+if kind == "rps":
+    print("| target | req/s (median) | p99 | CPU/req | vs baseline | rounds, req/s |")
+else:
+    print("| target | req/s × object (median) | throughput | p99 | proxy CPU/req | vs baseline | rounds, req/s |")
+print("|---|---|---|---|---|---|" + ("" if kind == "rps" else "---|"))
+for t in targets:
+    label, _, _, _, base = t.split("|")
+    rps, p99, cpu, bps = med[label]
+    ratio = f"{100 * rps / med[base][0]:.0f} % of {base}" if base and base in med else "—"
+    each = " / ".join(f"{r[0]:.0f}" if r[0] >= 1000 else f"{r[0]:.1f}" for r in rows[label])
+    if kind == "rps":
+        print(f"| {label} | {rps:,.0f} | {p99:.2f} ms | {cpu:.2f} µs | {ratio} | {each} |")
+    else:
+        cpu_ms = f"{cpu / 1000:.2f} ms" if cpu > 0 else "—"
+        print(f"| {label} | {rps:.1f} | {bps / 2**30:.2f} GiB/s | {p99:.0f} ms | {cpu_ms} | {ratio} | {each} |")
+PY
+}
 
 # (a) nginx
 NGINX_PORT=$(port)
@@ -45,41 +131,71 @@ ORIGIN_PORT=$(port); MEM_PORT=$(port); REDIS_SRV_PORT=$(port); REDIS_PORT=$(port
 mkdir -p "$work/images"
 head -c 10485760 /dev/urandom > "$work/images/big.bin"
 printf 'jpeg' > "$work/images/a.jpg"
-export COS_SECRET_ID=AKIDload COS_SECRET_KEY=load-secret
 $bin dev-origin --dir "$work/images" --listen "127.0.0.1:$ORIGIN_PORT" 2>/dev/null & pids+=($!)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
-common=(IMAGE_URL_SERVER__WORKERS=1 IMAGE_URL_COS__DOMAIN="127.0.0.1:$ORIGIN_PORT" IMAGE_URL_COS__SCHEME=http RUST_LOG=warn)
-env "${common[@]}" IMAGE_URL_SERVER__LISTEN="127.0.0.1:$MEM_PORT" $bin serve 2>/dev/null & pids+=($!); MEM_PID=$!
-env "${common[@]}" IMAGE_URL_SERVER__LISTEN="127.0.0.1:$REDIS_SRV_PORT" IMAGE_URL_CACHE__BACKEND=redis \
-  IMAGE_URL_CACHE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT" $bin serve 2>/dev/null & pids+=($!)
-for p in $NGINX_PORT $CONST_PORT $ORIGIN_PORT $MEM_PORT $REDIS_SRV_PORT $REDIS_PORT; do wait_port "$p"; done
+common=(IMAGE_URL_SERVER__WORKERS=1 IMAGE_URL_COS__SCHEME=http RUST_LOG=warn)
+env "${common[@]}" IMAGE_URL_COS__DOMAIN="127.0.0.1:$ORIGIN_PORT" IMAGE_URL_SERVER__LISTEN="127.0.0.1:$MEM_PORT" \
+  $bin serve 2>/dev/null & pids+=($!)
+env "${common[@]}" IMAGE_URL_COS__DOMAIN="127.0.0.1:$ORIGIN_PORT" IMAGE_URL_SERVER__LISTEN="127.0.0.1:$REDIS_SRV_PORT" \
+  IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+  $bin serve 2>/dev/null & pids+=($!)
+for p in $NGINX_PORT $CONST_PORT $ORIGIN_PORT $MEM_PORT $REDIS_SRV_PORT $REDIS_PORT; do wait_port 127.0.0.1 "$p"; done
 curl -s -o /dev/null "http://127.0.0.1:$MEM_PORT/api/v1/images/a.jpg/proxy"
 curl -s -o /dev/null "http://127.0.0.1:$REDIS_SRV_PORT/api/v1/images/a.jpg/proxy"
-
-run() { # name url connections
-  local out rps p99
-  out=$(wrk -t1 -c"$3" -d"$DURATION" --latency "$2")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  printf '| %s | %s | %s |\n' "$1" "$rps" "$p99"
-}
-echo
-echo "Redirect, wrk -t1 -c64 -d$DURATION, one server worker each"
-echo "| target | req/s | p99 |"
-echo "|---|---|---|"
-run "nginx return 302" "http://127.0.0.1:$NGINX_PORT/a.jpg" 64
-run "actix-web constant 302" "http://127.0.0.1:$CONST_PORT/a.jpg" 64
-run "image-url-server, memory cache" "http://127.0.0.1:$MEM_PORT/api/v1/images/a.jpg/proxy" 64
-run "image-url-server, Redis cache" "http://127.0.0.1:$REDIS_SRV_PORT/api/v1/images/a.jpg/proxy" 64
+# nginx: the master and its worker; the others: the process holding the port.
+NGINX_PIDS="$(cat "$work/nginx/nginx.pid") $(pgrep -P "$(cat "$work/nginx/nginx.pid")" | tr '\n' ' ')"
+CONST_PID=$(pid_of_port "$CONST_PORT"); MEM_PID=$(pid_of_port "$MEM_PORT")
+REDIS_SRV_PID=$(pid_of_port "$REDIS_SRV_PORT")
 
 echo
-echo "Proxy, 10 MiB object, wrk -t1 -c8 -d$DURATION"
-echo "| target | req/s | p99 |"
-echo "|---|---|---|"
+echo "Redirect, wrk -t1 -c64 -d$DURATION, one server worker each, $ROUNDS rounds (CPU/req: the server's)"
+echo
+table rps <<EOF
+nginx return 302|http://127.0.0.1:$NGINX_PORT/a.jpg|64|$NGINX_PIDS|
+actix-web constant 302|http://127.0.0.1:$CONST_PORT/a.jpg|64|$CONST_PID|nginx return 302
+image-url-server, memory cache|http://127.0.0.1:$MEM_PORT/api/v1/images/a.jpg/proxy|64|$MEM_PID|nginx return 302
+image-url-server, Redis cache|http://127.0.0.1:$REDIS_SRV_PORT/api/v1/images/a.jpg/proxy|64|$REDIS_SRV_PID|nginx return 302
+EOF
+
+echo
+echo "Proxy over loopback, 10 MiB object, wrk -t1 -c8 -d$DURATION, $ROUNDS rounds (CPU/req: the proxy's)"
+echo
 direct=$($bin presign big.bin --bucket local-1250000000 --domain "127.0.0.1:$ORIGIN_PORT" --scheme http)
-rss_before=$(awk '/VmRSS/ {print $2}' /proc/$MEM_PID/status)
-run "origin directly (presigned URL)" "$direct" 8
-run "image-url-server ?mode=proxy" "http://127.0.0.1:$MEM_PORT/api/v1/images/big.bin/proxy?mode=proxy" 8
-rss_after=$(awk '/VmRSS/ {print $2}' /proc/$MEM_PID/status)
+rss_before=$(awk '/VmRSS/ {print $2}' "/proc/$MEM_PID/status")
+table bytes <<EOF
+origin directly (presigned URL)|$direct|8||
+image-url-server ?mode=proxy|http://127.0.0.1:$MEM_PORT/api/v1/images/big.bin/proxy?mode=proxy|8|$MEM_PID|origin directly (presigned URL)
+EOF
+rss_after=$(awk '/VmRSS/ {print $2}' "/proc/$MEM_PID/status")
 echo
-echo "server resident memory: ${rss_before} KiB before the proxy run, ${rss_after} KiB after"
+echo "server resident memory: ${rss_before} KiB before the proxy runs, ${rss_after} KiB after"
+
+# (f) the origin across a shaped link
+if ! { ip netns add "$NS" && ip link add "iu-h$$" type veth peer name "iu-o$$"; } 2>/dev/null; then
+  echo
+  echo "Proxy across a link: skipped (needs root and iproute2 to make a network namespace)"
+  exit 0
+fi
+ip link set "iu-o$$" netns "$NS"
+ip addr add 10.231.77.1/24 dev "iu-h$$"; ip link set "iu-h$$" up
+ip netns exec "$NS" ip addr add 10.231.77.2/24 dev "iu-o$$"
+ip netns exec "$NS" ip link set "iu-o$$" up; ip netns exec "$NS" ip link set lo up
+ip netns exec "$NS" $bin dev-origin --dir "$work/images" --listen 10.231.77.2:9000 2>/dev/null & pids+=($!)
+LINK_SRV_PORT=$(port)
+env "${common[@]}" IMAGE_URL_COS__DOMAIN=10.231.77.2:9000 IMAGE_URL_SERVER__LISTEN="127.0.0.1:$LINK_SRV_PORT" \
+  $bin serve 2>/dev/null & pids+=($!)
+wait_port 10.231.77.2 9000; wait_port 127.0.0.1 "$LINK_SRV_PORT"
+LINK_SRV_PID=$(pid_of_port "$LINK_SRV_PORT")
+direct=$($bin presign big.bin --bucket local-1250000000 --domain 10.231.77.2:9000 --scheme http)
+for rate in $LINK_RATES; do
+  # Shape both directions: tbf on each end of the veth pair.
+  tc qdisc replace dev "iu-h$$" root tbf rate "$rate" burst 1mb latency 5ms
+  ip netns exec "$NS" tc qdisc replace dev "iu-o$$" root tbf rate "$rate" burst 1mb latency 5ms
+  echo
+  echo "Proxy across a $rate link (origin in a network namespace), 10 MiB object, wrk -t1 -c8 -d$DURATION, $ROUNDS rounds"
+  echo
+  table bytes <<EOF
+origin directly (presigned URL)|$direct|8||
+image-url-server ?mode=proxy|http://127.0.0.1:$LINK_SRV_PORT/api/v1/images/big.bin/proxy?mode=proxy|8|$LINK_SRV_PID|origin directly (presigned URL)
+EOF
+done

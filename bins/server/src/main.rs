@@ -18,12 +18,6 @@ mod logging;
 mod presign;
 mod serve;
 
-// A request on the redirect path makes a dozen small allocations; mimalloc serves them in
-// about half the instructions of glibc's malloc and keeps per-thread free lists, which
-// suits actix-web's one-thread-per-worker model.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,

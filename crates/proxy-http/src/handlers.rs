@@ -55,9 +55,9 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     }));
 }
 
-/// Which key route `path` is, as (suffix, route pattern): `/api/v1/images/{key}/proxy`,
+/// Which key route `path` is, as (suffix, route pattern for metrics and logs): `/api/v1/images/{key}/proxy`,
 /// `/status` or `/refresh` with a non-empty key.
-fn key_route(path: &str) -> Option<(&'static str, &'static str)> {
+pub(crate) fn key_route(path: &str) -> Option<(&'static str, &'static str)> {
     let rest = path.strip_prefix(PREFIX)?;
     [
         ("/proxy", "/api/v1/images/{key}/proxy"),
@@ -68,20 +68,14 @@ fn key_route(path: &str) -> Option<(&'static str, &'static str)> {
     .find(|(suffix, _)| rest.len() > suffix.len() && rest.ends_with(suffix))
 }
 
-/// The route pattern of a request matched by hand, for metrics and logs.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RouteLabel(pub(crate) &'static str);
-
 /// `/api/v1/images/{key}/proxy|status|refresh`, or 404.
 async fn dispatch_key_route(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    use actix_web::HttpMessage;
-    let Some((suffix, label)) = key_route(req.uri().path()) else {
+    let Some((suffix, _)) = key_route(req.uri().path()) else {
         return Err(ApiError::NotFound);
     };
-    req.extensions_mut().insert(RouteLabel(label));
     let method = req.method();
     match suffix {
         "/proxy" if method == actix_web::http::Method::GET => proxy_or_redirect(req, state).await,

@@ -17,7 +17,6 @@ use std::time::Instant;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
-use actix_web::HttpMessage;
 use tracing::instrument::Instrumented;
 use tracing::Instrument;
 
@@ -186,15 +185,11 @@ fn finish<B: MessageBody>(
     let id_text = id.to_str().unwrap_or("");
     let mut response = fill_problem(response, id_text);
     let request = response.request();
-    let route_label = request
-        .extensions()
-        .get::<crate::handlers::RouteLabel>()
-        .map(|label| label.0);
-    // Routes matched by hand carry a static label; the others ask the router (a small
-    // allocation, off the hot path).
+    // Key routes are matched by hand and named here the same way; the others ask the
+    // router (a small allocation, off the hot path).
     let route_pattern;
-    let route = match route_label {
-        Some(label) => label,
+    let route = match crate::handlers::key_route(request.path()) {
+        Some((_, pattern)) => pattern,
         None => {
             route_pattern = request.match_pattern();
             route_pattern.as_deref().unwrap_or("unmatched")
