@@ -7,7 +7,7 @@ use crate::presign::credentials_from_env;
 
 /// Serves until Ctrl-C or SIGTERM, then lets in-flight requests finish.
 pub fn run(args: &DevOriginArgs) -> Result<(), String> {
-    crate::logging::init(false);
+    let _log_writer = crate::logging::init(false);
     let credentials = credentials_from_env(&|name| std::env::var(name).ok())?;
     let mut config = OriginConfig::new(&args.dir, credentials);
     config.bucket = args.bucket.clone();

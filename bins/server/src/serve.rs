@@ -16,7 +16,7 @@ use crate::config::{self, Config};
 /// Runs the server.
 pub fn run(args: &ServeArgs) -> Result<(), String> {
     let (config, figment) = config::load(args.config.as_deref())?;
-    crate::logging::init(config.server.json_logs);
+    let _log_writer = crate::logging::init(config.server.json_logs);
     let policy: EvictionPolicy = config.cache.policy.parse().map_err(|e| {
         format!(
             "cache.policy from {}: {e}",

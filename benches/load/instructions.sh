@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# User-space instructions per redirect request, counted by callgrind: image-url-server
+# (memory cache) beside the constant-302 actix-web handler, same client, same requests.
+# Instruction counts do not depend on what else the machine is doing, so this number
+# moves only when the code does — unlike req/s on a shared machine.
+# Usage: bash benches/load/instructions.sh   (needs valgrind; N=3000 requests by default)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${N:-3000}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cargo build --release -q -p image-url-server
+cargo build --release -q -p image-url-benches --example const302
+
+count() { # label path command...
+  local label=$1 path=$2 port vp
+  shift 2
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  # The constant handler takes its address as an argument, `serve` from the environment.
+  if [ "$label" = const302 ]; then set -- "$@" "127.0.0.1:$port"; fi
+  IMAGE_URL_SERVER__LISTEN="127.0.0.1:$port" \
+    valgrind --tool=callgrind --callgrind-out-file="$work/$label.out" "$@" 2>/dev/null &
+  vp=$!
+  for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  # Warm up, zero the counters, send N keep-alive requests, dump.
+  python3 - "$port" "$N" "$path" <<'PY'
+import http.client, subprocess, sys
+port, n, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+conn = http.client.HTTPConnection("127.0.0.1", port)
+def send(k):
+    for _ in range(k):
+        conn.request("GET", path)
+        res = conn.getresponse()
+        res.read()
+        assert res.status == 302, res.status
+send(500)
+subprocess.run(["callgrind_control", "-z"], capture_output=True, check=True)
+send(n)
+subprocess.run(["callgrind_control", "-d"], capture_output=True, check=True)
+PY
+  kill "$vp"; wait "$vp" 2>/dev/null || true
+  local total
+  total=$(callgrind_annotate "$work/$label.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+  echo "$((total / N))"
+}
+
+const=$(count const302 /a.jpg target/release/examples/const302)
+ours=$(IMAGE_URL_SERVER__WORKERS=1 IMAGE_URL_COS__DOMAIN=127.0.0.1:9 IMAGE_URL_COS__SCHEME=http \
+  RUST_LOG=warn COS_SECRET_ID=AKIDload COS_SECRET_KEY=load-secret \
+  count server /api/v1/images/a.jpg/proxy target/release/image-url-server serve)
+echo
+echo "User-space instructions per redirect request (callgrind, $N keep-alive requests, one connection)"
+echo
+echo "| server | instructions/request |"
+echo "|---|---|"
+echo "| actix-web constant 302 | $const |"
+echo "| image-url-server, memory cache | $ours |"
