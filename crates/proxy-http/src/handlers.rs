@@ -188,10 +188,22 @@ pub(crate) async fn proxy_or_redirect(
                 service.config().pre_refresh,
                 state.config.max_redirect_age,
             );
-            Ok(HttpResponse::Found()
-                .insert_header((header::LOCATION, answer.url))
-                .insert_header((header::CACHE_CONTROL, cache_control))
-                .finish())
+            // Built directly rather than through `HttpResponse::Found()`'s builder: this
+            // is the hot path, and the builder converts each header pair generically.
+            let location = header::HeaderValue::try_from(answer.url).map_err(|_| {
+                ApiError::Service(ServiceError::InvalidConfig(
+                    "the signed URL is not a valid Location header (check cos.domain)".into(),
+                ))
+            })?;
+            let mut response = HttpResponse::new(actix_web::http::StatusCode::FOUND);
+            let headers = response.headers_mut();
+            headers.insert(header::LOCATION, location);
+            headers.insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::try_from(cache_control)
+                    .unwrap_or_else(|_| header::HeaderValue::from_static("no-store")),
+            );
+            Ok(response)
         }
         Some("proxy") => proxy::stream(&req, &state, service, &key, &options).await,
         Some(other) => Err(ApiError::BadRequest(format!(
