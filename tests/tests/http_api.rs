@@ -498,3 +498,108 @@ async fn graceful_shutdown_loses_no_in_flight_request() {
     );
     origin.unwrap().stop().await;
 }
+
+/// A stand-in for COS that accepts connections and then stalls: silent from the start,
+/// or after the response head and the first ten bytes of a 1000-byte body.
+async fn stalling_origin(send_head: bool) -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        // Keep every connection open and silent until the test's runtime ends.
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            if send_head {
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n\
+                          Content-Length: 1000\r\n\r\n0123456789",
+                    )
+                    .await;
+            }
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+/// A server whose COS endpoint is `origin`, with the given proxy timeouts.
+fn server_for(
+    origin: std::net::SocketAddr,
+    read_timeout: Duration,
+    total_timeout: Duration,
+) -> HttpServerHandle {
+    let endpoint = Endpoint::custom_domain(&origin.to_string())
+        .unwrap()
+        .with_scheme(Scheme::Http);
+    let signer = CosSigner::new(Credentials::new("AKIDstall", "stall-secret"), endpoint);
+    let service = ImageUrlService::builder(signer, Arc::new(MemoryCache::builder().build()))
+        .build()
+        .unwrap();
+    let mut api = ApiConfig::default();
+    api.proxy_read_timeout = read_timeout;
+    api.proxy_timeout = total_timeout;
+    HttpServerHandle::start(
+        AppState::new(Ok(service), api),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_timeouts_end_a_stalled_origin_fetch() {
+    // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let long = Duration::from_secs(120);
+    let short = Duration::from_millis(500);
+    let proxy = |server: &HttpServerHandle| {
+        format!(
+            "http://{}/api/v1/images/a.jpg/proxy?mode=proxy",
+            server.addr()
+        )
+    };
+
+    // An origin that never answers: the total timeout gives a 504 problem, which names
+    // neither the URL nor its signature. (Without it, this would wait for the 120 s read
+    // timeout and the client's own deadline below would fail the test.)
+    let silent = stalling_origin(false).await;
+    let server = server_for(silent, long, short);
+    let res = http
+        .get(proxy(&server))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let body = problem(res, 504).await;
+    let text = body.to_string();
+    assert!(
+        !text.contains("q-signature") && !text.contains(&silent.to_string()),
+        "{text}"
+    );
+    server.stop(false).await;
+
+    // An origin that stops in the middle of the body: the read timeout cuts the stream,
+    // and the client sees a body shorter than the Content-Length it was promised.
+    let stalling = stalling_origin(true).await;
+    for (read, total) in [(short, long), (long, short)] {
+        let server = server_for(stalling, read, total);
+        let res = http
+            .get(proxy(&server))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.content_length(), Some(1000));
+        match res.bytes().await {
+            Ok(body) => assert!(body.len() < 1000, "a short body, not {}", body.len()),
+            Err(err) => assert!(
+                !err.is_timeout(),
+                "the server cut it, not the client: {err}"
+            ),
+        }
+        server.stop(false).await;
+    }
+}

@@ -22,6 +22,8 @@ pub struct Config {
     pub signing: Signing,
     /// `[cache]`.
     pub cache: Cache,
+    /// `[proxy]`.
+    pub proxy: Proxy,
 }
 
 /// `[server]`.
@@ -79,6 +81,15 @@ pub struct Cache {
     pub pool_size: usize,
     pub timeout_ms: u64,
     pub cleanup_interval_secs: u64,
+}
+
+/// `[proxy]`: fetching objects from COS in `?mode=proxy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    pub connect_timeout_secs: u64,
+    pub read_timeout_secs: u64,
+    pub timeout_secs: u64,
 }
 
 /// Loads the configuration; an error is one line naming the key and where it came from.

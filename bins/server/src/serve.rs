@@ -70,7 +70,7 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
             }
         };
         let background = service.as_ref().ok().cloned();
-        let api = ApiConfig::default().admin_token(Some(config.server.admin_token.clone()));
+        let api = api_config(&config, &figment)?;
         let state = AppState::new(service, api);
         let server = HttpServerHandle::start(state, config.server.listen, workers).map_err(|e| {
             format!("server.listen {} from {}: {e}", config.server.listen, config::source_of(&figment, "server.listen"))
@@ -145,6 +145,24 @@ fn endpoint(config: &Config, figment: &Figment) -> Result<Endpoint, String> {
             .map_err(|e| format!("cos.domain from {}: {e}", at("cos.domain")))?
     };
     Ok(endpoint.with_scheme(scheme))
+}
+
+fn api_config(config: &Config, figment: &Figment) -> Result<ApiConfig, String> {
+    let secs = |key: &str, value: u64| {
+        if value == 0 {
+            Err(format!(
+                "proxy.{key} from {}: must be at least 1",
+                config::source_of(figment, &format!("proxy.{key}"))
+            ))
+        } else {
+            Ok(Duration::from_secs(value))
+        }
+    };
+    let mut api = ApiConfig::default().admin_token(Some(config.server.admin_token.clone()));
+    api.proxy_connect_timeout = secs("connect_timeout_secs", config.proxy.connect_timeout_secs)?;
+    api.proxy_read_timeout = secs("read_timeout_secs", config.proxy.read_timeout_secs)?;
+    api.proxy_timeout = secs("timeout_secs", config.proxy.timeout_secs)?;
+    Ok(api)
 }
 
 fn service_config(config: &Config, figment: &Figment) -> Result<ServiceConfig, String> {

@@ -52,6 +52,20 @@ fn invalid_configuration_names_the_key_and_its_source() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("pre_refresh"));
 
     let out = server()
+        .arg("serve")
+        .env("IMAGE_URL_PROXY__TIMEOUT_SECS", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("proxy.timeout_secs")
+            && err.contains("IMAGE_URL_")
+            && err.contains("at least 1"),
+        "{err}"
+    );
+
+    let out = server()
         .args(["serve", "--config", "/nonexistent.toml"])
         .output()
         .unwrap();

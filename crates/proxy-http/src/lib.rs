@@ -55,6 +55,10 @@ pub struct ApiConfig {
     pub proxy_connect_timeout: Duration,
     /// Proxy mode: longest silence while reading from the origin (default 30 s).
     pub proxy_read_timeout: Duration,
+    /// Proxy mode: longest time one origin fetch may take, from connecting to the last
+    /// byte of the body (default 300 s). Past it a fetch that has not answered yet is a
+    /// 504; one that is streaming is cut off (the client sees a short body).
+    pub proxy_timeout: Duration,
     /// Longest `max-age` of a redirect (default 3600 s).
     pub max_redirect_age: Duration,
 }
@@ -65,6 +69,7 @@ impl Default for ApiConfig {
             admin_token: None,
             proxy_connect_timeout: Duration::from_secs(5),
             proxy_read_timeout: Duration::from_secs(30),
+            proxy_timeout: Duration::from_secs(300),
             max_redirect_age: Duration::from_secs(3600),
         }
     }

@@ -27,7 +27,8 @@ const PASSED_BACK: [header::HeaderName; 7] = [
     header::CONTENT_DISPOSITION,
 ];
 
-/// The origin client: no redirects followed, connect and read timeouts, rustls with ring.
+/// The origin client: no redirects followed, connect and read timeouts (the total one is
+/// set per request), rustls with ring.
 pub(crate) fn client(config: &ApiConfig) -> reqwest::Client {
     // Several servers may build clients in one process: installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -49,7 +50,10 @@ pub(crate) async fn stream(
 ) -> Result<HttpResponse, ApiError> {
     let mut answer = service.get_url(key, options).await?;
     for attempt in 0..2 {
-        let mut upstream = state.upstream.get(&answer.url);
+        let mut upstream = state
+            .upstream
+            .get(&answer.url)
+            .timeout(state.config.proxy_timeout);
         for name in &FORWARDED {
             if let Some(value) = req.headers().get(name) {
                 upstream = upstream.header(name.as_str(), value.as_bytes());
