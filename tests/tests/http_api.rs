@@ -499,29 +499,37 @@ async fn graceful_shutdown_loses_no_in_flight_request() {
     origin.unwrap().stop().await;
 }
 
-/// A stand-in for COS that accepts connections and then stalls: silent from the start,
-/// or after the response head and the first ten bytes of a 1000-byte body.
-async fn stalling_origin(send_head: bool) -> std::net::SocketAddr {
-    use tokio::io::AsyncWriteExt;
+/// A stand-in for COS that accepts connections, reads the request head, writes `answer`
+/// (if any) and then stalls, keeping the connection open.
+async fn scripted_origin(answer: Option<&'static [u8]>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        // Keep every connection open and silent until the test's runtime ends.
+        // Keep every connection open until the test's runtime ends.
         let mut held = Vec::new();
         while let Ok((mut socket, _)) = listener.accept().await {
-            if send_head {
-                let _ = socket
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n\
-                          Content-Length: 1000\r\n\r\n0123456789",
-                    )
-                    .await;
+            // Answer only once the request is in, as a real server would.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            if let Some(answer) = answer {
+                let _ = socket.write_all(answer).await;
             }
             held.push(socket);
         }
     });
     addr
 }
+
+/// The head and the first ten bytes of a 1000-byte body.
+const HEAD_AND_TEN_BYTES: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n0123456789";
 
 /// A server whose COS endpoint is `origin`, with the given proxy timeouts.
 fn server_for(
@@ -564,7 +572,7 @@ async fn proxy_timeouts_end_a_stalled_origin_fetch() {
     // An origin that never answers: the total timeout gives a 504 problem, which names
     // neither the URL nor its signature. (Without it, this would wait for the 120 s read
     // timeout and the client's own deadline below would fail the test.)
-    let silent = stalling_origin(false).await;
+    let silent = scripted_origin(None).await;
     let server = server_for(silent, long, short);
     let res = http
         .get(proxy(&server))
@@ -582,7 +590,7 @@ async fn proxy_timeouts_end_a_stalled_origin_fetch() {
 
     // An origin that stops in the middle of the body: the read timeout cuts the stream,
     // and the client sees a body shorter than the Content-Length it was promised.
-    let stalling = stalling_origin(true).await;
+    let stalling = scripted_origin(Some(HEAD_AND_TEN_BYTES)).await;
     for (read, total) in [(short, long), (long, short)] {
         let server = server_for(stalling, read, total);
         let res = http
@@ -600,6 +608,47 @@ async fn proxy_timeouts_end_a_stalled_origin_fetch() {
                 "the server cut it, not the client: {err}"
             ),
         }
+        server.stop(false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_origin_failures_are_502_problems() {
+    // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let long = Duration::from_secs(60);
+    // A port nobody listens on (bound, then released).
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let failing = scripted_origin(Some(
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+    ))
+    .await;
+    let redirecting = scripted_origin(Some(
+        b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n",
+    ))
+    .await;
+    for (origin, says) in [
+        (refused, "cannot connect to the origin"),
+        (failing, "the origin answered 500"),
+        (redirecting, "the origin answered 302"),
+    ] {
+        let server = server_for(origin, long, long);
+        let res = http
+            .get(format!(
+                "http://{}/api/v1/images/a.jpg/proxy?mode=proxy",
+                server.addr()
+            ))
+            .send()
+            .await
+            .unwrap();
+        let body = problem(res, 502).await;
+        let text = body.to_string();
+        assert!(text.contains(says), "{text}");
+        assert!(!text.contains("q-signature"), "{text}");
         server.stop(false).await;
     }
 }
