@@ -555,6 +555,19 @@ fn server_for(
     .unwrap()
 }
 
+/// `GET a.jpg?mode=proxy`, with a client-side deadline well past every server timeout
+/// the tests set.
+async fn proxy_mode_get(http: &reqwest::Client, server: &HttpServerHandle) -> reqwest::Response {
+    http.get(format!(
+        "http://{}/api/v1/images/a.jpg/proxy?mode=proxy",
+        server.addr()
+    ))
+    .timeout(Duration::from_secs(60))
+    .send()
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_timeouts_end_a_stalled_origin_fetch() {
     // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
@@ -562,24 +575,13 @@ async fn proxy_timeouts_end_a_stalled_origin_fetch() {
     let http = reqwest::Client::new();
     let long = Duration::from_secs(120);
     let short = Duration::from_millis(500);
-    let proxy = |server: &HttpServerHandle| {
-        format!(
-            "http://{}/api/v1/images/a.jpg/proxy?mode=proxy",
-            server.addr()
-        )
-    };
 
     // An origin that never answers: the total timeout gives a 504 problem, which names
     // neither the URL nor its signature. (Without it, this would wait for the 120 s read
     // timeout and the client's own deadline below would fail the test.)
     let silent = scripted_origin(None).await;
     let server = server_for(silent, long, short);
-    let res = http
-        .get(proxy(&server))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .unwrap();
+    let res = proxy_mode_get(&http, &server).await;
     let body = problem(res, 504).await;
     let text = body.to_string();
     assert!(
@@ -593,12 +595,7 @@ async fn proxy_timeouts_end_a_stalled_origin_fetch() {
     let stalling = scripted_origin(Some(HEAD_AND_TEN_BYTES)).await;
     for (read, total) in [(short, long), (long, short)] {
         let server = server_for(stalling, read, total);
-        let res = http
-            .get(proxy(&server))
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .unwrap();
+        let res = proxy_mode_get(&http, &server).await;
         assert_eq!(res.status(), 200);
         assert_eq!(res.content_length(), Some(1000));
         match res.bytes().await {
@@ -637,14 +634,7 @@ async fn proxy_origin_failures_are_502_problems() {
         (redirecting, "the origin answered 302"),
     ] {
         let server = server_for(origin, long, long);
-        let res = http
-            .get(format!(
-                "http://{}/api/v1/images/a.jpg/proxy?mode=proxy",
-                server.addr()
-            ))
-            .send()
-            .await
-            .unwrap();
+        let res = proxy_mode_get(&http, &server).await;
         let body = problem(res, 502).await;
         let text = body.to_string();
         assert!(text.contains(says), "{text}");

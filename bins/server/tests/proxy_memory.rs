@@ -14,16 +14,6 @@ use futures::StreamExt;
 
 const SIZE: u64 = 1024 * 1024 * 1024;
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// Kills the server if an assertion fails first.
 struct KillOnDrop(std::process::Child);
 
@@ -83,7 +73,7 @@ async fn proxy_mode_streams_1_gib_with_flat_server_memory() {
         .unwrap();
     assert_eq!(warm.status(), 206);
     assert_eq!(warm.bytes().await.unwrap().len(), 1024);
-    let before = rss_kib(pid);
+    let before = image_url_tests::resident_kib(pid);
 
     let res = http
         .get(format!("{base}/api/v1/images/big.bin/proxy?mode=proxy"))
@@ -107,10 +97,10 @@ async fn proxy_mode_streams_1_gib_with_flat_server_memory() {
         received += chunk.len() as u64;
         chunks += 1;
         if chunks % 64 == 0 {
-            peak = peak.max(rss_kib(pid));
+            peak = peak.max(image_url_tests::resident_kib(pid));
         }
     }
-    peak = peak.max(rss_kib(pid));
+    peak = peak.max(image_url_tests::resident_kib(pid));
     assert_eq!(received, SIZE);
     let grown_mib = peak.saturating_sub(before) / 1024;
     println!(

@@ -12,16 +12,6 @@ use futures::StreamExt;
 
 const NOW: i64 = 1_800_000_000;
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mib_object_streams_with_flat_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,7 +37,7 @@ async fn a_200_mib_object_streams_with_flat_memory() {
     let size: u64 = 200 * 1024 * 1024;
     let file = std::fs::File::create(dir.path().join("big.bin")).unwrap();
     file.set_len(size).unwrap(); // sparse: no disk needed
-    let before = rss_kib();
+    let before = image_url_tests::resident_kib(std::process::id());
     // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let res = reqwest::get(url).await.unwrap();
@@ -57,7 +47,7 @@ async fn a_200_mib_object_streams_with_flat_memory() {
     let (mut received, mut peak) = (0u64, before);
     while let Some(chunk) = stream.next().await {
         received += chunk.unwrap().len() as u64;
-        peak = peak.max(rss_kib());
+        peak = peak.max(image_url_tests::resident_kib(std::process::id()));
     }
     assert_eq!(received, size);
     let grown_mib = (peak.saturating_sub(before)) / 1024;
