@@ -264,6 +264,78 @@ mod tests {
         assert_eq!(&out, b"00abcdef");
     }
 
+    /// Collects what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[actix_web::test]
+    async fn ids_are_echoed_and_carried_by_every_log_line_of_the_request() {
+        use actix_web::{test, web, App, HttpResponse};
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        // The actix test runtime runs on this thread, so a thread-local default will do.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let metrics = Metrics::new();
+        let app = test::init_service(
+            App::new()
+                .wrap(RequestContext::new(metrics.clone()))
+                .default_service(web::to(|| async {
+                    tracing::info!("inside the handler");
+                    HttpResponse::Ok().finish()
+                })),
+        )
+        .await;
+
+        let req = test::TestRequest::get()
+            .uri("/somewhere?secret=1")
+            .insert_header((REQUEST_ID_HEADER, "trace-me-1"))
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.headers().get(REQUEST_ID_HEADER).unwrap(), "trace-me-1");
+        let res = test::call_service(&app, test::TestRequest::get().to_request()).await;
+        let fresh = res
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(fresh.len(), 21, "{fresh}");
+
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        for id in ["trace-me-1", fresh.as_str()] {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("inside the handler") && l.contains(id)),
+                "the handler's line carries {id}:\n{log}"
+            );
+            assert!(
+                log.lines().any(
+                    |l| l.contains("status=200") && l.contains(&format!("request_id=\"{id}\""))
+                ),
+                "one access line for {id}:\n{log}"
+            );
+        }
+        assert!(!log.contains("secret"), "no query in the logs:\n{log}");
+        assert!(metrics.render(None).contains(
+            r#"image_url_http_requests_total{method="GET",route="unmatched",status="200"} 2"#
+        ));
+    }
+
     #[test]
     fn only_plain_caller_ids_are_kept() {
         for good in ["abc", "req-1_2.3", &"a".repeat(64)] {
