@@ -5,7 +5,7 @@
 ///
 /// Lines are formatted on the thread that logs but written by a background thread: an
 /// access-log line per request must not make a server worker wait on a pipe or a disk.
-/// If the writer falls more than 128 Ki lines behind, new lines are dropped rather than
+/// If the writer falls more than 128 000 lines behind, new lines are dropped rather than
 /// stalling requests. Keep the returned guard until exit: dropping it flushes what is
 /// buffered.
 #[must_use = "dropping the guard stops the log writer"]

@@ -55,8 +55,8 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     }));
 }
 
-/// Which key route `path` is, as (suffix, route pattern for metrics and logs): `/api/v1/images/{key}/proxy`,
-/// `/status` or `/refresh` with a non-empty key.
+/// Which key route `path` is — `/api/v1/images/{key}/proxy`, `/status` or `/refresh` with
+/// a non-empty key — as (suffix, route pattern for metrics and logs).
 pub(crate) fn key_route(path: &str) -> Option<(&'static str, &'static str)> {
     let rest = path.strip_prefix(PREFIX)?;
     [
