@@ -13,64 +13,50 @@ fn server() -> Command {
     cmd
 }
 
+/// Runs `serve` as `command` sets it up; it must fail, and its stderr must say each of
+/// `expected`.
+fn refused(command: &mut Command, expected: &[&str]) {
+    let out = command.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "serve must refuse this configuration"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in expected {
+        assert!(err.contains(needle), "{needle:?} missing from: {err}");
+    }
+}
+
 #[test]
 fn invalid_configuration_names_the_key_and_its_source() {
     let dir = tempfile_dir();
     let file = dir.join("bad.toml");
     std::fs::write(&file, "[signing]\nttl_secs = \"soon\"\n").unwrap();
-    let out = server()
-        .args(["serve", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("signing.ttl_secs") && err.contains("bad.toml"),
-        "{err}"
+    refused(
+        server().args(["serve", "--config"]).arg(&file),
+        &["signing.ttl_secs", "bad.toml"],
     );
-
-    let out = server()
-        .arg("serve")
-        .env("IMAGE_URL_CACHE__BACKEND", "memcached")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("cache.backend") && err.contains("IMAGE_URL_"),
-        "{err}"
+    refused(
+        server()
+            .arg("serve")
+            .env("IMAGE_URL_CACHE__BACKEND", "memcached"),
+        &["cache.backend", "IMAGE_URL_"],
     );
-
     std::fs::write(&file, "[signing]\nttl_secs = 600\npre_refresh_secs = 900\n").unwrap();
-    let out = server()
-        .args(["serve", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pre_refresh"));
-
-    let out = server()
-        .arg("serve")
-        .env("IMAGE_URL_PROXY__TIMEOUT_SECS", "0")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("proxy.timeout_secs")
-            && err.contains("IMAGE_URL_")
-            && err.contains("at least 1"),
-        "{err}"
+    refused(
+        server().args(["serve", "--config"]).arg(&file),
+        &["pre_refresh"],
     );
-
-    let out = server()
-        .args(["serve", "--config", "/nonexistent.toml"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+    refused(
+        server()
+            .arg("serve")
+            .env("IMAGE_URL_PROXY__TIMEOUT_SECS", "0"),
+        &["proxy.timeout_secs", "IMAGE_URL_", "at least 1"],
+    );
+    refused(
+        server().args(["serve", "--config", "/nonexistent.toml"]),
+        &["no such file"],
+    );
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
