@@ -1,5 +1,6 @@
 //! What callers ask for, and what they get.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use cos_sign::{ObjectKey, PresignOptions};
@@ -134,10 +135,11 @@ impl UrlOptions {
     }
 
     /// The cache key for `key` with these options.
-    pub(crate) fn cache_key(&self, key: &ObjectKey) -> Result<String> {
+    pub(crate) fn cache_key<'k>(&self, key: &'k ObjectKey) -> Result<Cow<'k, str>> {
         let params = self.params()?;
         if params.is_empty() {
-            return Ok(key.as_str().to_owned());
+            // The common case, on every lookup: the key itself, not a copy of it.
+            return Ok(Cow::Borrowed(key.as_str()));
         }
         let mut cache_key = String::with_capacity(key.as_str().len() + 64);
         cache_key.push_str(key.as_str());
@@ -149,7 +151,7 @@ impl UrlOptions {
                 cache_key.push_str(value);
             }
         }
-        Ok(cache_key)
+        Ok(Cow::Owned(cache_key))
     }
 }
 

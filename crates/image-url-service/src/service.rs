@@ -202,7 +202,7 @@ impl ImageUrlService {
             .iter()
             .map(|raw| {
                 let key = ObjectKey::new(raw).map_err(ServiceError::InvalidKey)?;
-                let cache_key = options.cache_key(&key)?;
+                let cache_key = options.cache_key(&key)?.into_owned();
                 Ok((key, cache_key))
             })
             .collect();
@@ -384,7 +384,7 @@ impl ImageUrlService {
             }
         }
         let signed = if options.use_cache {
-            self.sign_once(key, cache_key, options).await?
+            self.sign_once(key, cache_key.into_owned(), options).await?
         } else {
             let (url, expires_at) = self.sign(key, options)?;
             Signed {

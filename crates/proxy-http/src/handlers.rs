@@ -198,11 +198,7 @@ pub(crate) async fn proxy_or_redirect(
             let mut response = HttpResponse::new(actix_web::http::StatusCode::FOUND);
             let headers = response.headers_mut();
             headers.insert(header::LOCATION, location);
-            headers.insert(
-                header::CACHE_CONTROL,
-                header::HeaderValue::try_from(cache_control)
-                    .unwrap_or_else(|_| header::HeaderValue::from_static("no-store")),
-            );
+            headers.insert(header::CACHE_CONTROL, cache_control);
             Ok(response)
         }
         Some("proxy") => proxy::stream(&req, &state, service, &key, &options).await,
@@ -219,21 +215,27 @@ pub(crate) fn redirect_cache_control(
     answer: &ImageUrl,
     pre_refresh: std::time::Duration,
     max: std::time::Duration,
-) -> String {
+) -> header::HeaderValue {
     let usable = answer
         .ttl_remaining
         .saturating_sub(pre_refresh)
         .min(max)
         .as_secs();
     if usable < 60 {
-        "no-store".to_owned()
-    } else {
-        // On every redirect: itoa instead of `format!`'s machinery.
-        let mut value = String::with_capacity(32);
-        value.push_str("private, max-age=");
-        value.push_str(itoa::Buffer::new().format(usable));
-        value
+        return header::HeaderValue::from_static("no-store");
     }
+    // On every redirect: written into a stack buffer with itoa, then copied once into the
+    // header value (no `format!`, no intermediate `String`).
+    const PREFIX: &[u8] = b"private, max-age=";
+    let mut value = [0u8; PREFIX.len() + 20];
+    value[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut number = itoa::Buffer::new();
+    let digits = number.format(usable).as_bytes();
+    let len = PREFIX.len() + digits.len();
+    value[PREFIX.len()..len].copy_from_slice(digits);
+    // ASCII letters, digits, a comma, a space and `=`: always a valid header value.
+    header::HeaderValue::from_bytes(&value[..len])
+        .unwrap_or_else(|_| header::HeaderValue::from_static("no-store"))
 }
 
 /// `GET /api/v1/images/{key}/status`.
@@ -406,4 +408,46 @@ async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(crate::openapi_json())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn with_ttl(secs: u64) -> ImageUrl {
+        ImageUrl {
+            key: "a.jpg".into(),
+            url: "https://b-1250000000.cos.ap-guangzhou.myqcloud.com/a.jpg".into(),
+            expires_at: 0.0,
+            ttl_remaining: Duration::from_secs(secs),
+            from_cache: true,
+            degraded: false,
+            refreshed: false,
+            mime_type: None,
+        }
+    }
+
+    #[test]
+    fn redirects_are_cached_until_the_pre_refresh_point_and_never_long_or_short() {
+        let pre_refresh = Duration::from_secs(900);
+        let max = Duration::from_secs(3600);
+        let cases = [
+            (3600, "private, max-age=2700"),
+            (960, "private, max-age=60"),
+            (959, "no-store"),
+            (0, "no-store"),
+            (100_000, "private, max-age=3600"),
+        ];
+        for (ttl, expected) in cases {
+            assert_eq!(
+                redirect_cache_control(&with_ttl(ttl), pre_refresh, max),
+                expected,
+                "ttl {ttl}"
+            );
+        }
+        let unbounded = redirect_cache_control(&with_ttl(u64::MAX), Duration::ZERO, Duration::MAX);
+        assert_eq!(unbounded, format!("private, max-age={}", u64::MAX).as_str());
+    }
 }
