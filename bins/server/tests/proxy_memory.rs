@@ -5,24 +5,17 @@
 //! origin, which verifies every signature) runs in the test process and serves a sparse
 //! file, so no disk space is needed.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+
+use common::{server, wait_until_live, KillOnDrop};
 
 use cos_sign::Credentials;
 use dev_origin::{DevOrigin, OriginConfig};
 use futures::StreamExt;
 
+mod common;
+
 const SIZE: u64 = 1024 * 1024 * 1024;
-
-/// Kills the server if an assertion fails first.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_streams_1_gib_with_flat_server_memory() {
@@ -40,7 +33,7 @@ async fn proxy_mode_streams_1_gib_with_flat_server_memory() {
     .unwrap();
 
     let port = image_url_tests::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_image-url-server"))
+    let child = server()
         .arg("serve")
         .env("COS_SECRET_ID", "AKIDproxytest")
         .env("COS_SECRET_KEY", "proxy-test-secret")
@@ -52,18 +45,14 @@ async fn proxy_mode_streams_1_gib_with_flat_server_memory() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = KillOnDrop(child);
-    let pid = server.0.id();
+    let server = KillOnDrop::new(child);
+    let pid = server.id();
 
     // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http.get(format!("{base}/livez")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(wait_until_live(&http, &base).await.status(), 200);
     // Warm the server up (connection pool, cache entry) before the baseline reading.
     let warm = http
         .get(format!("{base}/api/v1/images/big.bin/proxy?mode=proxy"))

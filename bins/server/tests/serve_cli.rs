@@ -3,15 +3,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-fn server() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_image-url-server"));
-    for var in ["COS_SECRET_ID", "COS_SECRET_KEY", "COS_SECURITY_TOKEN"] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
+use common::{server, wait_until_live, KillOnDrop};
+
+mod common;
 
 /// Runs `serve` as `command` sets it up; it must fail, and its stderr must say each of
 /// `expected`.
@@ -77,16 +72,7 @@ async fn starts_on_the_embedded_default_says_what_is_missing_and_stops_on_sigter
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     // Kill the server if an assertion fails before the orderly SIGTERM below.
-    struct KillOnDrop(Option<std::process::Child>);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            if let Some(child) = self.0.as_mut() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-    let mut guard = KillOnDrop(Some(child));
+    let guard = KillOnDrop::new(child);
     let lines = std::thread::spawn(move || {
         BufReader::new(stderr)
             .lines()
@@ -97,15 +83,7 @@ async fn starts_on_the_embedded_default_says_what_is_missing_and_stops_on_sigter
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(res) = http.get(format!("{base}/livez")).send().await {
-            assert_eq!(res.status(), 200);
-            break;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(wait_until_live(&http, &base).await.status(), 200);
     let res = http
         .get(format!("{base}/api/v1/images/a.jpg/proxy"))
         .send()
@@ -118,7 +96,7 @@ async fn starts_on_the_embedded_default_says_what_is_missing_and_stops_on_sigter
         "{body}"
     );
 
-    let mut child = guard.0.take().unwrap();
+    let mut child = guard.take();
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
