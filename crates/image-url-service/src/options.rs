@@ -1,6 +1,7 @@
 //! What callers ask for, and what they get.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use cos_sign::{ObjectKey, PresignOptions};
@@ -12,7 +13,8 @@ use crate::{Result, ServiceError};
 ///
 /// Signed response parameters make a different URL, so each combination is a separate
 /// cache entry. The cache key is the object key alone when no parameter is set (the
-/// original system's layout), else `{key}?{param}={value}&...` in a fixed order.
+/// original system's layout), else `{key}?{param}={value}&...` in a fixed order, with
+/// the separators escaped inside each part so that no two requests share a key.
 ///
 /// ```
 /// use image_url_service::UrlOptions;
@@ -134,24 +136,42 @@ impl UrlOptions {
         Ok(options)
     }
 
-    /// The cache key for `key` with these options.
+    /// The cache key for `key` with these options: an injective encoding, so two
+    /// different requests never share an entry.
+    ///
+    /// The key comes first with `%` and `?` escaped (`%25`, `%3F`), so the first `?`
+    /// always ends it; then each parameter as `name=value`, joined by `&`, with `%`, `&`
+    /// and `=` escaped in names and values. An ordinary key without options (no `%` or
+    /// `?`) is its own cache key, readable in Redis.
     pub(crate) fn cache_key<'k>(&self, key: &'k ObjectKey) -> Result<Cow<'k, str>> {
         let params = self.params()?;
-        if params.is_empty() {
+        let raw = key.as_str();
+        if params.is_empty() && !raw.bytes().any(|b| b == b'%' || b == b'?') {
             // The common case, on every lookup: the key itself, not a copy of it.
-            return Ok(Cow::Borrowed(key.as_str()));
+            return Ok(Cow::Borrowed(raw));
         }
-        let mut cache_key = String::with_capacity(key.as_str().len() + 64);
-        cache_key.push_str(key.as_str());
+        let mut cache_key = String::with_capacity(raw.len() + 64);
+        push_escaped(&mut cache_key, raw, b"%?");
         for (i, (name, value)) in params.iter().enumerate() {
             cache_key.push(if i == 0 { '?' } else { '&' });
-            cache_key.push_str(name);
+            push_escaped(&mut cache_key, name, b"%&=");
             if !value.is_empty() {
                 cache_key.push('=');
-                cache_key.push_str(value);
+                push_escaped(&mut cache_key, value, b"%&=");
             }
         }
         Ok(Cow::Owned(cache_key))
+    }
+}
+
+/// Appends `s` with each byte of `special` (all ASCII) written as `%XX`.
+fn push_escaped(out: &mut String, s: &str, special: &[u8]) {
+    for c in s.chars() {
+        if c.is_ascii() && special.contains(&(c as u8)) {
+            let _ = write!(out, "%{:02X}", c as u8); // writing to a String cannot fail
+        } else {
+            out.push(c);
+        }
     }
 }
 
@@ -239,6 +259,62 @@ mod tests {
                 .unwrap(),
             "a.jpg?response-content-type=image/webp&imageMogr2/thumbnail/200x"
         );
+    }
+
+    /// Regression: an object key with `?` and an option value with `&` used to produce
+    /// the same cache key as another request, so one could poison the other's entry.
+    #[test]
+    fn known_collisions_are_gone() {
+        let thumb = "imageMogr2/thumbnail/200x";
+        let question = ObjectKey::new(&format!("a.jpg?{thumb}")).unwrap();
+        let plain = ObjectKey::new("a.jpg").unwrap();
+        assert_ne!(
+            UrlOptions::new().cache_key(&question).unwrap(),
+            UrlOptions::new().process(thumb).cache_key(&plain).unwrap()
+        );
+        assert_ne!(
+            UrlOptions::new()
+                .content_type(format!("image/webp&{thumb}"))
+                .cache_key(&plain)
+                .unwrap(),
+            UrlOptions::new()
+                .content_type("image/webp")
+                .process(thumb)
+                .cache_key(&plain)
+                .unwrap()
+        );
+    }
+
+    proptest::proptest! {
+        /// Distinct (key, options) pairs never share a cache key. Small alphabets full of
+        /// the separators make near-collisions common.
+        #[test]
+        fn cache_keys_are_injective(
+            requests in proptest::collection::vec(
+                (
+                    "[a?&=%/]{1,6}",
+                    proptest::option::of("[a?&=%]{0,4}"),
+                    proptest::option::of("[a?&=%]{0,4}"),
+                    proptest::option::of("[a?%/]{1,4}"),
+                ),
+                1..40,
+            )
+        ) {
+            let mut seen: std::collections::HashMap<String, (String, UrlOptions)> =
+                std::collections::HashMap::new();
+            for (raw, content_type, disposition, process) in requests {
+                let Ok(key) = ObjectKey::new(&raw) else { continue };
+                let mut options = UrlOptions::new();
+                options.content_type = content_type;
+                options.content_disposition = disposition;
+                options.process = process;
+                let Ok(cache_key) = options.cache_key(&key) else { continue };
+                let request = (key.as_str().to_owned(), options);
+                if let Some(earlier) = seen.insert(cache_key.clone().into_owned(), request.clone()) {
+                    proptest::prop_assert_eq!(earlier, request, "{} shared", cache_key);
+                }
+            }
+        }
     }
 
     #[test]

@@ -707,3 +707,32 @@ async fn invalid_input_and_config_are_typed_errors() {
         assert!(matches!(built, Err(ServiceError::InvalidConfig(_))));
     }
 }
+
+/// Regression: the object `a.jpg?imageMogr2/thumbnail/200x` and the thumbnail of `a.jpg`
+/// shared a cache entry, so whoever asked first decided which object the other got.
+#[tokio::test]
+async fn a_key_with_a_question_mark_cannot_poison_a_variant() {
+    let s = setup();
+    let thumb = "imageMogr2/thumbnail/200x";
+    let odd = s
+        .service
+        .get_url(&key(&format!("a.jpg?{thumb}")), &UrlOptions::new())
+        .await
+        .unwrap();
+    assert!(odd.url.contains("/a.jpg%3FimageMogr2/thumbnail/200x?"));
+    let variant = s
+        .service
+        .get_url(&key("a.jpg"), &UrlOptions::new().process(thumb))
+        .await
+        .unwrap();
+    assert!(
+        !variant.from_cache,
+        "a different request, a different entry"
+    );
+    assert!(
+        variant
+            .url
+            .starts_with("https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/a.jpg?"),
+        "the thumbnail is of a.jpg"
+    );
+}
