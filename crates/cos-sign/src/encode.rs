@@ -85,6 +85,29 @@ pub(crate) fn sign_value(s: &str) -> String {
     out
 }
 
+/// If `url` starts with the URL path of `key` as [`push_path`] writes it (without the
+/// leading `/`), the rest of `url`. Compares byte by byte, allocating nothing.
+pub(crate) fn strip_path<'u>(url: &'u str, key: &str) -> Option<&'u str> {
+    let bytes = key.as_bytes();
+    let mut rest = url.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let keep = is_unreserved(b) || (b == b'/' && (i == 0 || bytes[i - 1] != b'.'));
+        if keep {
+            rest = rest.strip_prefix(&[b])?;
+        } else {
+            let escaped = [
+                b'%',
+                HEX_UPPER[usize::from(b >> 4)],
+                HEX_UPPER[usize::from(b & 0xf)],
+            ];
+            rest = rest.strip_prefix(&escaped)?;
+        }
+    }
+    // Every kept or escaped unit is ASCII, so the remaining bytes start on a char
+    // boundary.
+    url.get(url.len() - rest.len()..)
+}
+
 /// Appends `quote_plus(s)`, the form `urlencode` gives query names and values.
 pub(crate) fn push_query_component(out: &mut String, s: &str) {
     let bytes = s.as_bytes();

@@ -84,4 +84,33 @@ proptest! {
         let other = match &token { Some(t) => other.with_session_token(t, None), None => other };
         prop_assert_eq!(verify(&other, &request, start + 1), Err(Rejection::SignatureMismatch));
     }
+
+    #[test]
+    fn presigned_window_recognises_exactly_its_own_urls(
+        raw in key_strategy(),
+        other_raw in key_strategy(),
+        start in 0i64..2_000_000_000,
+        ttl in 1i64..1_000_000,
+        token in proptest::option::of("[a-zA-Z0-9+/=_-]{1,40}"),
+    ) {
+        let Ok(key) = ObjectKey::new(&raw) else { return Ok(()) };
+        let mut creds = Credentials::new("AKIDprop", "prop-secret");
+        if let Some(token) = &token {
+            creds = creds.with_session_token(token, None);
+        }
+        let window = SigningWindow::new(start, start + ttl).unwrap();
+        let options = PresignOptions::new().param("imageMogr2/thumbnail/200x", "");
+        let signer = signer(&creds);
+        let url = signer.presign_url(&key, window, &options).unwrap();
+        prop_assert_eq!(signer.presigned_window(&key, &url), Some(window));
+        if let Ok(other) = ObjectKey::new(&other_raw) {
+            if other != key {
+                prop_assert_eq!(signer.presigned_window(&other, &url), None);
+            }
+        }
+        let elsewhere = CosSigner::new(creds, Endpoint::custom_domain("other.test:9000").unwrap().with_scheme(Scheme::Http));
+        prop_assert_eq!(elsewhere.presigned_window(&key, &url), None);
+        let https = url.replacen("http://", "https://", 1);
+        prop_assert_eq!(signer.presigned_window(&key, &https), None);
+    }
 }
