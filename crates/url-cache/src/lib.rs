@@ -65,6 +65,9 @@ pub const MAX_KEY_LEN: usize = 4096;
 /// - **Errors**: backend trouble is a retryable [`CacheError`]; no method panics on bad
 ///   input; keys must be non-empty, at most [`MAX_KEY_LEN`] bytes, without control
 ///   characters.
+/// - **Bad data is a miss**: an entry the backend cannot read (a value of the wrong
+///   type, a malformed field) is dropped, counted as `corrupt` and as a miss, and never
+///   fails the call or the rest of a batch: it says nothing about the backend's health.
 #[async_trait]
 pub trait UrlCache: Send + Sync + Debug {
     /// The live entry for `key`, recording the access; `None` if absent or expired.
@@ -112,6 +115,14 @@ pub trait UrlCache: Send + Sync + Debug {
 
     /// Counters since creation.
     fn stats(&self) -> CacheStats;
+
+    /// How many times the backend has (re)established its connection since it was
+    /// created. A change tells a circuit breaker that the backend is back, so it can
+    /// probe at once instead of waiting out its cool-down. Backends without connections
+    /// keep the default, 0.
+    fn reconnects(&self) -> u64 {
+        0
+    }
 
     /// A short backend name for logs and metrics (`"memory"`, `"redis"`).
     fn backend(&self) -> &'static str;

@@ -23,14 +23,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::prelude::{
-    Builder, ClientLike, Config, Error as FredError, ErrorKind, HashesInterface, KeysInterface,
-    Pool, ReconnectPolicy, SortedSetsInterface, Value,
+    Builder, ClientLike, Config, Error as FredError, ErrorKind, EventInterface, HashesInterface,
+    KeysInterface, Pool, ReconnectPolicy, SortedSetsInterface, Value,
 };
 use fred::types::{ExpireOptions, SetOptions};
 use tokio::task::JoinHandle;
@@ -59,7 +59,10 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// First reconnect delay (default 100 ms), doubled up to `reconnect_max_delay`.
     pub reconnect_min_delay: Duration,
-    /// Longest reconnect delay (default 10 s). Reconnection never gives up.
+    /// Longest reconnect delay (default 1 s, plus up to 100 ms of jitter so that the
+    /// pool's connections do not knock in step). Reconnection never gives up; one attempt
+    /// per connection per second does not burden a server that is down, and a server
+    /// that comes back is used again within about a second.
     pub reconnect_max_delay: Duration,
     /// Commands buffered per connection while disconnected; beyond, calls fail at once
     /// (default 1024).
@@ -92,7 +95,7 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
             reconnect_min_delay: Duration::from_millis(100),
-            reconnect_max_delay: Duration::from_secs(10),
+            reconnect_max_delay: Duration::from_secs(1),
             command_buffer: 1024,
             health_check_interval: Duration::from_secs(30),
             key_prefix: "image:url:".into(),
@@ -148,14 +151,18 @@ struct Inner {
     policy_index: String,
     policy: EvictionPolicy,
     max_entries: usize,
-    /// The PING task; it holds no reference to `Inner`, and is aborted when the last
-    /// clone of the cache is dropped.
-    health_task: JoinHandle<()>,
+    /// Connections (re)established, counted from fred's reconnection events.
+    reconnects: Arc<AtomicU64>,
+    /// The PING task and the reconnection listeners; they hold no reference to `Inner`,
+    /// and are aborted when the last clone of the cache is dropped.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.health_task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
         // Stop the pool's reconnect loops too; nobody can use it any more.
         let pool = self.pool.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -202,12 +209,13 @@ impl RedisCache {
         })?;
         // Keep reconnecting instead of failing when the first connection fails.
         fred_config.fail_fast = false;
-        let reconnect = ReconnectPolicy::new_exponential(
+        let mut reconnect = ReconnectPolicy::new_exponential(
             0, // never give up
             config.reconnect_min_delay.as_millis() as u32,
             config.reconnect_max_delay.as_millis() as u32,
             2,
         );
+        reconnect.set_jitter(100);
         let pool = Builder::from_config(fred_config)
             .with_connection_config(|c| {
                 c.connection_timeout = config.connect_timeout;
@@ -220,6 +228,28 @@ impl RedisCache {
             .set_policy(reconnect)
             .build_pool(config.pool_size.max(1))
             .map_err(|e| CacheError::InvalidInput(format!("Redis pool: {}", e.details())))?;
+        // Every (re)connection of every pooled client, the first included. Subscribed
+        // before connecting so that none is missed.
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let mut tasks: Vec<JoinHandle<()>> = pool
+            .clients()
+            .iter()
+            .map(|client| {
+                let mut events = client.reconnect_rx();
+                let reconnects = reconnects.clone();
+                tokio::spawn(async move {
+                    use tokio::sync::broadcast::error::RecvError;
+                    loop {
+                        match events.recv().await {
+                            Ok(_) | Err(RecvError::Lagged(_)) => {
+                                reconnects.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(RecvError::Closed) => break,
+                        }
+                    }
+                })
+            })
+            .collect();
         // Spawns the connection tasks; they reconnect on their own from now on.
         pool.connect_pool();
         let connected = tokio::time::timeout(config.connect_timeout, pool.wait_for_connect())
@@ -232,12 +262,12 @@ impl RedisCache {
             );
         }
         let healthy = Arc::new(AtomicBool::new(connected));
-        let health_task = tokio::spawn(health_loop(
+        tasks.push(tokio::spawn(health_loop(
             pool.clone(),
             healthy.clone(),
             config.health_check_interval,
             config.command_timeout,
-        ));
+        )));
         let index = format!("{}-index", config.key_prefix.trim_end_matches(':'));
         Ok(RedisCache {
             inner: Arc::new(Inner {
@@ -251,7 +281,8 @@ impl RedisCache {
                 prefix: config.key_prefix,
                 policy: config.policy,
                 max_entries: config.max_entries.max(1),
-                health_task,
+                reconnects,
+                tasks,
             }),
         })
     }
@@ -273,8 +304,11 @@ impl RedisCache {
         match tokio::time::timeout(self.inner.command_timeout, op).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => {
-                self.inner.stats.error();
-                Err(map_error(&err, self.inner.command_timeout))
+                let err = map_error(&err, self.inner.command_timeout);
+                if err.is_retryable() {
+                    self.inner.stats.error();
+                }
+                Err(err)
             }
             Err(_) => {
                 self.inner.stats.error();
@@ -327,7 +361,8 @@ impl RedisCache {
         }
     }
 
-    /// Turns one key's pipeline replies into the lookup's outcome, counting it.
+    /// Turns one key's pipeline replies into the lookup's outcome, counting it. A
+    /// corrupt entry is dropped and read as a miss; only backend trouble is an error.
     async fn finish_lookup(
         &self,
         key: &str,
@@ -340,28 +375,35 @@ impl RedisCache {
             replies.next();
         }
         let fields: HashMap<String, String> = match hash {
-            Some(Ok(value)) => value
-                .convert()
-                .map_err(|e| self.corrupt(key, e.details()))?,
-            Some(Err(err)) if err.details().contains("WRONGTYPE") => {
+            Some(Ok(value)) => match value.convert() {
+                Ok(fields) => fields,
+                Err(err) => return self.drop_corrupt(key, err.details()).await,
+            },
+            Some(Err(err)) if is_wrong_type(&err) => {
                 return self.legacy_get(key, now).await;
             }
             Some(Err(err)) => {
                 self.inner.stats.error();
                 return Err(map_error(&err, self.inner.command_timeout));
             }
-            None => return Err(self.corrupt(key, "missing pipeline reply")),
+            None => {
+                self.inner.stats.error();
+                return Err(CacheError::Unavailable("truncated pipeline reply".into()));
+            }
         };
         if !fields.contains_key("url") {
             // Absent, or only the stub a missed lookup leaves.
             self.inner.stats.miss(1);
             return Ok(None);
         }
-        let mut entry = parse_entry(key, &fields).inspect_err(|_| self.inner.stats.error())?;
+        let mut entry = match parse_entry(key, &fields) {
+            Ok(entry) => entry,
+            Err(err) => return self.drop_corrupt(key, &err.to_string()).await,
+        };
         if entry.is_expired(now) {
             self.inner.stats.expired(1);
             // Redis expires the hash on its own clock; ours said it is gone, so drop it.
-            let _ = self.delete_quietly(key).await;
+            self.delete_or_log(key).await;
             return Ok(None);
         }
         if let Some(Ok(count)) = count {
@@ -373,42 +415,59 @@ impl RedisCache {
     }
 
     /// Reads an entry the original system stored as a JSON string, and rewrites it in
-    /// this layout.
+    /// this layout. Any other type, or a string that is not such a record, is corrupt.
     async fn legacy_get(&self, key: &str, now: f64) -> Result<Option<CacheEntry>> {
-        let client = self.inner.pool.next();
-        let json: Option<String> = self.run(client.get(self.entry_key(key))).await?;
+        let client = self.inner.pool.next_connected();
+        let json: Option<String> = match self.run(client.get(self.entry_key(key))).await {
+            Ok(json) => json,
+            Err(CacheError::Corrupt { reason, .. }) => {
+                return self.drop_corrupt(key, &reason).await;
+            }
+            Err(err) => return Err(err),
+        };
         let Some(json) = json else {
             self.inner.stats.miss(1);
             return Ok(None);
         };
-        let mut entry: CacheEntry = serde_json::from_str(&json).map_err(|e| {
-            self.inner.stats.error();
-            self.corrupt(key, &e.to_string())
-        })?;
+        let mut entry: CacheEntry = match serde_json::from_str(&json) {
+            Ok(entry) => entry,
+            Err(err) => return self.drop_corrupt(key, &err.to_string()).await,
+        };
         if entry.is_expired(now) {
             self.inner.stats.expired(1);
-            let _ = self.delete_quietly(key).await;
+            self.delete_or_log(key).await;
             return Ok(None);
         }
         entry.image_key = key.to_owned();
         entry.access_count += 1;
         entry.last_accessed = now;
-        let client = self.inner.pool.next();
+        let client = self.inner.pool.next_connected();
         let _: i64 = self.run(client.del(self.entry_key(key))).await?;
         self.store(entry.clone(), now).await?;
         self.inner.stats.hit(1);
         Ok(Some(entry))
     }
 
-    fn corrupt(&self, key: &str, reason: &str) -> CacheError {
-        CacheError::Corrupt {
-            key: key.to_owned(),
-            reason: reason.to_owned(),
+    /// A lookup found an entry it cannot read: count it, say so once (it is deleted, so
+    /// it will not be met again), and answer a miss.
+    async fn drop_corrupt(&self, key: &str, reason: &str) -> Result<Option<CacheEntry>> {
+        self.inner.stats.corrupt();
+        self.inner.stats.miss(1);
+        tracing::warn!(key, reason, "corrupt cache entry dropped");
+        self.delete_or_log(key).await;
+        Ok(None)
+    }
+
+    /// Deletes an entry that must go (expired or corrupt). If Redis cannot do it now,
+    /// the next `put` overwrites the entry, so the failure is only worth a debug line.
+    async fn delete_or_log(&self, key: &str) {
+        if let Err(err) = self.delete_quietly(key).await {
+            tracing::debug!(key, error = %err, "could not delete a dead cache entry");
         }
     }
 
     async fn delete_quietly(&self, key: &str) -> Result<bool> {
-        let pipe = self.inner.pool.next().pipeline();
+        let pipe = self.inner.pool.next_connected().pipeline();
         let entry_key = self.entry_key(key);
         let op = async {
             let _: () = pipe.del(&entry_key).await?;
@@ -420,8 +479,21 @@ impl RedisCache {
         self.run(op).await
     }
 
-    /// Writes `entry` (already validated and live) and enforces the capacity.
+    /// Writes `entry` (already validated and live) and enforces the capacity. A value of
+    /// another type under the key (corrupt) is deleted first, then the write is retried.
     async fn store(&self, entry: CacheEntry, now: f64) -> Result<()> {
+        match self.store_once(entry.clone(), now).await {
+            Err(CacheError::Corrupt { reason, .. }) => {
+                self.inner.stats.corrupt();
+                tracing::warn!(key = %entry.image_key, reason, "corrupt cache entry overwritten");
+                self.delete_quietly(&entry.image_key).await?;
+                self.store_once(entry, now).await
+            }
+            other => other,
+        }
+    }
+
+    async fn store_once(&self, entry: CacheEntry, now: f64) -> Result<()> {
         let key = entry.image_key.clone();
         let entry_key = self.entry_key(&key);
         let order_score = match self.inner.policy.kind() {
@@ -441,7 +513,7 @@ impl RedisCache {
         if let Some(mime) = &mime {
             fields.push(("mime_type", mime.clone()));
         }
-        let pipe = self.inner.pool.next().pipeline();
+        let pipe = self.inner.pool.next_connected().pipeline();
         let op = async {
             // Overwrite field by field (no DEL first): a concurrent reader sees the old
             // entry or the new one, never a gap.
@@ -486,7 +558,7 @@ impl RedisCache {
     /// (under LFU a new entry starts at the bottom). `ZPOPMIN` is atomic, so concurrent
     /// writers never evict the same entry twice.
     async fn evict(&self, surplus: usize, just_written: &str) -> Result<()> {
-        let client = self.inner.pool.next();
+        let client = self.inner.pool.next_connected();
         let mut popped: Vec<(String, f64)> = self
             .run(client.zpopmin(&self.inner.policy_index, Some(surplus + 1)))
             .await?;
@@ -502,7 +574,7 @@ impl RedisCache {
             }
         }
         if !give_back.is_empty() {
-            let client = self.inner.pool.next();
+            let client = self.inner.pool.next_connected();
             let members: Vec<(f64, &str)> =
                 give_back.iter().map(|(s, k)| (*s, k.as_str())).collect();
             let _: i64 = self
@@ -519,7 +591,7 @@ impl RedisCache {
         if popped.is_empty() {
             return Ok(());
         }
-        let pipe = self.inner.pool.next().pipeline();
+        let pipe = self.inner.pool.next_connected().pipeline();
         let op = async {
             for (key, _) in &popped {
                 let _: () = pipe.del(self.entry_key(key)).await?;
@@ -554,7 +626,19 @@ async fn health_loop(pool: Pool, healthy: Arc<AtomicBool>, every: Duration, time
     }
 }
 
+/// A reply saying the key holds a value of another type than the command expects.
+fn is_wrong_type(err: &FredError) -> bool {
+    err.details().starts_with("WRONGTYPE")
+}
+
 fn map_error(err: &FredError, timeout: Duration) -> CacheError {
+    if is_wrong_type(err) {
+        // The data is bad, not the backend.
+        return CacheError::Corrupt {
+            key: String::new(),
+            reason: err.details().to_owned(),
+        };
+    }
     match err.kind() {
         ErrorKind::Timeout => CacheError::Timeout(timeout),
         ErrorKind::Parse => CacheError::Corrupt {
@@ -604,22 +688,22 @@ impl UrlCache for RedisCache {
     async fn peek(&self, key: &str) -> Result<Option<CacheEntry>> {
         validate_key(key)?;
         let now = self.inner.clock.now();
-        let client = self.inner.pool.next();
+        let client = self.inner.pool.next_connected();
         let fields: Result<HashMap<String, String>> =
             self.run(client.hgetall(self.entry_key(key))).await;
         let fields = match fields {
             Ok(fields) => fields,
-            // A legacy JSON string: `get` migrates it; peeking only reports absence.
-            Err(CacheError::Unavailable(message)) if message.contains("WRONGTYPE") => {
-                return Ok(None)
-            }
+            // A legacy JSON string (`get` migrates it) or a corrupt value (`get` drops
+            // it): peeking changes nothing and only reports absence.
+            Err(CacheError::Corrupt { .. }) => return Ok(None),
             Err(err) => return Err(err),
         };
         if !fields.contains_key("url") {
             return Ok(None);
         }
-        let entry = parse_entry(key, &fields)?;
-        Ok((!entry.is_expired(now)).then_some(entry))
+        Ok(parse_entry(key, &fields)
+            .ok()
+            .filter(|entry| !entry.is_expired(now)))
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
@@ -630,7 +714,7 @@ impl UrlCache for RedisCache {
             return Ok(Vec::new());
         }
         let now = self.inner.clock.now();
-        let pipe = self.inner.pool.next().pipeline();
+        let pipe = self.inner.pool.next_connected().pipeline();
         for key in keys {
             self.queue_lookup(&pipe, key, now)
                 .await
@@ -676,7 +760,7 @@ impl UrlCache for RedisCache {
         }
         let now = self.inner.clock.now();
         let until = now + within.as_secs_f64();
-        let client = self.inner.pool.next();
+        let client = self.inner.pool.next_connected();
         let keys: Vec<String> = self
             .run(client.zrangebyscore(
                 &self.inner.expiry_index,
@@ -689,7 +773,7 @@ impl UrlCache for RedisCache {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let pipe = self.inner.pool.next().pipeline();
+        let pipe = self.inner.pool.next_connected().pipeline();
         let op = async {
             for key in &keys {
                 let _: () = pipe.hgetall(self.entry_key(key)).await?;
@@ -713,7 +797,7 @@ impl UrlCache for RedisCache {
         let mut total = 0;
         loop {
             let now = self.inner.clock.now();
-            let client = self.inner.pool.next();
+            let client = self.inner.pool.next_connected();
             let keys: Vec<String> = self
                 .run(client.zrangebyscore(
                     &self.inner.expiry_index,
@@ -726,7 +810,7 @@ impl UrlCache for RedisCache {
             if keys.is_empty() {
                 break;
             }
-            let pipe = self.inner.pool.next().pipeline();
+            let pipe = self.inner.pool.next_connected().pipeline();
             let op = async {
                 let members: Vec<&str> = keys.iter().map(String::as_str).collect();
                 let _: () = pipe.zrem(&self.inner.expiry_index, members.clone()).await?;
@@ -746,13 +830,13 @@ impl UrlCache for RedisCache {
     }
 
     async fn len(&self) -> Result<usize> {
-        let client = self.inner.pool.next();
+        let client = self.inner.pool.next_connected();
         let n: u64 = self.run(client.zcard(&self.inner.expiry_index)).await?;
         Ok(n as usize)
     }
 
     async fn health_check(&self) -> Result<()> {
-        let client = self.inner.pool.next();
+        let client = self.inner.pool.next_connected();
         let result = self.run(client.ping::<String>(None)).await;
         self.inner.healthy.store(result.is_ok(), Ordering::Relaxed);
         result.map(|_| ())
@@ -760,6 +844,10 @@ impl UrlCache for RedisCache {
 
     fn stats(&self) -> CacheStats {
         self.inner.stats.snapshot()
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
     }
 
     fn backend(&self) -> &'static str {

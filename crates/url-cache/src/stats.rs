@@ -20,6 +20,9 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Operations that failed.
     pub errors: u64,
+    /// Entries found unreadable (a value of the wrong type, a malformed field) and
+    /// dropped; each such lookup also counts as a miss.
+    pub corrupt: u64,
 }
 
 impl CacheStats {
@@ -45,6 +48,7 @@ pub struct StatsCounters {
     expired: AtomicU64,
     evictions: AtomicU64,
     errors: AtomicU64,
+    corrupt: AtomicU64,
 }
 
 impl StatsCounters {
@@ -68,6 +72,10 @@ impl StatsCounters {
     pub fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
+    /// Counts one corrupt entry.
+    pub fn corrupt(&self) {
+        self.corrupt.fetch_add(1, Ordering::Relaxed);
+    }
     /// The current values.
     pub fn snapshot(&self) -> CacheStats {
         CacheStats {
@@ -76,6 +84,7 @@ impl StatsCounters {
             expired: self.expired.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            corrupt: self.corrupt.load(Ordering::Relaxed),
         }
     }
 }

@@ -147,6 +147,11 @@ async fn recovers_when_the_server_restarts_without_a_new_client() {
         .await
         .unwrap();
     cache.put(entry("k", clock.now(), 3600.0)).await.unwrap();
+    let connected = cache.reconnects();
+    assert!(
+        connected >= 2,
+        "both pooled connections counted: {connected}"
+    );
     server.restart(); // empty again: nothing is persisted
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -166,6 +171,11 @@ async fn recovers_when_the_server_restarts_without_a_new_client() {
     );
     assert!(cache.health_check().await.is_ok());
     assert!(cache.is_healthy());
+    assert!(
+        cache.reconnects() > connected,
+        "the reconnection was reported: {} after {connected}",
+        cache.reconnects()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,4 +196,63 @@ async fn an_invalid_url_is_a_clear_error() {
         .unwrap_err();
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+}
+
+/// Regression: a value of the wrong type under an entry key failed the lookup with a
+/// retryable error (five of them opened the service's breaker), and one bad entry failed
+/// a whole `get_many`. Each is now a corrupt entry: counted, dropped, read as a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_types_and_malformed_hashes_are_corrupt_misses() {
+    let server = RedisServer::start();
+    let cache = RedisCache::connect(RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    let now = SystemClock.now();
+    cache.put(entry("good.jpg", now, 3600.0)).await.unwrap();
+    let raw = raw_client(&server).await;
+    for (command, key) in [
+        ("RPUSH", "image:url:list.jpg"),
+        ("SADD", "image:url:set.jpg"),
+    ] {
+        let _: i64 = raw
+            .custom(fred::cmd!(command), vec![key, "x"])
+            .await
+            .unwrap();
+    }
+    let _: () = raw
+        .set("image:url:notjson.jpg", "{not json", None, None, false)
+        .await
+        .unwrap();
+    let _: () = raw
+        .hset(
+            "image:url:badhash.jpg",
+            [("url", "https://b.example/x"), ("expires_at", "soon")],
+        )
+        .await
+        .unwrap();
+
+    let bad = ["list.jpg", "set.jpg", "notjson.jpg", "badhash.jpg"];
+    for key in bad {
+        assert_eq!(cache.peek(key).await.unwrap(), None, "{key}");
+    }
+    let mut keys = vec!["good.jpg"];
+    keys.extend(bad);
+    let found = cache
+        .get_many(&keys)
+        .await
+        .expect("one bad entry fails nothing");
+    assert!(found[0].is_some(), "the good entry survives its neighbours");
+    assert!(found[1..].iter().all(Option::is_none));
+    let stats = cache.stats();
+    assert_eq!((stats.corrupt, stats.errors), (4, 0), "{stats:?}");
+    assert_eq!(stats.misses, 4);
+    // Dropped, so the next put starts clean and the next read is a plain miss.
+    for key in bad {
+        let kind: String = raw.r#type(format!("image:url:{key}")).await.unwrap();
+        assert!(kind == "none" || kind == "hash", "{key} is {kind}");
+        assert_eq!(cache.get(key).await.unwrap(), None);
+        cache.put(entry(key, now, 3600.0)).await.unwrap();
+        assert!(cache.get(key).await.unwrap().is_some(), "{key}");
+    }
+    assert_eq!(cache.stats().corrupt, 4, "no entry was counted twice");
 }
