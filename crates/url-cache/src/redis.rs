@@ -239,13 +239,9 @@ impl RedisCache {
                 let reconnects = reconnects.clone();
                 tokio::spawn(async move {
                     use tokio::sync::broadcast::error::RecvError;
-                    loop {
-                        match events.recv().await {
-                            Ok(_) | Err(RecvError::Lagged(_)) => {
-                                reconnects.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(RecvError::Closed) => break,
-                        }
+                    // `Lagged` lost events but says some happened; `Closed` ends it.
+                    while let Ok(_) | Err(RecvError::Lagged(_)) = events.recv().await {
+                        reconnects.fetch_add(1, Ordering::Relaxed);
                     }
                 })
             })
