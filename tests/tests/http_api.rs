@@ -20,6 +20,7 @@ struct Stack {
     origin: Option<DevOrigin>,
     origin_clock: Arc<AtomicI64>,
     service_clock: Arc<ManualClock>,
+    cache: Arc<dyn UrlCache>,
     dir: tempfile::TempDir,
     http: reqwest::Client,
     _redis: Option<RedisServer>,
@@ -33,7 +34,9 @@ impl Stack {
     async fn start_with(redis: bool, api: ApiConfig) -> Self {
         // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let now = SystemClock.now().floor();
+        // The start of the current stable-URL window (default 3600 − 900 s), so that
+        // URLs signed now run the whole TTL and the tests' time steps stay in one window.
+        let now = (SystemClock.now() / 2700.0).floor() * 2700.0;
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("photos")).unwrap();
         std::fs::write(dir.path().join("photos/cat 1.jpg"), vec![42u8; 10_000]).unwrap();
@@ -66,11 +69,12 @@ impl Stack {
         let endpoint = Endpoint::custom_domain(&origin.addr().to_string())
             .unwrap()
             .with_scheme(Scheme::Http);
-        let service = ImageUrlService::builder(CosSigner::new(credentials, endpoint), cache)
-            .config(ServiceConfig::default())
-            .clock(service_clock.clone())
-            .build()
-            .unwrap();
+        let service =
+            ImageUrlService::builder(CosSigner::new(credentials, endpoint), cache.clone())
+                .config(ServiceConfig::default())
+                .clock(service_clock.clone())
+                .build()
+                .unwrap();
         let server = HttpServerHandle::start(
             AppState::new(Ok(service), api),
             "127.0.0.1:0".parse().unwrap(),
@@ -82,6 +86,7 @@ impl Stack {
             origin: Some(origin),
             origin_clock,
             service_clock,
+            cache,
             dir,
             http: reqwest::Client::builder()
                 .redirect(redirect::Policy::none())
@@ -250,13 +255,30 @@ async fn proxy_mode_streams_with_ranges_conditionals_and_refresh_on_expiry() {
     .await;
     assert_eq!(body["title"], "Image not found");
 
-    // The origin's clock runs past the cached URL's end while the service still
-    // considers it fresh: the origin answers 403, the server re-signs once and succeeds.
-    s.service_clock.advance(Duration::from_secs(2000));
-    s.origin_clock.fetch_add(3700, Ordering::SeqCst);
+    // The cached URL looks right to the service (its host, path and window) but the
+    // origin refuses it (here a damaged signature; in life, revoked credentials): the
+    // origin answers 403, the server re-signs once and succeeds.
+    let mut entry = s.cache.peek("photos/cat 1.jpg").await.unwrap().unwrap();
+    let good = entry.url.clone();
+    let last = entry.url.pop().unwrap();
+    entry.url.push(if last == '0' { '1' } else { '0' });
+    s.cache.put(entry).await.unwrap();
     let res = s.get(path).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.bytes().await.unwrap().len(), 10_000);
+    let stats: serde_json::Value = s
+        .http
+        .get(s.url("/api/v1/images/stats"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["forced_refreshes"], 1, "re-signed once: {stats}");
+    let repaired = s.cache.peek("photos/cat 1.jpg").await.unwrap().unwrap();
+    assert_eq!(repaired.url, good, "the good URL replaced the damaged one");
     s.stop().await;
 }
 

@@ -67,7 +67,8 @@ impl std::fmt::Debug for Cos {
 pub struct Signing {
     pub ttl_secs: u64,
     pub pre_refresh_secs: u64,
-    pub align_secs: u64,
+    /// Absent: `ttl_secs - pre_refresh_secs`; 0: off.
+    pub align_secs: Option<u64>,
 }
 
 /// `[cache]`.

@@ -169,7 +169,7 @@ fn service_config(config: &Config, figment: &Figment) -> Result<ServiceConfig, S
     let mut service = ServiceConfig::default();
     service.ttl = Duration::from_secs(config.signing.ttl_secs);
     service.pre_refresh = Duration::from_secs(config.signing.pre_refresh_secs);
-    service.align = Duration::from_secs(config.signing.align_secs);
+    service.align = config.signing.align_secs.map(Duration::from_secs);
     service.cache_timeout = Duration::from_millis(config.cache.timeout_ms);
     service.validate().map_err(|e| {
         format!(

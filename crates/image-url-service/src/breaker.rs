@@ -18,14 +18,47 @@ pub enum CircuitState {
     HalfOpen,
 }
 
-#[derive(Debug)]
-enum State {
-    Closed { consecutive_failures: u32 },
-    Open { until: f64 },
-    HalfOpen { probing: bool },
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Closed,
+    /// Skipping the cache until `until`, or until the backend reports a reconnection
+    /// beyond `reconnects` (whichever comes first).
+    Open {
+        until: f64,
+        reconnects: u64,
+    },
+    HalfOpen {
+        probing: bool,
+    },
 }
 
-/// Opens after `threshold` consecutive failures, stays open for `cool_down`, then lets one
+#[derive(Debug)]
+struct State {
+    mode: Mode,
+    consecutive_failures: u32,
+    /// The last `window` outcomes while closed, newest in bit 0; a set bit is a failure.
+    outcomes: u64,
+    /// How many of the bits in `outcomes` are real calls (at most `window`).
+    calls: u32,
+}
+
+/// When the breaker opens and how long it stays open.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BreakerSettings {
+    /// Consecutive failures that open the breaker.
+    pub(crate) threshold: u32,
+    /// Calls in the sliding window (1..=64).
+    pub(crate) window: u32,
+    /// Failures in a full window, in percent, that open the breaker.
+    pub(crate) failure_percent: u8,
+    /// How long an open breaker skips the cache.
+    pub(crate) cool_down: Duration,
+}
+
+/// Opens after `threshold` consecutive failures, or when at least `failure_percent` of
+/// the last `window` calls failed (intermittent failures that a success in between
+/// would hide from a plain counter, as resilience4j's count-based window does). Stays
+/// open for `cool_down`, or until the backend says it has reconnected, then lets one
 /// probe through: its success closes the breaker, its failure opens it again.
 ///
 /// A plain mutex: the critical sections are a few comparisons, never held across an
@@ -33,25 +66,63 @@ enum State {
 #[derive(Debug)]
 pub(crate) struct Breaker {
     state: Mutex<State>,
-    threshold: u32,
-    cool_down: Duration,
+    settings: BreakerSettings,
     clock: Arc<dyn Clock>,
 }
 
-/// Permission to call the cache; tells whether this call is the half-open probe.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Permit {
-    pub(crate) probe: bool,
+/// Permission to call the cache. Settle it with [`Permit::succeeded`] or
+/// [`Permit::failed`]; a permit dropped unsettled (its call was cancelled) records
+/// nothing, and if it was the half-open probe it hands the probe back, so the next call
+/// probes instead of the breaker waiting for an answer that will never come.
+#[derive(Debug)]
+pub(crate) struct Permit<'b> {
+    breaker: &'b Breaker,
+    probe: bool,
+    settled: bool,
+}
+
+impl Permit<'_> {
+    /// The call succeeded (or the backend answered, even with bad data).
+    pub(crate) fn succeeded(mut self) {
+        self.settled = true;
+        self.breaker.record(self.probe, None);
+    }
+
+    /// The call failed or timed out; `reconnects` is the backend's reconnection count
+    /// now, so that only a later reconnection ends an open breaker's cool-down early.
+    /// Returns true when this failure opened the breaker.
+    pub(crate) fn failed(mut self, reconnects: u64) -> bool {
+        self.settled = true;
+        self.breaker.record(self.probe, Some(reconnects))
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.probe {
+            let mut state = self.breaker.lock();
+            if let Mode::HalfOpen { probing: true } = state.mode {
+                state.mode = Mode::HalfOpen { probing: false };
+            }
+        }
+    }
 }
 
 impl Breaker {
-    pub(crate) fn new(threshold: u32, cool_down: Duration, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(settings: BreakerSettings, clock: Arc<dyn Clock>) -> Self {
         Breaker {
-            state: Mutex::new(State::Closed {
+            state: Mutex::new(State {
+                mode: Mode::Closed,
                 consecutive_failures: 0,
+                outcomes: 0,
+                calls: 0,
             }),
-            threshold: threshold.max(1),
-            cool_down,
+            settings: BreakerSettings {
+                threshold: settings.threshold.max(1),
+                window: settings.window.clamp(1, 64),
+                failure_percent: settings.failure_percent.clamp(1, 100),
+                cool_down: settings.cool_down,
+            },
             clock,
         }
     }
@@ -60,61 +131,95 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `Some` if the cache may be called now.
-    pub(crate) fn try_acquire(&self) -> Option<Permit> {
+    /// `Some` if the cache may be called now. `reconnects` reads the backend's
+    /// reconnection count (see `UrlCache::reconnects`); it is called only while open.
+    pub(crate) fn try_acquire(&self, reconnects: impl FnOnce() -> u64) -> Option<Permit<'_>> {
         let mut state = self.lock();
-        match *state {
-            State::Closed { .. } => Some(Permit { probe: false }),
-            State::Open { until } if self.clock.now() >= until => {
-                *state = State::HalfOpen { probing: true };
-                Some(Permit { probe: true })
-            }
-            State::Open { .. } => None,
-            State::HalfOpen { probing: true } => None,
-            State::HalfOpen { probing: false } => {
-                *state = State::HalfOpen { probing: true };
-                Some(Permit { probe: true })
-            }
-        }
-    }
-
-    pub(crate) fn record_success(&self, _permit: Permit) {
-        *self.lock() = State::Closed {
-            consecutive_failures: 0,
-        };
-    }
-
-    /// Returns true when this failure opened the breaker.
-    pub(crate) fn record_failure(&self, permit: Permit) -> bool {
-        let mut state = self.lock();
-        let open = State::Open {
-            until: self.clock.now() + self.cool_down.as_secs_f64(),
-        };
-        match &mut *state {
-            State::Closed {
-                consecutive_failures,
+        let probe = match state.mode {
+            Mode::Closed => false,
+            Mode::Open {
+                until,
+                reconnects: seen,
             } => {
-                *consecutive_failures += 1;
-                if *consecutive_failures >= self.threshold {
-                    *state = open;
+                if self.clock.now() < until && reconnects() <= seen {
+                    return None;
+                }
+                true
+            }
+            Mode::HalfOpen { probing: true } => return None,
+            Mode::HalfOpen { probing: false } => true,
+        };
+        if probe {
+            state.mode = Mode::HalfOpen { probing: true };
+        }
+        Some(Permit {
+            breaker: self,
+            probe,
+            settled: false,
+        })
+    }
+
+    /// Records the outcome of a call; whether it opened the breaker. Outcomes of calls
+    /// that started before the breaker opened are ignored: only the probe decides.
+    fn record(&self, probe: bool, failure: Option<u64>) -> bool {
+        let failed = failure.is_some();
+        let reconnects = failure.unwrap_or_default();
+        let mut state = self.lock();
+        match state.mode {
+            Mode::HalfOpen { .. } if probe => {
+                if failed {
+                    self.open(&mut state, reconnects);
+                } else {
+                    state.mode = Mode::Closed;
+                    state.consecutive_failures = 0;
+                    state.outcomes = 0;
+                    state.calls = 0;
+                }
+                failed
+            }
+            Mode::Closed if !probe => {
+                let window = self.settings.window;
+                let mask = if window == 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << window) - 1
+                };
+                state.outcomes = ((state.outcomes << 1) | u64::from(failed)) & mask;
+                state.calls = (state.calls + 1).min(window);
+                if !failed {
+                    state.consecutive_failures = 0;
+                    return false;
+                }
+                state.consecutive_failures += 1;
+                let failures = state.outcomes.count_ones();
+                let ratio_reached = state.calls == window
+                    && failures * 100 >= u32::from(self.settings.failure_percent) * window;
+                if state.consecutive_failures >= self.settings.threshold || ratio_reached {
+                    self.open(&mut state, reconnects);
                     return true;
                 }
                 false
-            }
-            State::HalfOpen { .. } if permit.probe => {
-                *state = open;
-                true
             }
             _ => false,
         }
     }
 
+    fn open(&self, state: &mut State, reconnects: u64) {
+        state.mode = Mode::Open {
+            until: self.clock.now() + self.settings.cool_down.as_secs_f64(),
+            reconnects,
+        };
+        state.consecutive_failures = 0;
+        state.outcomes = 0;
+        state.calls = 0;
+    }
+
     pub(crate) fn state(&self) -> CircuitState {
-        match *self.lock() {
-            State::Closed { .. } => CircuitState::Closed,
-            State::Open { until } if self.clock.now() >= until => CircuitState::HalfOpen,
-            State::Open { .. } => CircuitState::Open,
-            State::HalfOpen { .. } => CircuitState::HalfOpen,
+        match self.lock().mode {
+            Mode::Closed => CircuitState::Closed,
+            Mode::Open { until, .. } if self.clock.now() >= until => CircuitState::HalfOpen,
+            Mode::Open { .. } => CircuitState::Open,
+            Mode::HalfOpen { .. } => CircuitState::HalfOpen,
         }
     }
 }
@@ -124,40 +229,117 @@ mod tests {
     use super::*;
     use url_cache::ManualClock;
 
+    fn breaker(threshold: u32, window: u32, clock: Arc<ManualClock>) -> Breaker {
+        Breaker::new(
+            BreakerSettings {
+                threshold,
+                window,
+                failure_percent: 50,
+                cool_down: Duration::from_secs(10),
+            },
+            clock,
+        )
+    }
+
+    fn no_reconnects() -> u64 {
+        0
+    }
+
     #[test]
     fn opens_after_threshold_then_probes_once() {
         let clock = Arc::new(ManualClock::new(1000.0));
-        let breaker = Breaker::new(3, Duration::from_secs(10), clock.clone());
+        let breaker = breaker(3, 64, clock.clone());
         for _ in 0..2 {
-            let p = breaker.try_acquire().unwrap();
-            assert!(!breaker.record_failure(p));
+            assert!(!breaker.try_acquire(no_reconnects).unwrap().failed(0));
         }
-        let p = breaker.try_acquire().unwrap();
-        assert!(breaker.record_failure(p));
+        assert!(breaker.try_acquire(no_reconnects).unwrap().failed(0));
         assert_eq!(breaker.state(), CircuitState::Open);
-        assert!(breaker.try_acquire().is_none());
+        assert!(breaker.try_acquire(no_reconnects).is_none());
         clock.advance(Duration::from_secs(10));
-        let probe = breaker.try_acquire().unwrap();
+        let probe = breaker.try_acquire(no_reconnects).unwrap();
         assert!(probe.probe);
-        assert!(breaker.try_acquire().is_none(), "one probe at a time");
-        assert!(breaker.record_failure(probe));
-        assert!(breaker.try_acquire().is_none());
+        assert!(
+            breaker.try_acquire(no_reconnects).is_none(),
+            "one probe at a time"
+        );
+        assert!(probe.failed(0));
+        assert!(breaker.try_acquire(no_reconnects).is_none());
         clock.advance(Duration::from_secs(10));
-        let probe = breaker.try_acquire().unwrap();
-        breaker.record_success(probe);
+        breaker.try_acquire(no_reconnects).unwrap().succeeded();
         assert_eq!(breaker.state(), CircuitState::Closed);
     }
 
     #[test]
-    fn a_success_resets_the_count() {
+    fn a_success_resets_the_consecutive_count() {
         let clock = Arc::new(ManualClock::new(0.0));
-        let breaker = Breaker::new(2, Duration::from_secs(1), clock);
-        let p = breaker.try_acquire().unwrap();
-        breaker.record_failure(p);
-        let p = breaker.try_acquire().unwrap();
-        breaker.record_success(p);
-        let p = breaker.try_acquire().unwrap();
-        assert!(!breaker.record_failure(p));
+        let breaker = breaker(2, 64, clock);
+        breaker.try_acquire(no_reconnects).unwrap().failed(0);
+        breaker.try_acquire(no_reconnects).unwrap().succeeded();
+        assert!(!breaker.try_acquire(no_reconnects).unwrap().failed(0));
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
+    /// Regression: every other call failing never reached three consecutive failures,
+    /// so the breaker stayed closed while half the calls paid the deadline.
+    #[test]
+    fn intermittent_failures_open_it_by_ratio() {
+        let clock = Arc::new(ManualClock::new(0.0));
+        let breaker = breaker(3, 20, clock);
+        let mut opened_at = None;
+        for call in 1..=40 {
+            let permit = breaker.try_acquire(no_reconnects).unwrap();
+            if call % 2 == 0 {
+                permit.succeeded();
+            } else if permit.failed(0) {
+                opened_at = Some(call);
+                break;
+            }
+        }
+        // The window is full after 20 calls; the first failure after that has 50 %.
+        assert_eq!(opened_at, Some(21));
+        assert_eq!(breaker.state(), CircuitState::Open);
+    }
+
+    #[test]
+    fn a_few_failures_in_a_full_window_do_not_open_it() {
+        let clock = Arc::new(ManualClock::new(0.0));
+        let breaker = breaker(3, 20, clock);
+        for call in 0..200 {
+            let permit = breaker.try_acquire(no_reconnects).unwrap();
+            if call % 3 == 0 {
+                assert!(!permit.failed(0), "a third of the calls is below 50 %");
+            } else {
+                permit.succeeded();
+            }
+        }
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
+    /// Regression: a probe whose call was dropped left the breaker half-open with
+    /// `probing: true` forever, and the cache was never used again.
+    #[test]
+    fn a_dropped_probe_hands_the_probe_back() {
+        let clock = Arc::new(ManualClock::new(0.0));
+        let breaker = breaker(1, 64, clock.clone());
+        breaker.try_acquire(no_reconnects).unwrap().failed(0);
+        clock.advance(Duration::from_secs(10));
+        let probe = breaker.try_acquire(no_reconnects).unwrap();
+        drop(probe);
+        let probe = breaker
+            .try_acquire(no_reconnects)
+            .expect("the next call probes");
+        probe.succeeded();
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn a_reconnection_ends_the_cool_down() {
+        let clock = Arc::new(ManualClock::new(0.0));
+        let breaker = breaker(1, 64, clock);
+        breaker.try_acquire(|| 3).unwrap().failed(3);
+        assert!(breaker.try_acquire(|| 3).is_none(), "no new connection yet");
+        let probe = breaker.try_acquire(|| 4).expect("reconnected: probe now");
+        probe.succeeded();
         assert_eq!(breaker.state(), CircuitState::Closed);
     }
 }

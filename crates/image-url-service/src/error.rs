@@ -35,6 +35,10 @@ pub enum ServiceError {
     /// Signing failed for another reason.
     #[error("signing failed: {0}")]
     Signing(cos_sign::Error),
+    /// A bug or a runtime shutting down (e.g. a signing task that ended without an
+    /// answer).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ServiceError {

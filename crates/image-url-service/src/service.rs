@@ -1,6 +1,7 @@
 //! `ImageUrlService`: the request path.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use url_cache::{CacheEntry, CacheError, Clock, SystemClock, UrlCache, DEFAULT_CLEANUP_BATCH};
 
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, BreakerSettings, Permit};
 use crate::stats::{bump, Counters};
 use crate::{ImageUrl, Result, ServiceConfig, ServiceError, ServiceStats, UrlOptions, UrlStatus};
 
@@ -27,22 +28,52 @@ struct Inner {
     clock: Arc<dyn Clock>,
     breaker: Breaker,
     counters: Counters,
-    /// Signings in progress, by cache key. A std mutex: held only to look up or insert
-    /// a flight, never across an `.await`.
+    /// Signings in progress, by cache key. A std mutex: held only to look up, insert or
+    /// remove a flight, never across an `.await`. Holds no reference back to `Inner`
+    /// (the flight's task does, until it ends), so there is no cycle.
     flights: Mutex<HashMap<String, Flight>>,
+    next_flight: AtomicU64,
 }
 
-/// One signing shared by every request for the same cache key while it runs.
-type Flight = Shared<BoxFuture<'static, Result<Signed>>>;
+/// One signing shared by every request for the same cache key while it runs. The work
+/// runs in its own task, detached from the callers: it always completes (signing, then
+/// storing the URL) and removes itself, whether or not anyone still waits.
+struct Flight {
+    id: u64,
+    answer: Shared<BoxFuture<'static, Result<Signed>>>,
+}
 
 #[derive(Debug, Clone)]
 struct Signed {
     url: String,
     expires_at: f64,
-    /// Found fresh in the cache by the flight's re-check (no signing happened).
-    from_cache: bool,
-    /// The cache could not store the new URL.
-    degraded: bool,
+    /// When the flight signed it (the service clock).
+    signed_at: f64,
+}
+
+/// Owned by a flight's task: removes the flight from the map however the task ends
+/// (finished, or cancelled with its runtime).
+struct FlightGuard {
+    service: ImageUrlService,
+    cache_key: String,
+    id: u64,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let mut flights = self
+            .service
+            .inner
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if flights
+            .get(&self.cache_key)
+            .is_some_and(|f| f.id == self.id)
+        {
+            flights.remove(&self.cache_key);
+        }
+    }
 }
 
 impl std::fmt::Debug for ImageUrlService {
@@ -82,8 +113,12 @@ impl ImageUrlServiceBuilder {
     pub fn build(self) -> Result<ImageUrlService> {
         self.config.validate()?;
         let breaker = Breaker::new(
-            self.config.breaker_threshold,
-            self.config.breaker_cool_down,
+            BreakerSettings {
+                threshold: self.config.breaker_threshold,
+                window: self.config.breaker_window,
+                failure_percent: self.config.breaker_failure_percent,
+                cool_down: self.config.breaker_cool_down,
+            },
             self.clock.clone(),
         );
         Ok(ImageUrlService {
@@ -95,9 +130,21 @@ impl ImageUrlServiceBuilder {
                 breaker,
                 counters: Counters::default(),
                 flights: Mutex::new(HashMap::new()),
+                next_flight: AtomicU64::new(0),
             }),
         })
     }
+}
+
+/// What the policy makes of a cached entry.
+enum Verdict {
+    /// Serve it: its URL ends at `expires_at`.
+    Fresh { expires_at: f64 },
+    /// A good URL, but inside the pre-refresh threshold or from an earlier window.
+    Stale,
+    /// Not a URL this service would sign for the key (another host, another object,
+    /// garbage): never served.
+    Corrupt,
 }
 
 /// The outcome of a cache read, as the policy sees it.
@@ -257,6 +304,7 @@ impl ImageUrlService {
             Some(Ok(entry)) => (entry, true),
             Some(Err(_)) | None => (None, false),
         };
+        let entry = entry.filter(|e| !matches!(self.judge(key, e, now), Verdict::Corrupt));
         let threshold = self.inner.config.pre_refresh;
         Ok(UrlStatus {
             key: key.as_str().to_owned(),
@@ -321,8 +369,15 @@ impl ImageUrlService {
 
     /// Counters, hit rate, signings saved, breaker state and latency percentiles.
     pub fn stats(&self) -> ServiceStats {
+        let flights = self
+            .inner
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
         self.inner.counters.snapshot(
             self.inner.breaker.state(),
+            flights,
             self.inner.cache.stats(),
             self.inner.cache.backend(),
         )
@@ -364,17 +419,30 @@ impl ImageUrlService {
             match lookup {
                 Lookup::Found(entry) => {
                     let now = self.inner.clock.now();
-                    if !entry.needs_refresh(now, self.inner.config.pre_refresh) {
-                        bump(&counters.hits);
-                        // The entry carries the MIME type guessed when it was stored.
-                        let mime = entry.mime_type.or_else(|| mime_type(key));
-                        return Ok(ImageUrl {
-                            from_cache: true,
-                            ..answer(key, entry.url, entry.expires_at, now, mime)
-                        });
+                    match self.judge(key, &entry, now) {
+                        Verdict::Fresh { expires_at } => {
+                            bump(&counters.hits);
+                            // The entry carries the MIME type guessed when it was stored.
+                            let mime = entry.mime_type.or_else(|| mime_type(key));
+                            return Ok(ImageUrl {
+                                from_cache: true,
+                                ..answer(key, entry.url, expires_at, now, mime)
+                            });
+                        }
+                        Verdict::Stale => {
+                            bump(&counters.pre_refreshes);
+                            refreshed = true;
+                        }
+                        Verdict::Corrupt => {
+                            // Re-signed below; the flight's write replaces the entry.
+                            bump(&counters.corrupt_entries);
+                            bump(&counters.misses);
+                            tracing::warn!(
+                                key = key.as_str(),
+                                "cached URL is not one this service signs for the key: replaced"
+                            );
+                        }
                     }
-                    bump(&counters.pre_refreshes);
-                    refreshed = true;
                 }
                 Lookup::Missing => bump(&counters.misses),
                 Lookup::Unavailable => {
@@ -386,95 +454,106 @@ impl ImageUrlService {
         let signed = if options.use_cache {
             self.sign_once(key, cache_key.into_owned(), options).await?
         } else {
-            let (url, expires_at) = self.sign(key, options)?;
-            Signed {
-                url,
-                expires_at,
-                from_cache: false,
-                degraded: false,
-            }
+            self.sign_now(key, options)?
         };
-        let degraded = degraded || signed.degraded;
         if degraded {
             bump(&counters.degraded);
         }
         let now = self.inner.clock.now();
         Ok(ImageUrl {
-            from_cache: signed.from_cache,
             degraded,
-            refreshed: refreshed && !signed.from_cache,
+            refreshed,
             ..answer(key, signed.url, signed.expires_at, now, mime_type(key))
         })
     }
 
-    /// Joins the signing in flight for `cache_key`, or starts one.
+    /// Whether a cached entry may be served for `key` at `now`. Its URL must be one this
+    /// service signs for the key (scheme, host, path), its own signing window (not the
+    /// entry's bookkeeping) must have more than the pre-refresh threshold left, and with
+    /// stable windows it must be the current window's.
+    fn judge(&self, key: &ObjectKey, entry: &CacheEntry, now: f64) -> Verdict {
+        let Some(window) = self.inner.signer.presigned_window(key, &entry.url) else {
+            return Verdict::Corrupt;
+        };
+        let expires_at = window.end() as f64;
+        if expires_at - now <= self.inner.config.pre_refresh.as_secs_f64() {
+            return Verdict::Stale;
+        }
+        let align = self.inner.config.effective_align().as_secs() as i64;
+        if align > 0 {
+            let current_start = (now.floor() as i64).div_euclid(align) * align;
+            if window.start() != current_start {
+                return Verdict::Stale;
+            }
+        }
+        Verdict::Fresh { expires_at }
+    }
+
+    /// Joins the signing in flight for `cache_key`, or starts one. The caller waits for
+    /// the signature only; the flight stores it in the cache afterwards, on its own, so a
+    /// request pays at most one cache deadline (its lookup).
     async fn sign_once(
         &self,
         key: &ObjectKey,
         cache_key: String,
         options: &UrlOptions,
     ) -> Result<Signed> {
-        let flight = {
+        let joined_at = self.inner.clock.now();
+        let answer = {
             let mut flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
             match flights.get(&cache_key) {
-                Some(flight) => flight.clone(),
+                Some(flight) => flight.answer.clone(),
                 None => {
-                    let flight = self
-                        .clone()
-                        .fly(key.clone(), cache_key.clone(), options.clone())
+                    let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
+                    let (publish, published) = tokio::sync::oneshot::channel();
+                    let answer = published
+                        .map(|sent| {
+                            sent.unwrap_or_else(|_| {
+                                Err(ServiceError::Internal(
+                                    "the signing task ended without an answer".into(),
+                                ))
+                            })
+                        })
                         .boxed()
                         .shared();
-                    flights.insert(cache_key, flight.clone());
-                    flight
+                    flights.insert(
+                        cache_key.clone(),
+                        Flight {
+                            id,
+                            answer: answer.clone(),
+                        },
+                    );
+                    let guard = FlightGuard {
+                        service: self.clone(),
+                        cache_key,
+                        id,
+                    };
+                    tokio::spawn(fly(guard, key.clone(), options.clone(), publish));
+                    answer
                 }
             }
         };
-        flight.await
+        let signed = answer.await?;
+        // A flight lives for one signing and one cache write, so its answer is fresh; but
+        // if it was signed before we asked and is already inside the threshold (a stalled
+        // runtime, a jump of the clock), sign anew rather than hand it out.
+        let now = self.inner.clock.now();
+        if signed.signed_at < joined_at
+            && signed.expires_at - now <= self.inner.config.pre_refresh.as_secs_f64()
+        {
+            return self.sign_now(key, options);
+        }
+        Ok(signed)
     }
 
-    /// The body of a flight: re-check the cache, sign, store, and leave the flight map.
-    async fn fly(self, key: ObjectKey, cache_key: String, options: UrlOptions) -> Result<Signed> {
-        let result = async {
-            if !options.force_refresh {
-                // A flight that finished between our lookup and now stored a fresh URL:
-                // use it instead of signing again.
-                if let Some(Ok(Some(entry))) =
-                    self.cache_call(self.inner.cache.peek(&cache_key)).await
-                {
-                    if !entry.needs_refresh(self.inner.clock.now(), self.inner.config.pre_refresh) {
-                        return Ok(Signed {
-                            url: entry.url,
-                            expires_at: entry.expires_at,
-                            from_cache: true,
-                            degraded: false,
-                        });
-                    }
-                }
-            }
-            let (url, expires_at) = self.sign(&key, &options)?;
-            let now = self.inner.clock.now();
-            let mut degraded = false;
-            // A URL already inside the threshold (credentials about to expire) would be
-            // re-signed on every read anyway: not worth storing.
-            if expires_at - now > self.inner.config.pre_refresh.as_secs_f64() {
-                let mut entry = CacheEntry::new(cache_key.clone(), url.clone(), expires_at, now);
-                entry.mime_type = mime_type(&key);
-                degraded = !self.cache_put(entry).await;
-            }
-            Ok(Signed {
-                url,
-                expires_at,
-                from_cache: false,
-                degraded,
-            })
-        }
-        .await;
-        self.inner
-            .flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&cache_key);
-        result
+    /// Signs without the cache or a flight.
+    fn sign_now(&self, key: &ObjectKey, options: &UrlOptions) -> Result<Signed> {
+        let (url, expires_at) = self.sign(key, options)?;
+        Ok(Signed {
+            url,
+            expires_at,
+            signed_at: self.inner.clock.now(),
+        })
     }
 
     /// Signs `key` for the configured window, clamped to the credentials' lifetime.
@@ -482,10 +561,11 @@ impl ImageUrlService {
         let config = &self.inner.config;
         let now = self.inner.clock.now().floor() as i64;
         let ttl = config.ttl.as_secs() as i64;
-        let window = if config.align.is_zero() {
+        let align = config.effective_align();
+        let window = if align.is_zero() {
             SigningWindow::from_now_with_skew(now, ttl)
         } else {
-            SigningWindow::aligned(now, config.align.as_secs() as i64, ttl)
+            SigningWindow::aligned(now, align.as_secs() as i64, ttl)
         }
         .map_err(ServiceError::Signing)?;
         let window = match self.inner.signer.credentials().expires_at() {
@@ -524,7 +604,12 @@ impl ImageUrlService {
         &self,
         call: impl std::future::Future<Output = url_cache::Result<T>>,
     ) -> Option<url_cache::Result<T>> {
-        let permit = self.inner.breaker.try_acquire()?;
+        // A guard: if this future is dropped at the await below, the permit's `Drop`
+        // hands a half-open probe back instead of leaving the breaker waiting forever.
+        let permit = self
+            .inner
+            .breaker
+            .try_acquire(|| self.inner.cache.reconnects())?;
         // A backend that answers at once (the memory cache always does) needs no deadline:
         // poll once before arming the timer, which saves a clock read and a timer entry
         // on every hit.
@@ -537,12 +622,12 @@ impl ImageUrlService {
         };
         match answered {
             Ok(Ok(value)) => {
-                self.inner.breaker.record_success(permit);
+                permit.succeeded();
                 Some(Ok(value))
             }
             Ok(Err(err)) if !err.is_retryable() => {
                 // The backend answered; the data or the input was bad.
-                self.inner.breaker.record_success(permit);
+                permit.succeeded();
                 Some(Err(err))
             }
             Ok(Err(err)) => {
@@ -557,13 +642,13 @@ impl ImageUrlService {
         }
     }
 
-    fn cache_failed(&self, permit: crate::breaker::Permit, reason: &str) {
+    fn cache_failed(&self, permit: Permit<'_>, reason: &str) {
         bump(&self.inner.counters.cache_errors);
-        if self.inner.breaker.record_failure(permit) {
+        if permit.failed(self.inner.cache.reconnects()) {
             tracing::warn!(
                 reason,
                 cool_down = ?self.inner.config.breaker_cool_down,
-                "cache circuit opened: signing directly"
+                "cache circuit opened: signing directly until the cool-down ends or the cache reconnects"
             );
         } else {
             tracing::debug!(reason, "cache call failed: signing directly");
@@ -597,6 +682,44 @@ impl ImageUrlService {
             Some(Ok(()))
         )
     }
+}
+
+/// The body of a flight, in its own task: sign, publish the answer to every waiter,
+/// then store it. The guard leaves the flight map when the task ends.
+async fn fly(
+    guard: FlightGuard,
+    key: ObjectKey,
+    options: UrlOptions,
+    publish: tokio::sync::oneshot::Sender<Result<Signed>>,
+) {
+    let service = &guard.service;
+    let signed = service.sign_now(&key, &options);
+    let entry = match &signed {
+        // A URL already inside the threshold (credentials about to expire) would be
+        // re-signed on every read anyway: not worth storing.
+        Ok(signed)
+            if signed.expires_at - signed.signed_at
+                > service.inner.config.pre_refresh.as_secs_f64() =>
+        {
+            let mut entry = CacheEntry::new(
+                guard.cache_key.clone(),
+                signed.url.clone(),
+                signed.expires_at,
+                signed.signed_at,
+            );
+            entry.mime_type = mime_type(&key);
+            Some(entry)
+        }
+        _ => None,
+    };
+    // Nobody waiting any more is fine: the URL is still worth caching.
+    let _ = publish.send(signed);
+    if let Some(entry) = entry {
+        // A failed write is counted by `cache_call` (and may open the breaker); the
+        // answer has already gone out.
+        service.cache_put(entry).await;
+    }
+    drop(guard);
 }
 
 /// An answer with every flag off; callers set the ones that apply.

@@ -29,6 +29,11 @@ pub struct ServiceStats {
     pub cache_errors: u64,
     /// Answers marked degraded (cache failed or skipped by the breaker).
     pub degraded: u64,
+    /// Cached URLs refused because they are not what this service signs for the key
+    /// (another host or object, garbage); each was re-signed and replaced.
+    pub corrupt_entries: u64,
+    /// Signings in progress now (single-flight entries); 0 when idle.
+    pub signings_in_flight: usize,
     /// The breaker's state now.
     pub circuit: CircuitState,
     /// hits / requests.
@@ -68,6 +73,7 @@ pub(crate) struct Counters {
     pub(crate) signings: AtomicU64,
     pub(crate) cache_errors: AtomicU64,
     pub(crate) degraded: AtomicU64,
+    pub(crate) corrupt_entries: AtomicU64,
     /// A histogram, not a list of samples: fixed memory, 3 significant digits, 1 µs–60 s.
     /// Recording takes the lock for a few nanoseconds.
     latency: Mutex<Histogram<u64>>,
@@ -84,6 +90,7 @@ impl Default for Counters {
             signings: AtomicU64::new(0),
             cache_errors: AtomicU64::new(0),
             degraded: AtomicU64::new(0),
+            corrupt_entries: AtomicU64::new(0),
             latency: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3)
                     .unwrap_or_else(|_| unreachable!("static histogram bounds are valid")),
@@ -106,6 +113,7 @@ impl Counters {
     pub(crate) fn snapshot(
         &self,
         circuit: CircuitState,
+        signings_in_flight: usize,
         cache: CacheStats,
         cache_backend: &'static str,
     ) -> ServiceStats {
@@ -139,6 +147,8 @@ impl Counters {
             signings,
             cache_errors: load(&self.cache_errors),
             degraded: load(&self.degraded),
+            corrupt_entries: load(&self.corrupt_entries),
+            signings_in_flight,
             circuit,
             hit_rate: ratio(hits),
             signings_saved: if requests == 0 {

@@ -10,7 +10,10 @@ use cos_sign::{CosSigner, Credentials, Endpoint, ObjectKey};
 use image_url_service::{CircuitState, ImageUrlService, ServiceConfig, ServiceError, UrlOptions};
 use url_cache::{CacheEntry, CacheError, CacheStats, ManualClock, MemoryCache, UrlCache};
 
-const T0: f64 = 1_700_000_000.0;
+/// The start of a stable-URL window with the defaults (a multiple of 3600 − 900 s), so
+/// that URLs signed at T0 run exactly `ttl` and the default alignment is visible only
+/// where a test looks for it.
+const T0: f64 = 1_699_998_300.0;
 
 fn signer() -> CosSigner {
     CosSigner::new(
@@ -122,17 +125,29 @@ async fn a_client_never_gets_less_than_the_threshold() {
     }
 }
 
-/// A real memory cache whose writes take a while, so that concurrent requests overlap.
+/// A real memory cache that counts lookups, and whose writes can be held at a gate so
+/// that concurrent requests overlap one flight.
 #[derive(Debug)]
-struct SlowWrites {
+struct GatedWrites {
     inner: Arc<dyn UrlCache>,
-    delay: Duration,
+    gate: Option<tokio::sync::Semaphore>,
     gets: AtomicUsize,
     get_manys: AtomicUsize,
 }
 
+impl GatedWrites {
+    fn new(inner: Arc<dyn UrlCache>, gated: bool) -> Self {
+        GatedWrites {
+            inner,
+            gate: gated.then(|| tokio::sync::Semaphore::new(0)),
+            gets: AtomicUsize::new(0),
+            get_manys: AtomicUsize::new(0),
+        }
+    }
+}
+
 #[async_trait]
-impl UrlCache for SlowWrites {
+impl UrlCache for GatedWrites {
     async fn get(&self, key: &str) -> url_cache::Result<Option<CacheEntry>> {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get(key).await
@@ -145,7 +160,14 @@ impl UrlCache for SlowWrites {
         self.inner.get_many(keys).await
     }
     async fn put(&self, entry: CacheEntry) -> url_cache::Result<()> {
-        tokio::time::sleep(self.delay).await;
+        if let Some(gate) = &self.gate {
+            // Held until the test opens the gate; never closed, so acquiring only fails
+            // if the semaphore were closed, which nothing does.
+            let _held = gate
+                .acquire()
+                .await
+                .map_err(|_| CacheError::Unavailable("gate closed".into()))?;
+        }
         self.inner.put(entry).await
     }
     async fn delete(&self, key: &str) -> url_cache::Result<bool> {
@@ -171,32 +193,31 @@ impl UrlCache for SlowWrites {
         self.inner.stats()
     }
     fn backend(&self) -> &'static str {
-        "slow-memory"
+        "gated-memory"
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A service over a memory cache wrapped in `GatedWrites`, with a typed handle on the
+/// wrapper for its counters and gate.
+fn gated_setup(config: ServiceConfig, gated: bool) -> (Setup, Arc<GatedWrites>) {
+    let mut wrapper = None;
+    let setup = setup_with(config, |inner| {
+        let gated = Arc::new(GatedWrites::new(inner, gated));
+        wrapper = Some(gated.clone());
+        gated
+    });
+    (setup, wrapper.expect("setup_with calls the wrapper"))
+}
+
+#[tokio::test]
 async fn one_signing_for_a_thousand_concurrent_requests() {
-    // A slow cache write (within a generous deadline) keeps the flight open long enough
-    // that all 1000 requests overlap it, even on a loaded machine.
-    let s = setup_with(
-        config(|c| c.cache_timeout = Duration::from_secs(5)),
-        |inner| {
-            Arc::new(SlowWrites {
-                inner,
-                delay: Duration::from_millis(250),
-                gets: AtomicUsize::new(0),
-                get_manys: AtomicUsize::new(0),
-            })
-        },
-    );
-    let barrier = Arc::new(tokio::sync::Barrier::new(1000));
+    // The flight's cache write waits at a gate until every request has missed the cache,
+    // so all 1000 overlap the one flight however the tasks are scheduled.
+    let (s, cache) = gated_setup(ServiceConfig::default(), true);
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let service = s.service.clone();
-            let barrier = barrier.clone();
             tokio::spawn(async move {
-                barrier.wait().await;
                 service
                     .get_url(&key("hot.jpg"), &UrlOptions::new())
                     .await
@@ -204,6 +225,11 @@ async fn one_signing_for_a_thousand_concurrent_requests() {
             })
         })
         .collect();
+    // Readiness, not time: let the spawned tasks run until all have looked up.
+    while cache.gets.load(Ordering::SeqCst) < 1000 {
+        tokio::task::yield_now().await;
+    }
+    cache.gate.as_ref().unwrap().add_permits(1);
     let mut urls = std::collections::HashSet::new();
     for task in tasks {
         urls.insert(task.await.unwrap().url);
@@ -214,6 +240,9 @@ async fn one_signing_for_a_thousand_concurrent_requests() {
     assert_eq!(stats.requests, 1000);
     // The requests really overlapped: all of them missed the cache before the one write.
     assert_eq!(stats.misses, 1000);
+    while s.service.stats().signings_in_flight > 0 {
+        tokio::task::yield_now().await;
+    }
     assert_eq!(s.cache.len().await.unwrap(), 1);
 }
 
@@ -276,11 +305,10 @@ async fn sts_credentials_bound_the_url_lifetime() {
         .await
         .unwrap();
     assert_eq!(answer.expires_at, T0 + 1800.0);
-    assert!(answer.url.contains(&format!(
-        "q-sign-time={}%3B{}",
-        T0 as i64 - 60,
-        T0 as i64 + 1800
-    )));
+    // The stable window starts at T0; the credentials end it early.
+    assert!(answer
+        .url
+        .contains(&format!("q-sign-time={}%3B{}", T0 as i64, T0 as i64 + 1800)));
     assert!(answer.url.contains("x-cos-security-token=token"));
 }
 
@@ -345,12 +373,12 @@ async fn a_failing_cache_degrades_opens_the_breaker_and_recovers() {
     mock.expect_stats().returning(CacheStats::default);
     mock.expect_backend().return_const("mock");
     let config = config(|c| {
-        c.breaker_threshold = 3;
+        c.breaker_threshold = 2;
         c.breaker_cool_down = Duration::from_secs(10);
     });
     let service = service_over(mock, clock.clone(), config);
 
-    // Every request is answered, degraded; three cache failures open the breaker.
+    // Every request is answered, degraded; two cache failures open the breaker.
     let first = service
         .get_url(&key("a.jpg"), &UrlOptions::new())
         .await
@@ -358,8 +386,8 @@ async fn a_failing_cache_degrades_opens_the_breaker_and_recovers() {
     assert!(first.degraded && !first.from_cache);
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        3,
-        "get, peek (flight re-check), put"
+        2,
+        "the lookup, then the flight's write (no re-check)"
     );
     assert_eq!(service.stats().circuit, CircuitState::Open);
     for _ in 0..20 {
@@ -374,7 +402,7 @@ async fn a_failing_cache_degrades_opens_the_breaker_and_recovers() {
     }
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        3,
+        2,
         "an open breaker stops calling the cache"
     );
     let stats = service.stats();
@@ -385,7 +413,7 @@ async fn a_failing_cache_degrades_opens_the_breaker_and_recovers() {
             stats.cache_errors,
             stats.signings
         ),
-        (21, 21, 3, 21)
+        (21, 21, 2, 21)
     );
 
     // After the cool-down one probe goes through; the cache is back, the breaker closes.
@@ -473,14 +501,7 @@ impl UrlCache for HangingCache {
 
 #[tokio::test]
 async fn batches_dedupe_isolate_bad_keys_and_use_one_round_trip() {
-    let s = setup_with(ServiceConfig::default(), |inner| {
-        Arc::new(SlowWrites {
-            inner,
-            delay: Duration::ZERO,
-            gets: AtomicUsize::new(0),
-            get_manys: AtomicUsize::new(0),
-        })
-    });
+    let (s, cache) = gated_setup(ServiceConfig::default(), false);
     for k in ["a.jpg", "b.jpg", "c.jpg"] {
         s.service
             .get_url(&key(k), &UrlOptions::new())
@@ -512,10 +533,9 @@ async fn batches_dedupe_isolate_bad_keys_and_use_one_round_trip() {
         }
     }
     assert_eq!(s.service.stats().signings - before, 1);
-    // Compare through the wrapper: one get_many round trip, no single gets for the batch.
-    let wrapper = format!("{:?}", s.cache);
-    assert!(wrapper.contains("get_manys: 1"), "{wrapper}");
-    assert!(wrapper.contains("gets: 3"), "{wrapper}");
+    // Counted by the wrapper: one get_many round trip, no single gets for the batch.
+    assert_eq!(cache.get_manys.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.gets.load(Ordering::SeqCst), 3);
 
     let too_many: Vec<String> = (0..101).map(|i| format!("k{i}")).collect();
     let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
@@ -532,7 +552,7 @@ async fn batches_dedupe_isolate_bad_keys_and_use_one_round_trip() {
 
 #[tokio::test]
 async fn stable_windows_give_identical_urls_across_replicas_and_degradation() {
-    let config = config(|c| c.align = Duration::from_secs(600));
+    let config = config(|c| c.align = Some(Duration::from_secs(600)));
     let a = setup_with(config.clone(), |c| c);
     let b = setup_with(config.clone(), |c| c);
     // A third replica whose cache is dead.
@@ -573,8 +593,8 @@ async fn stable_windows_give_identical_urls_across_replicas_and_degradation() {
         assert_eq!(fresh.url, from_a.url, "another replica, same window");
         assert_eq!(degraded.url, from_a.url, "a dead cache, same window");
     }
-    // T0 = 1_700_000_000 is 200 s past a 600 s boundary: the window started at T0 - 200.
-    assert_eq!(from_a.expires_at, T0 - 200.0 + 3600.0);
+    // T0 is 300 s past a 600 s boundary: the window started at T0 - 300.
+    assert_eq!(from_a.expires_at, T0 - 300.0 + 3600.0);
     // Next window: a new URL.
     dead_clock.set(T0 + 400.0);
     assert_ne!(
@@ -638,7 +658,9 @@ async fn variants_status_refresh_preload_and_cleanup() {
         .await
         .unwrap();
     assert!(refreshed.refreshed && !refreshed.from_cache);
-    assert_ne!(refreshed.url, plain.url);
+    assert_eq!(s.service.stats().signings, 3, "re-signed");
+    // Same credentials, same stable window: the same bytes, so browsers keep their copy.
+    assert_eq!(refreshed.url, plain.url);
     assert_eq!(
         s.service
             .get_url(&key("v.jpg"), &UrlOptions::new())
@@ -698,7 +720,7 @@ async fn invalid_input_and_config_are_typed_errors() {
     ));
     for config in [
         config(|c| c.pre_refresh = Duration::from_secs(3600)),
-        config(|c| c.align = Duration::from_secs(3000)),
+        config(|c| c.align = Some(Duration::from_secs(3000))),
         config(|c| c.cache_timeout = Duration::ZERO),
     ] {
         let built = ImageUrlService::builder(signer(), Arc::new(MemoryCache::new()))
@@ -735,4 +757,358 @@ async fn a_key_with_a_question_mark_cannot_poison_a_variant() {
             .starts_with("https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/a.jpg?"),
         "the thumbnail is of a.jpg"
     );
+}
+
+/// How a `FaultyCache` answers.
+const HEALTHY: u8 = 0;
+const FAILING: u8 = 1;
+const HANGING: u8 = 2;
+
+/// A real memory cache that can be switched to failing or hanging at any moment.
+#[derive(Debug)]
+struct FaultyCache {
+    inner: MemoryCache,
+    mode: std::sync::atomic::AtomicU8,
+}
+
+impl FaultyCache {
+    fn new(clock: Arc<ManualClock>) -> Arc<Self> {
+        Arc::new(FaultyCache {
+            inner: MemoryCache::builder().clock(clock).build(),
+            mode: std::sync::atomic::AtomicU8::new(HEALTHY),
+        })
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    async fn fault(&self) -> url_cache::Result<()> {
+        match self.mode.load(Ordering::SeqCst) {
+            FAILING => Err(CacheError::Unavailable("connection refused".into())),
+            HANGING => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl UrlCache for FaultyCache {
+    async fn get(&self, key: &str) -> url_cache::Result<Option<CacheEntry>> {
+        self.fault().await?;
+        self.inner.get(key).await
+    }
+    async fn peek(&self, key: &str) -> url_cache::Result<Option<CacheEntry>> {
+        self.fault().await?;
+        self.inner.peek(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> url_cache::Result<Vec<Option<CacheEntry>>> {
+        self.fault().await?;
+        self.inner.get_many(keys).await
+    }
+    async fn put(&self, entry: CacheEntry) -> url_cache::Result<()> {
+        self.fault().await?;
+        self.inner.put(entry).await
+    }
+    async fn delete(&self, key: &str) -> url_cache::Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn expiring_within(
+        &self,
+        within: Duration,
+        limit: usize,
+    ) -> url_cache::Result<Vec<CacheEntry>> {
+        self.inner.expiring_within(within, limit).await
+    }
+    async fn remove_expired(&self, batch: usize) -> url_cache::Result<usize> {
+        self.inner.remove_expired(batch).await
+    }
+    async fn len(&self) -> url_cache::Result<usize> {
+        self.inner.len().await
+    }
+    async fn health_check(&self) -> url_cache::Result<()> {
+        self.fault().await
+    }
+    fn stats(&self) -> CacheStats {
+        self.inner.stats()
+    }
+    fn backend(&self) -> &'static str {
+        "faulty-memory"
+    }
+}
+
+fn faulty_service(config: ServiceConfig) -> (ImageUrlService, Arc<FaultyCache>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let cache = FaultyCache::new(clock.clone());
+    let service = ImageUrlService::builder(signer(), cache.clone())
+        .config(config)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (service, cache, clock)
+}
+
+/// Polls `future` once, then drops it: a client that went away mid-request.
+async fn poll_once_and_drop<F: std::future::Future>(future: F) {
+    let mut future = std::pin::pin!(future);
+    let _ = futures::poll!(future.as_mut());
+}
+
+/// Lets spawned tasks run, moving paused time on by a millisecond a step (a flight's
+/// write may be waiting out its deadline), until no signing is in flight. Bounded: a
+/// wedged flight fails the test.
+async fn settle(service: &ImageUrlService) {
+    for _ in 0..1000 {
+        if service.stats().signings_in_flight == 0 {
+            return;
+        }
+        tokio::time::advance(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+    }
+    panic!(
+        "{} signings still in flight",
+        service.stats().signings_in_flight
+    );
+}
+
+/// Regression: the half-open probe was a plain value; a probe whose request was dropped
+/// left the breaker half-open and probing forever, and the cache was never used again.
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_probe_does_not_wedge_the_breaker() {
+    let (service, cache, clock) = faulty_service(config(|c| c.breaker_threshold = 1));
+    cache.set(FAILING);
+    assert!(
+        service
+            .get_url(&key("a.jpg"), &UrlOptions::new())
+            .await
+            .unwrap()
+            .degraded
+    );
+    assert_eq!(service.stats().circuit, CircuitState::Open);
+    clock.advance(Duration::from_secs(10));
+    // The probe goes to a hanging cache and its client goes away.
+    cache.set(HANGING);
+    poll_once_and_drop(service.get_url(&key("a.jpg"), &UrlOptions::new())).await;
+    // The cache is healthy again: the next request probes, succeeds and closes it.
+    cache.set(HEALTHY);
+    let answer = service
+        .get_url(&key("a.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    assert!(!answer.degraded);
+    assert_eq!(service.stats().circuit, CircuitState::Closed);
+    settle(&service).await;
+    assert!(
+        service
+            .get_url(&key("a.jpg"), &UrlOptions::new())
+            .await
+            .unwrap()
+            .from_cache
+    );
+}
+
+/// Regression: a flight whose callers all went away stayed in the map, parked; the map
+/// grew with every abandoned key, and a later caller could resume a stale flight.
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_abandoned_requests_leave_no_flights() {
+    let (service, cache, _clock) = faulty_service(ServiceConfig::default());
+    for i in 0..10_000 {
+        let key = key(&format!("random/{i}.jpg"));
+        poll_once_and_drop(service.get_url(&key, &UrlOptions::new())).await;
+    }
+    settle(&service).await;
+    // Each abandoned flight still finished its work: signed and stored.
+    assert_eq!(cache.len().await.unwrap(), 10_000);
+    assert_eq!(service.stats().signings, 10_000);
+}
+
+/// Every await point of `get_url`, `get_many` and `refresh`, cut by `timeout(0)` and by
+/// a single poll, under a cache that hangs and one that fails: afterwards the service
+/// is whole (no flight left, breaker closed once the cache is healthy, caching works).
+#[tokio::test(start_paused = true)]
+async fn futures_dropped_at_any_await_leave_nothing_behind() {
+    let (service, cache, clock) = faulty_service(config(|c| c.breaker_threshold = 3));
+    let k = key("d.jpg");
+    for mode in [HANGING, FAILING, HEALTHY, HANGING] {
+        cache.set(mode);
+        for _ in 0..20 {
+            let _ =
+                tokio::time::timeout(Duration::ZERO, service.get_url(&k, &UrlOptions::new())).await;
+            let _ =
+                tokio::time::timeout(Duration::ZERO, service.refresh(&k, &UrlOptions::new())).await;
+            let _ = tokio::time::timeout(
+                Duration::ZERO,
+                service.get_many(&["d.jpg", "e.jpg"], &UrlOptions::new(), None),
+            )
+            .await;
+            poll_once_and_drop(service.get_url(&k, &UrlOptions::new())).await;
+            poll_once_and_drop(service.get_many(&["d.jpg", "f.jpg"], &UrlOptions::new(), None))
+                .await;
+            poll_once_and_drop(service.refresh(&k, &UrlOptions::new())).await;
+        }
+        clock.advance(Duration::from_secs(11));
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    cache.set(HEALTHY);
+    clock.advance(Duration::from_secs(11));
+    settle(&service).await;
+    let answer = service
+        .get_url(&key("g.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    assert!(!answer.degraded, "the cache is used again");
+    assert_eq!(service.stats().circuit, CircuitState::Closed);
+    settle(&service).await;
+    assert!(
+        service
+            .get_url(&key("g.jpg"), &UrlOptions::new())
+            .await
+            .unwrap()
+            .from_cache
+    );
+    assert_eq!(service.stats().signings_in_flight, 0);
+}
+
+/// Regression: `Inner → flights → Shared → service → Inner` was a reference cycle (an
+/// abandoned flight kept its service, and the service's cache, alive forever).
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_frees_the_service() {
+    let (service, cache, _clock) = faulty_service(ServiceConfig::default());
+    let weak = Arc::downgrade(&cache);
+    drop(cache);
+    service
+        .get_url(&key("a.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    poll_once_and_drop(service.get_url(&key("b.jpg"), &UrlOptions::new())).await;
+    settle(&service).await;
+    drop(service);
+    assert!(
+        weak.upgrade().is_none(),
+        "the service and its cache were freed"
+    );
+}
+
+/// A paused or stuck cache (every call hangs) costs each request one deadline at most,
+/// never one per cache call (lookup, re-check, write).
+#[tokio::test(start_paused = true)]
+async fn a_hanging_cache_costs_each_request_at_most_one_deadline() {
+    let (service, cache, _clock) = faulty_service(config(|c| {
+        c.breaker_threshold = 64;
+        c.breaker_window = 64;
+        c.breaker_failure_percent = 100;
+    }));
+    cache.set(HANGING);
+    for i in 0..5 {
+        let started = tokio::time::Instant::now();
+        let answer = service
+            .get_url(&key(&format!("h{i}.jpg")), &UrlOptions::new())
+            .await
+            .unwrap();
+        assert!(answer.degraded);
+        assert_eq!(started.elapsed(), Duration::from_millis(50), "request {i}");
+    }
+}
+
+/// Regression: a cached URL was served whatever it pointed at; with a writable Redis,
+/// `url = http://169.254.169.254/...` became a 302 to that host.
+#[tokio::test]
+async fn a_foreign_url_in_the_cache_is_replaced_never_served() {
+    let s = setup();
+    for (k, url) in [
+        ("a.jpg", "http://169.254.169.254/latest/meta-data/?q-sign-time=1%3B2"),
+        (
+            "b.jpg",
+            "https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/other.jpg?q-sign-algorithm=sha1&q-ak=AKIDtest&q-sign-time=1699998300%3B1700001900",
+        ),
+        ("c.jpg", "not a url"),
+    ] {
+        s.cache
+            .put(CacheEntry::new(k, url, T0 + 3000.0, T0))
+            .await
+            .unwrap();
+        let answer = s.service.get_url(&key(k), &UrlOptions::new()).await.unwrap();
+        assert!(!answer.from_cache, "{k}");
+        assert!(
+            answer.url.starts_with(&format!(
+                "https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/{k}?"
+            )),
+            "{k}"
+        );
+        // Replaced in the cache by the good URL.
+        let again = s.service.get_url(&key(k), &UrlOptions::new()).await.unwrap();
+        assert!(again.from_cache && again.url == answer.url, "{k}");
+    }
+    assert_eq!(s.service.stats().corrupt_entries, 3);
+    let items = s
+        .service
+        .get_many(&["a.jpg", "b.jpg"], &UrlOptions::new(), None)
+        .await
+        .unwrap();
+    assert!(items.iter().all(|i| i.result.as_ref().unwrap().from_cache));
+}
+
+/// Regression: with `align` set, a replica that cached a URL in window k kept serving it
+/// in window k+1 while a replica without the entry signed window k+1.
+#[tokio::test]
+async fn replicas_switch_windows_at_the_same_instant() {
+    let config = config(|c| {
+        c.ttl = Duration::from_secs(60);
+        c.align = Some(Duration::from_secs(10));
+        c.pre_refresh = Duration::from_secs(30);
+    });
+    let a = setup_with(config.clone(), |c| c);
+    let b = setup_with(config.clone(), |c| c);
+    let k = key("w.jpg");
+    let first = a.service.get_url(&k, &UrlOptions::new()).await.unwrap();
+    for clock in [&a.clock, &b.clock] {
+        clock.advance(Duration::from_secs(10)); // the next window
+    }
+    let from_a = a.service.get_url(&k, &UrlOptions::new()).await.unwrap();
+    let from_b = b.service.get_url(&k, &UrlOptions::new()).await.unwrap();
+    assert_ne!(
+        from_a.url, first.url,
+        "window k's URL is stale in window k+1"
+    );
+    assert_eq!(from_a.url, from_b.url, "both replicas serve window k+1");
+    // A restart inside the window (a new service, the same cache) changes nothing.
+    let restarted = ImageUrlService::builder(signer(), a.cache.clone())
+        .config(config)
+        .clock(a.clock.clone())
+        .build()
+        .unwrap();
+    a.clock.advance(Duration::from_secs(5));
+    let after = restarted.get_url(&k, &UrlOptions::new()).await.unwrap();
+    assert!(after.from_cache);
+    assert_eq!(after.url, from_b.url);
+}
+
+/// Stable URLs are on by default: two replicas with their own caches, one of them
+/// restarted, agree without any configuration.
+#[tokio::test]
+async fn stable_urls_are_the_default() {
+    assert_eq!(
+        ServiceConfig::default().effective_align(),
+        Duration::from_secs(2700)
+    );
+    let a = setup();
+    let b = setup();
+    for step in [0u64, 600, 1200] {
+        a.clock.set(T0 + 100.0 + step as f64);
+        b.clock.set(T0 + 1500.0 + step as f64 / 2.0);
+        let from_a = a
+            .service
+            .get_url(&key("x.jpg"), &UrlOptions::new())
+            .await
+            .unwrap();
+        let from_b = b
+            .service
+            .get_url(&key("x.jpg"), &UrlOptions::new())
+            .await
+            .unwrap();
+        assert_eq!(from_a.url, from_b.url, "step {step}");
+    }
 }
