@@ -18,7 +18,6 @@ const TOKEN: &str = "test-admin-token";
 struct Stack {
     server: Option<HttpServerHandle>,
     origin: Option<DevOrigin>,
-    origin_clock: Arc<AtomicI64>,
     service_clock: Arc<ManualClock>,
     cache: Arc<dyn UrlCache>,
     dir: tempfile::TempDir,
@@ -84,7 +83,6 @@ impl Stack {
         Stack {
             server: Some(server),
             origin: Some(origin),
-            origin_clock,
             service_clock,
             cache,
             dir,
