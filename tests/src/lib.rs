@@ -3,11 +3,11 @@
 //! End-to-end tests live in `tests/tests/`; crates' own tests use these helpers as a
 //! dev-dependency.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A `redis-server` this test started on a free loopback port, killed on drop.
 ///
@@ -21,61 +21,107 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts a server and waits until it answers `PING`.
+    /// Starts a server on a free port and waits until it says it is ready.
     ///
-    /// Panics with a clear message when the binary is missing: these tests need a real
-    /// Redis, and silently skipping them would hide that.
+    /// A port found free can be taken by someone else before `redis-server` binds it:
+    /// then the server exits, and another port is tried. Panics with a clear message
+    /// when the binary is missing: these tests need a real Redis, and silently skipping
+    /// them would hide that.
     pub fn start() -> Self {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("image-url-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create redis dir");
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir,
-        };
-        server.spawn();
-        server
+        for _ in 0..10 {
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("image-url-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("create redis dir");
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir,
+            };
+            if server.try_spawn() {
+                return server;
+            }
+        }
+        panic!("could not start redis-server on any of 10 free ports");
     }
 
-    fn spawn(&mut self) {
+    /// Starts `redis-server` on `self.port`; false if it exited before becoming ready
+    /// (the port was taken).
+    fn try_spawn(&mut self) -> bool {
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
+        let mut child = Command::new(&bin)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--dir", self.dir.to_str().expect("utf-8 temp dir")])
-            .stdout(Stdio::null())
+            .args(["--logfile", ""])
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start {bin:?} ({e}); run the tests with `bash scripts/test.sh`, which installs redis-server")
             });
+        // Readiness from the server itself: it logs this line once it accepts
+        // connections, or exits (end of output) when it cannot bind.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("Ready to accept connections"));
+        if !ready {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        // Keep draining its log so that a full pipe never blocks the server.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        let pid = child.id();
         self.child = Some(child);
-        self.wait_ready();
+        // The Redis on the port must be the one just started, not someone else's.
+        assert_eq!(
+            self.process_id(),
+            Some(pid),
+            "the Redis on port {} is not the one this test started",
+            self.port
+        );
+        true
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.ping() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server on port {} did not become ready", self.port);
+    fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "redis-server could not start again on port {}",
+            self.port
+        );
     }
 
-    fn ping(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(self.addr()) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        if stream.write_all(b"PING\r\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 7];
-        stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    /// The `process_id` the server on our port reports (`INFO server`).
+    fn process_id(&self) -> Option<u32> {
+        let mut stream = TcpStream::connect(self.addr()).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.write_all(b"INFO server\r\n").ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let len: usize = header.trim().strip_prefix('$')?.parse().ok()?;
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).ok()?;
+        String::from_utf8(body)
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok())
+    }
+
+    /// Sends `SIGSTOP` (the server looks stuck: connections stay open, nothing answers)
+    /// or `SIGCONT` to the server.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -100,6 +146,12 @@ impl RedisServer {
     /// Starts the server again on the same port.
     pub fn restart(&mut self) {
         self.stop();
+        self.spawn();
+    }
+
+    /// Starts a server that was stopped with [`RedisServer::stop`], on the same port.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
         self.spawn();
     }
 }
@@ -128,4 +180,28 @@ pub fn resident_kib(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .expect("a VmRSS line")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port someone else holds (another Redis here) makes `redis-server` exit; the
+    /// helper reports that instead of talking to the other server, and `start` moves on
+    /// to another port.
+    #[test]
+    fn a_taken_port_is_detected_not_shared() {
+        let first = RedisServer::start();
+        let mut second = RedisServer {
+            child: None,
+            port: first.port,
+            dir: std::env::temp_dir().join(format!("image-url-redis-taken-{}", std::process::id())),
+        };
+        std::fs::create_dir_all(&second.dir).unwrap();
+        assert!(!second.try_spawn(), "the port is taken");
+        assert!(second.child.is_none());
+        let third = RedisServer::start();
+        assert_ne!(third.port, first.port);
+        assert_eq!(third.process_id(), third.child.as_ref().map(Child::id));
+    }
 }
