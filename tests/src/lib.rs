@@ -113,6 +113,27 @@ impl RedisServer {
             .and_then(|pid| pid.trim().parse().ok())
     }
 
+    /// Runs one command on the server over a plain connection and returns the first
+    /// line of its reply (`+OK`, `:1`, `-WRONGTYPE ...`): for tests that plant data.
+    pub fn command(&self, args: &[&str]) -> String {
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        let mut stream = TcpStream::connect(self.addr()).expect("connect to redis");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set a read timeout");
+        stream
+            .write_all(request.as_bytes())
+            .expect("send a command");
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .expect("read the reply");
+        line.trim_end().to_owned()
+    }
+
     /// Sends `SIGSTOP` (the server looks stuck: connections stay open, nothing answers)
     /// or `SIGCONT` to the server.
     pub fn signal(&self, signal: &str) {

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cos_sign::{CosSigner, Credentials, Endpoint, Scheme};
 use dev_origin::{DevOrigin, OriginConfig};
@@ -485,37 +485,67 @@ async fn ops_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_loses_no_in_flight_request() {
+    use futures::StreamExt;
     let s = Stack::start(false).await;
-    // Slow requests: proxy mode through the origin, for a 10 MB object.
+    // In-flight requests: proxy mode through the origin, for a 10 MB object, each held
+    // open by its client after the first chunk until the server has been told to stop.
     std::fs::write(s.dir.path().join("big.bin"), vec![1u8; 10_000_000]).unwrap();
     let url = s.url("/api/v1/images/big.bin/proxy?mode=proxy");
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(40);
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for _ in 0..40 {
         let http = reqwest::Client::builder().build().unwrap();
         let url = url.clone();
+        let ready = ready_tx.clone();
+        let mut go = go_rx.clone();
         tasks.push(tokio::spawn(async move {
             let res = http.get(url).send().await?;
             let status = res.status();
-            let len = res.bytes().await?.len();
+            let mut body = res.bytes_stream();
+            let mut len = match body.next().await {
+                Some(chunk) => chunk?.len(),
+                None => 0,
+            };
+            ready
+                .send(())
+                .await
+                .expect("the test waits for every request");
+            go.wait_for(|go| *go).await.expect("the test sends go");
+            while let Some(chunk) = body.next().await {
+                len += chunk?.len();
+            }
             Ok::<_, reqwest::Error>((status, len))
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let Stack { server, origin, .. } = s;
-    server.unwrap().stop(true).await;
-    let mut completed = 0;
-    for task in tasks {
-        // Requests accepted before the stop all complete in full; none is cut off.
-        if let Ok((status, len)) = task.await.unwrap() {
-            assert_eq!(status, 200);
-            assert_eq!(len, 10_000_000);
-            completed += 1;
-        }
+    for _ in 0..40 {
+        ready_rx.recv().await.expect("every request reports in");
     }
-    assert!(
-        completed > 0,
-        "some requests were in flight when the server stopped"
-    );
+    let Stack { server, origin, .. } = s;
+    let server = server.unwrap();
+    let addr = server.addr();
+    let stopping = tokio::spawn(server.stop(true));
+    // Once the stop signal is handled the listener is closed: new connections are
+    // refused while the 40 requests are still in flight (their clients are not reading).
+    let refused_by = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < refused_by,
+            "still accepting after the stop signal"
+        );
+        tokio::task::yield_now().await;
+    }
+    go_tx.send(true).unwrap();
+    stopping.await.unwrap();
+    for task in tasks {
+        // Every request accepted before the stop completes in full; none is cut off.
+        let (status, len) = task
+            .await
+            .unwrap()
+            .expect("the in-flight request completes");
+        assert_eq!(status, 200);
+        assert_eq!(len, 10_000_000);
+    }
     origin.unwrap().stop().await;
 }
 
