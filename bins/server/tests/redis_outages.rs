@@ -265,6 +265,23 @@ async fn wrong_types_and_foreign_urls_in_redis_are_misses_not_outages() {
     assert_eq!(stats["cache_errors"], 0, "{stats}");
     assert_eq!(stats["cache"]["corrupt"], 10, "{stats}");
     assert_eq!(stats["corrupt_entries"], 1, "{stats}");
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\nimage_url_cache_corrupt_total 10\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nimage_url_corrupt_urls_total 1\n"),
+        "{metrics}"
+    );
     // Each entry was replaced: the next reads are hits.
     for i in 0..=10 {
         assert_eq!(

@@ -103,6 +103,16 @@ impl Metrics {
                     "Cache entries evicted for capacity",
                     s.cache.evictions,
                 ),
+                (
+                    "image_url_cache_corrupt_total",
+                    "Cache entries the backend could not read (wrong type, malformed), dropped",
+                    s.cache.corrupt,
+                ),
+                (
+                    "image_url_corrupt_urls_total",
+                    "Cached URLs refused as not this service's for the key (host, path), replaced",
+                    s.corrupt_entries,
+                ),
             ];
             for (name, help, value) in counters {
                 let _ = writeln!(
@@ -110,6 +120,11 @@ impl Metrics {
                     "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
                 );
             }
+            let _ = writeln!(
+                text,
+                "# HELP image_url_signings_in_flight Signings in progress (single-flight entries)\n# TYPE image_url_signings_in_flight gauge\nimage_url_signings_in_flight {}",
+                s.signings_in_flight
+            );
             let state = match s.circuit {
                 CircuitState::Closed => 0,
                 CircuitState::HalfOpen => 1,
