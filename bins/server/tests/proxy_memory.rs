@@ -5,9 +5,7 @@
 //! origin, which verifies every signature) runs in the test process and serves a sparse
 //! file, so no disk space is needed.
 
-use std::process::Stdio;
-
-use common::{server, wait_until_live, KillOnDrop};
+use common::{server, start};
 
 use cos_sign::Credentials;
 use dev_origin::{DevOrigin, OriginConfig};
@@ -32,27 +30,29 @@ async fn proxy_mode_streams_1_gib_with_flat_server_memory() {
     .await
     .unwrap();
 
-    let port = image_url_tests::free_port();
-    let child = server()
-        .arg("serve")
-        .env("COS_SECRET_ID", "AKIDproxytest")
-        .env("COS_SECRET_KEY", "proxy-test-secret")
-        .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
-        .env("IMAGE_URL_COS__SCHEME", "http")
-        .env("IMAGE_URL_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("IMAGE_URL_SERVER__WORKERS", "1")
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = KillOnDrop::new(child);
-    let pid = server.id();
+    let running = start(
+        server()
+            .arg("serve")
+            .env("COS_SECRET_ID", "AKIDproxytest")
+            .env("COS_SECRET_KEY", "proxy-test-secret")
+            .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
+            .env("IMAGE_URL_COS__SCHEME", "http")
+            .env("IMAGE_URL_SERVER__WORKERS", "1"),
+    );
+    let pid = running.process.id();
+    let base = running.base.clone();
 
     // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    assert_eq!(wait_until_live(&http, &base).await.status(), 200);
+    assert_eq!(
+        http.get(format!("{base}/livez"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Warm the server up (connection pool, cache entry) before the baseline reading.
     let warm = http
         .get(format!("{base}/api/v1/images/big.bin/proxy?mode=proxy"))
@@ -100,6 +100,6 @@ async fn proxy_mode_streams_1_gib_with_flat_server_memory() {
         grown_mib < 64,
         "the server's resident memory grew by {grown_mib} MiB while proxying 1 GiB"
     );
-    drop(server);
+    drop(running);
     origin.stop().await;
 }

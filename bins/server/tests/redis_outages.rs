@@ -6,10 +6,9 @@
 //!
 //! The measured figures are printed (`--nocapture`) and recorded in docs/performance.md.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{server, wait_until_live, KillOnDrop};
+use common::{server, start, Running};
 use cos_sign::Credentials;
 use dev_origin::{DevOrigin, OriginConfig};
 use image_url_tests::RedisServer;
@@ -23,7 +22,7 @@ const TOKEN: &str = "outage-test-token";
 struct Stack {
     redis: RedisServer,
     origin: DevOrigin,
-    _server: KillOnDrop,
+    _server: Running,
     base: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -46,35 +45,29 @@ impl Stack {
         .await
         .unwrap();
         let redis = RedisServer::start();
-        let port = image_url_tests::free_port();
-        let child = server()
-            .arg("serve")
-            .env("COS_SECRET_ID", "AKIDoutage")
-            .env("COS_SECRET_KEY", "outage-secret")
-            .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
-            .env("IMAGE_URL_COS__SCHEME", "http")
-            .env("IMAGE_URL_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("IMAGE_URL_SERVER__WORKERS", "1")
-            .env("IMAGE_URL_SERVER__ADMIN_TOKEN", TOKEN)
-            .env("IMAGE_URL_CACHE__BACKEND", "redis")
-            .env("IMAGE_URL_CACHE__REDIS_URL", redis.url())
-            .env("IMAGE_URL_CACHE__POOL_SIZE", "4")
-            .env("IMAGE_URL_CACHE__TIMEOUT_MS", timeout_ms.to_string())
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = KillOnDrop::new(child);
-        let base = format!("http://127.0.0.1:{port}");
+        let running = start(
+            server()
+                .arg("serve")
+                .env("COS_SECRET_ID", "AKIDoutage")
+                .env("COS_SECRET_KEY", "outage-secret")
+                .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
+                .env("IMAGE_URL_COS__SCHEME", "http")
+                .env("IMAGE_URL_SERVER__WORKERS", "1")
+                .env("IMAGE_URL_SERVER__ADMIN_TOKEN", TOKEN)
+                .env("IMAGE_URL_CACHE__BACKEND", "redis")
+                .env("IMAGE_URL_CACHE__REDIS_URL", redis.url())
+                .env("IMAGE_URL_CACHE__POOL_SIZE", "4")
+                .env("IMAGE_URL_CACHE__TIMEOUT_MS", timeout_ms.to_string()),
+        );
+        let base = running.base.clone();
         let http = reqwest::Client::builder()
             .redirect(redirect::Policy::none())
             .build()
             .unwrap();
-        wait_until_live(&http, &base).await;
         Stack {
             redis,
             origin,
-            _server: server,
+            _server: running,
             base,
             http,
             _dir: dir,

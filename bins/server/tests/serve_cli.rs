@@ -1,10 +1,9 @@
 //! `image-url-server serve` as a real process: the embedded default, config errors, and
 //! shutdown on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{server, wait_until_live, KillOnDrop};
+use common::{server, start, Running};
 
 mod common;
 
@@ -62,28 +61,18 @@ fn tempfile_dir() -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_on_the_embedded_default_says_what_is_missing_and_stops_on_sigterm() {
-    let port = image_url_tests::free_port();
-    let mut child = server()
-        .arg("serve")
-        .env("IMAGE_URL_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("IMAGE_URL_SERVER__WORKERS", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    // Kill the server if an assertion fails before the orderly SIGTERM below.
-    let guard = KillOnDrop::new(child);
-    let lines = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
+    let running = start(
+        server()
+            .arg("serve")
+            .env("IMAGE_URL_SERVER__WORKERS", "1")
+            .env("RUST_LOG", "info"),
+    );
     // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    assert_eq!(wait_until_live(&http, &base).await.status(), 200);
+    let base = running.base.clone();
+    let live = http.get(format!("{base}/livez")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
     let res = http
         .get(format!("{base}/api/v1/images/a.jpg/proxy"))
         .send()
@@ -96,7 +85,8 @@ async fn starts_on_the_embedded_default_says_what_is_missing_and_stops_on_sigter
         "{body}"
     );
 
-    let mut child = guard.take();
+    let Running { process, log, .. } = running;
+    let mut child = process.take();
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -105,7 +95,7 @@ async fn starts_on_the_embedded_default_says_what_is_missing_and_stops_on_sigter
         .success());
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM");
-    let log = lines.join().unwrap().join("\n");
+    let log = log.join().unwrap().join("\n");
     assert!(log.contains("COS credentials missing"), "{log}");
     assert!(log.contains("stopped"), "{log}");
 }
