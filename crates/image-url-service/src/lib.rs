@@ -3,19 +3,28 @@
 //! [`ImageUrlService`] hands out presigned URLs from a [`url_cache::UrlCache`], signing
 //! with a [`cos_sign::CosSigner`] only when needed:
 //!
-//! - **cache first**: a cached URL is served while it has more than `pre_refresh` left
-//!   (default 900 s of 3600 s); inside that threshold it is re-signed, so a client never
-//!   gets a URL about to expire;
-//! - **stable URLs**: with `align` set, signing windows start at multiples of it, so
-//!   replicas, restarts and a dead cache all produce byte-identical URLs within a window
-//!   and browsers and CDNs can cache the image;
+//! - **cache first**: a cached URL is served while it has more than `pre_refresh`
+//!   left (default 900 s of 3600 s); inside that threshold it is re-signed, so a client
+//!   never gets a URL about to expire. A cached URL is served only if it is one this
+//!   service signs for the key (scheme, host, path): anything else in the cache is a
+//!   corrupt entry, replaced, never redirected to;
+//! - **stable URLs**, on by default: signing windows start at multiples of `align`
+//!   (default `ttl − pre_refresh`) and only the current window's URL is served, so
+//!   replicas, restarts and a dead cache all hand out byte-identical URLs within a window
+//!   and switch at the same instant; browsers and CDNs can cache the image;
 //! - **single-flight**: concurrent requests for the same missing or stale key cause one
-//!   signing and one cache write; errors are shared, never cached;
+//!   signing and one cache write, run in a task of its own, so a caller that goes away
+//!   (a dropped future) never leaves work half done; errors are shared, never cached;
 //! - **degradation**: a cache error or timeout (default deadline 50 ms) never fails a
-//!   request: the URL is signed directly and marked `degraded`, and a circuit breaker
-//!   stops calling a failing cache for a cool-down, then probes;
+//!   request, and costs it one deadline at most: the URL is signed directly and marked
+//!   `degraded`, and a circuit breaker (consecutive failures, or a failure ratio over a
+//!   sliding window) stops calling a failing cache for a cool-down, or until the backend
+//!   reports a reconnection, then probes;
 //! - **batches** with bounded concurrency and one cache round trip, **statistics** with
 //!   latency percentiles.
+//!
+//! Every future it returns may be dropped at any await (a client reset, a timeout,
+//! `select!`): state that must be released lives in guards.
 //!
 //! It knows neither HTTP nor Redis: it sees `Arc<dyn UrlCache>`.
 //!
