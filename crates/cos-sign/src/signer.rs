@@ -275,15 +275,13 @@ impl CosSigner {
         let rest = rest.strip_prefix("?q-sign-algorithm=sha1&q-ak=")?;
         let (_ak, rest) = rest.split_once('&')?;
         let rest = rest.strip_prefix("q-sign-time=")?;
-        let (start, rest) = rest.split_once("%3B")?;
-        let end = rest.split('&').next()?;
-        let digits = |s: &str| -> Option<i64> {
-            if s.is_empty() || s.len() > 18 || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            s.parse().ok()
-        };
-        SigningWindow::new(digits(start)?, digits(end)?).ok()
+        let (start, rest) = leading_number(rest)?;
+        let rest = rest.strip_prefix("%3B")?;
+        let (end, rest) = leading_number(rest)?;
+        if !(rest.is_empty() || rest.starts_with('&')) {
+            return None;
+        }
+        SigningWindow::new(start, end).ok()
     }
 
     /// The `Authorization` header value for a request to `key` during `window`.
@@ -525,6 +523,18 @@ fn signed_params(
         signed.push((signed_name, sign_value(value)));
     }
     Ok(signed)
+}
+
+/// The decimal number at the start of `s` (1 to 18 digits) and what follows it.
+fn leading_number(s: &str) -> Option<(i64, &str)> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || digits > 18 {
+        return None;
+    }
+    let value = s[..digits]
+        .bytes()
+        .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    Some((value, &s[digits..]))
 }
 
 fn invalid_param(name: &str, reason: &'static str) -> Error {

@@ -29,7 +29,8 @@ pub struct ServiceConfig {
     /// Share of failed calls in a full window, in percent, that opens the breaker even
     /// when failures alternate with successes (default 50).
     pub breaker_failure_percent: u8,
-    /// How long an open breaker skips the cache before one probe (default 10 s).
+    /// How long an open breaker skips the cache before one probe (default 10 s); a
+    /// reconnection reported by the cache (`UrlCache::reconnects`) ends it early.
     pub breaker_cool_down: Duration,
     /// Largest batch accepted by `get_many` (default 100).
     pub max_batch: usize,

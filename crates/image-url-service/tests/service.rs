@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cos_sign::{CosSigner, Credentials, Endpoint, ObjectKey};
 use image_url_service::{CircuitState, ImageUrlService, ServiceConfig, ServiceError, UrlOptions};
-use url_cache::{CacheEntry, CacheError, CacheStats, ManualClock, MemoryCache, UrlCache};
+use url_cache::{CacheEntry, CacheError, CacheStats, Clock, ManualClock, MemoryCache, UrlCache};
 
 /// The start of a stable-URL window with the defaults (a multiple of 3600 − 900 s), so
 /// that URLs signed at T0 run exactly `ttl` and the default alignment is visible only
@@ -1074,6 +1074,16 @@ async fn replicas_switch_windows_at_the_same_instant() {
         "window k's URL is stale in window k+1"
     );
     assert_eq!(from_a.url, from_b.url, "both replicas serve window k+1");
+    // A third replica whose cache is down agrees with them.
+    let (dead, dead_cache, dead_clock) = faulty_service(config.clone());
+    dead_cache.set(FAILING);
+    dead_clock.set(a.clock.now());
+    let from_dead = dead.get_url(&k, &UrlOptions::new()).await.unwrap();
+    assert!(from_dead.degraded);
+    assert_eq!(
+        from_dead.url, from_a.url,
+        "a replica with a dead cache agrees"
+    );
     // A restart inside the window (a new service, the same cache) changes nothing.
     let restarted = ImageUrlService::builder(signer(), a.cache.clone())
         .config(config)

@@ -257,4 +257,16 @@ async fn wrong_types_and_malformed_hashes_are_corrupt_misses() {
         assert!(cache.get(key).await.unwrap().is_some(), "{key}");
     }
     assert_eq!(cache.stats().corrupt, 4, "no entry was counted twice");
+    // A put straight over a value of another type replaces it (and counts it).
+    let _: i64 = raw
+        .custom(fred::cmd!("RPUSH"), vec!["image:url:overwrite.jpg", "x"])
+        .await
+        .unwrap();
+    cache
+        .put(entry("overwrite.jpg", now, 3600.0))
+        .await
+        .unwrap();
+    assert!(cache.get("overwrite.jpg").await.unwrap().is_some());
+    assert_eq!(cache.stats().corrupt, 5);
+    assert_eq!(cache.stats().errors, 0);
 }
