@@ -102,6 +102,19 @@ impl Stack {
         self.http.get(self.url(path)).send().await.unwrap()
     }
 
+    /// `GET /stats` with the admin token.
+    async fn stats(&self) -> serde_json::Value {
+        self.http
+            .get(self.url("/api/v1/images/stats"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.stop(true).await;
@@ -264,16 +277,7 @@ async fn proxy_mode_streams_with_ranges_conditionals_and_refresh_on_expiry() {
     let res = s.get(path).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.bytes().await.unwrap().len(), 10_000);
-    let stats: serde_json::Value = s
-        .http
-        .get(s.url("/api/v1/images/stats"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = s.stats().await;
     assert_eq!(stats["forced_refreshes"], 1, "re-signed once: {stats}");
     let repaired = s.cache.peek("photos/cat 1.jpg").await.unwrap().unwrap();
     assert_eq!(repaired.url, good, "the good URL replaced the damaged one");
@@ -337,16 +341,7 @@ async fn admin_endpoints_need_the_token() {
         .unwrap();
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["refreshed"], true);
-    let stats: serde_json::Value = s
-        .http
-        .get(s.url("/api/v1/images/stats"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = s.stats().await;
     assert!(stats["signings"].as_u64().unwrap() >= 3);
     assert_eq!(stats["circuit"], "closed");
     s.service_clock.advance(Duration::from_secs(7200));

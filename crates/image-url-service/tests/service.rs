@@ -125,84 +125,12 @@ async fn a_client_never_gets_less_than_the_threshold() {
     }
 }
 
-/// A real memory cache that counts lookups, and whose writes can be held at a gate so
-/// that concurrent requests overlap one flight.
-#[derive(Debug)]
-struct GatedWrites {
-    inner: Arc<dyn UrlCache>,
-    gate: Option<tokio::sync::Semaphore>,
-    gets: AtomicUsize,
-    get_manys: AtomicUsize,
-}
-
-impl GatedWrites {
-    fn new(inner: Arc<dyn UrlCache>, gated: bool) -> Self {
-        GatedWrites {
-            inner,
-            gate: gated.then(|| tokio::sync::Semaphore::new(0)),
-            gets: AtomicUsize::new(0),
-            get_manys: AtomicUsize::new(0),
-        }
-    }
-}
-
-#[async_trait]
-impl UrlCache for GatedWrites {
-    async fn get(&self, key: &str) -> url_cache::Result<Option<CacheEntry>> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(key).await
-    }
-    async fn peek(&self, key: &str) -> url_cache::Result<Option<CacheEntry>> {
-        self.inner.peek(key).await
-    }
-    async fn get_many(&self, keys: &[&str]) -> url_cache::Result<Vec<Option<CacheEntry>>> {
-        self.get_manys.fetch_add(1, Ordering::SeqCst);
-        self.inner.get_many(keys).await
-    }
-    async fn put(&self, entry: CacheEntry) -> url_cache::Result<()> {
-        if let Some(gate) = &self.gate {
-            // Held until the test opens the gate; never closed, so acquiring only fails
-            // if the semaphore were closed, which nothing does.
-            let _held = gate
-                .acquire()
-                .await
-                .map_err(|_| CacheError::Unavailable("gate closed".into()))?;
-        }
-        self.inner.put(entry).await
-    }
-    async fn delete(&self, key: &str) -> url_cache::Result<bool> {
-        self.inner.delete(key).await
-    }
-    async fn expiring_within(
-        &self,
-        within: Duration,
-        limit: usize,
-    ) -> url_cache::Result<Vec<CacheEntry>> {
-        self.inner.expiring_within(within, limit).await
-    }
-    async fn remove_expired(&self, batch: usize) -> url_cache::Result<usize> {
-        self.inner.remove_expired(batch).await
-    }
-    async fn len(&self) -> url_cache::Result<usize> {
-        self.inner.len().await
-    }
-    async fn health_check(&self) -> url_cache::Result<()> {
-        self.inner.health_check().await
-    }
-    fn stats(&self) -> CacheStats {
-        self.inner.stats()
-    }
-    fn backend(&self) -> &'static str {
-        "gated-memory"
-    }
-}
-
-/// A service over a memory cache wrapped in `GatedWrites`, with a typed handle on the
+/// A service over a memory cache wrapped in a `TestCache`, with a typed handle on the
 /// wrapper for its counters and gate.
-fn gated_setup(config: ServiceConfig, gated: bool) -> (Setup, Arc<GatedWrites>) {
+fn gated_setup(config: ServiceConfig, gated: bool) -> (Setup, Arc<TestCache>) {
     let mut wrapper = None;
     let setup = setup_with(config, |inner| {
-        let gated = Arc::new(GatedWrites::new(inner, gated));
+        let gated = Arc::new(TestCache::new(inner, gated));
         wrapper = Some(gated.clone());
         gated
     });
@@ -759,24 +687,32 @@ async fn a_key_with_a_question_mark_cannot_poison_a_variant() {
     );
 }
 
-/// How a `FaultyCache` answers.
+/// How a `TestCache` answers.
 const HEALTHY: u8 = 0;
 const FAILING: u8 = 1;
 const HANGING: u8 = 2;
 
-/// A real memory cache that can be switched to failing or hanging at any moment.
+/// A real memory cache that counts lookups, can be switched to failing or hanging at any
+/// moment, and whose writes can be held at a gate (so that concurrent requests overlap
+/// one flight).
 #[derive(Debug)]
-struct FaultyCache {
-    inner: MemoryCache,
+struct TestCache {
+    inner: Arc<dyn UrlCache>,
     mode: std::sync::atomic::AtomicU8,
+    gate: Option<tokio::sync::Semaphore>,
+    gets: AtomicUsize,
+    get_manys: AtomicUsize,
 }
 
-impl FaultyCache {
-    fn new(clock: Arc<ManualClock>) -> Arc<Self> {
-        Arc::new(FaultyCache {
-            inner: MemoryCache::builder().clock(clock).build(),
+impl TestCache {
+    fn new(inner: Arc<dyn UrlCache>, gated: bool) -> Self {
+        TestCache {
+            inner,
             mode: std::sync::atomic::AtomicU8::new(HEALTHY),
-        })
+            gate: gated.then(|| tokio::sync::Semaphore::new(0)),
+            gets: AtomicUsize::new(0),
+            get_manys: AtomicUsize::new(0),
+        }
     }
 
     fn set(&self, mode: u8) {
@@ -796,8 +732,9 @@ impl FaultyCache {
 }
 
 #[async_trait]
-impl UrlCache for FaultyCache {
+impl UrlCache for TestCache {
     async fn get(&self, key: &str) -> url_cache::Result<Option<CacheEntry>> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
         self.fault().await?;
         self.inner.get(key).await
     }
@@ -806,10 +743,18 @@ impl UrlCache for FaultyCache {
         self.inner.peek(key).await
     }
     async fn get_many(&self, keys: &[&str]) -> url_cache::Result<Vec<Option<CacheEntry>>> {
+        self.get_manys.fetch_add(1, Ordering::SeqCst);
         self.fault().await?;
         self.inner.get_many(keys).await
     }
     async fn put(&self, entry: CacheEntry) -> url_cache::Result<()> {
+        if let Some(gate) = &self.gate {
+            // Held until the test opens the gate; nothing closes the semaphore.
+            let _held = gate
+                .acquire()
+                .await
+                .map_err(|_| CacheError::Unavailable("gate closed".into()))?;
+        }
         self.fault().await?;
         self.inner.put(entry).await
     }
@@ -836,13 +781,14 @@ impl UrlCache for FaultyCache {
         self.inner.stats()
     }
     fn backend(&self) -> &'static str {
-        "faulty-memory"
+        "test-memory"
     }
 }
 
-fn faulty_service(config: ServiceConfig) -> (ImageUrlService, Arc<FaultyCache>, Arc<ManualClock>) {
+fn faulty_service(config: ServiceConfig) -> (ImageUrlService, Arc<TestCache>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(T0));
-    let cache = FaultyCache::new(clock.clone());
+    let memory = Arc::new(MemoryCache::builder().clock(clock.clone()).build());
+    let cache = Arc::new(TestCache::new(memory, false));
     let service = ImageUrlService::builder(signer(), cache.clone())
         .config(config)
         .clock(clock.clone())
