@@ -499,10 +499,10 @@ impl ImageUrlService {
         options: &UrlOptions,
     ) -> Result<Signed> {
         let joined_at = self.inner.clock.now();
-        let answer = {
+        let (answer, started) = {
             let mut flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
             match flights.get(&cache_key) {
-                Some(flight) => flight.answer.clone(),
+                Some(flight) => (flight.answer.clone(), None),
                 None => {
                     let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
                     let (publish, published) = tokio::sync::oneshot::channel();
@@ -523,16 +523,19 @@ impl ImageUrlService {
                             answer: answer.clone(),
                         },
                     );
-                    let guard = FlightGuard {
-                        service: self.clone(),
-                        cache_key,
-                        id,
-                    };
-                    tokio::spawn(fly(guard, key.clone(), options.clone(), publish));
-                    answer
+                    (answer, Some((id, publish)))
                 }
             }
         };
+        if let Some((id, publish)) = started {
+            // Spawned outside the lock: the guard's `Drop` takes it.
+            let guard = FlightGuard {
+                service: self.clone(),
+                cache_key,
+                id,
+            };
+            tokio::spawn(fly(guard, key.clone(), options.clone(), publish));
+        }
         let signed = answer.await?;
         // A flight lives for one signing and one cache write, so its answer is fresh; but
         // if it was signed before we asked and is already inside the threshold (a stalled
