@@ -13,6 +13,10 @@ pub enum ServiceError {
     /// The URL options cannot be signed (e.g. a bad image-processing rule).
     #[error("invalid URL options: {0}")]
     InvalidOptions(String),
+    /// The access policy does not serve this key (outside the allowed prefixes, or in a
+    /// denied one).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// A batch larger than the configured maximum.
     #[error("batch of {size} keys exceeds the maximum of {max}")]
     BatchTooLarge {
@@ -48,6 +52,7 @@ impl ServiceError {
             self,
             ServiceError::InvalidKey(_)
                 | ServiceError::InvalidOptions(_)
+                | ServiceError::Forbidden(_)
                 | ServiceError::BatchTooLarge { .. }
         )
     }

@@ -52,6 +52,7 @@
 //! # }).unwrap();
 //! ```
 
+mod access;
 mod breaker;
 mod config;
 mod error;
@@ -59,6 +60,7 @@ mod options;
 mod service;
 mod stats;
 
+pub use access::{AccessPolicy, AccessPolicyBuilder, LinkError, LinkSigner, MIN_SECRET_LEN};
 pub use breaker::CircuitState;
 pub use config::ServiceConfig;
 pub use error::{Result, ServiceError};

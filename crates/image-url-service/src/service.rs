@@ -13,7 +13,10 @@ use url_cache::{CacheEntry, CacheError, Clock, SystemClock, UrlCache, DEFAULT_CL
 
 use crate::breaker::{Breaker, BreakerSettings, Permit};
 use crate::stats::{bump, Counters};
-use crate::{ImageUrl, Result, ServiceConfig, ServiceError, ServiceStats, UrlOptions, UrlStatus};
+use crate::{
+    AccessPolicy, ImageUrl, Result, ServiceConfig, ServiceError, ServiceStats, UrlOptions,
+    UrlStatus,
+};
 
 /// Cache-first presigned URLs. Cheap to clone (an `Arc`); share one per process.
 #[derive(Clone)]
@@ -26,6 +29,7 @@ struct Inner {
     cache: Arc<dyn UrlCache>,
     config: ServiceConfig,
     clock: Arc<dyn Clock>,
+    access: AccessPolicy,
     breaker: Breaker,
     counters: Counters,
     /// Signings in progress, by cache key. A std mutex: held only to look up, insert or
@@ -93,6 +97,7 @@ pub struct ImageUrlServiceBuilder {
     cache: Arc<dyn UrlCache>,
     config: ServiceConfig,
     clock: Arc<dyn Clock>,
+    access: AccessPolicy,
 }
 
 impl ImageUrlServiceBuilder {
@@ -106,6 +111,13 @@ impl ImageUrlServiceBuilder {
     /// Give the cache the same clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// The access rules every request is checked against (default
+    /// [`AccessPolicy::default`]: every key, image content types only, no links).
+    pub fn access(mut self, access: AccessPolicy) -> Self {
+        self.access = access;
         self
     }
 
@@ -127,6 +139,7 @@ impl ImageUrlServiceBuilder {
                 cache: self.cache,
                 config: self.config,
                 clock: self.clock,
+                access: self.access,
                 breaker,
                 counters: Counters::default(),
                 flights: Mutex::new(HashMap::new()),
@@ -185,6 +198,7 @@ impl ImageUrlService {
             cache,
             config: ServiceConfig::default(),
             clock: Arc::new(SystemClock),
+            access: AccessPolicy::default(),
         }
     }
 
@@ -198,13 +212,26 @@ impl ImageUrlService {
         &self.inner.cache
     }
 
+    /// The access rules.
+    pub fn access(&self) -> &AccessPolicy {
+        &self.inner.access
+    }
+
     /// A presigned URL for `key`: from the cache while it has more than `pre_refresh`
     /// left, else freshly signed (once, however many ask at the same time) and cached.
     /// Never fails because of the cache.
     pub async fn get_url(&self, key: &ObjectKey, options: &UrlOptions) -> Result<ImageUrl> {
         let started = Instant::now();
         bump(&self.inner.counters.requests);
-        let result = self.resolve(key, options, None).await;
+        let result = match self
+            .inner
+            .access
+            .check_key(key)
+            .and_then(|()| self.inner.access.check_options(options))
+        {
+            Ok(()) => self.resolve(key, options, None).await,
+            Err(err) => Err(err),
+        };
         self.inner.counters.record_latency(started.elapsed());
         result
     }
@@ -239,6 +266,7 @@ impl ImageUrlService {
                 max,
             });
         }
+        self.inner.access.check_options(options)?;
         let mut unique: Vec<&str> = Vec::with_capacity(keys.len());
         for key in keys {
             if !unique.contains(key) {
@@ -249,6 +277,7 @@ impl ImageUrlService {
             .iter()
             .map(|raw| {
                 let key = ObjectKey::new(raw).map_err(ServiceError::InvalidKey)?;
+                self.inner.access.check_key(&key)?;
                 let cache_key = options.cache_key(&key)?.into_owned();
                 Ok((key, cache_key))
             })
@@ -298,6 +327,8 @@ impl ImageUrlService {
     /// What the cache holds for `key` (without counting an access). Never fails because
     /// of the cache: `cache_available` says whether it answered.
     pub async fn status(&self, key: &ObjectKey, options: &UrlOptions) -> Result<UrlStatus> {
+        self.inner.access.check_key(key)?;
+        self.inner.access.check_options(options)?;
         let cache_key = options.cache_key(key)?;
         let now = self.inner.clock.now();
         let (entry, available) = match self.cache_call(self.inner.cache.peek(&cache_key)).await {

@@ -3,7 +3,7 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use image_url_service::ServiceError;
+use image_url_service::{LinkError, ServiceError};
 use serde::Serialize;
 
 /// An API error. `Display` is the `detail` shown to clients: it never contains a secret
@@ -35,6 +35,9 @@ pub enum ApiError {
     /// The service could not produce a URL.
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// The server requires signed links and this one is missing, wrong or expired.
+    #[error(transparent)]
+    Link(#[from] LinkError),
     /// The origin failed or answered unexpectedly (proxy mode).
     #[error("the image origin failed: {0}")]
     BadGateway(String),
@@ -70,6 +73,11 @@ impl ApiError {
             ApiError::Service(ServiceError::InvalidOptions(_)) => {
                 (S::BAD_REQUEST, "invalid-options", "Invalid URL options")
             }
+            ApiError::Service(ServiceError::Forbidden(_)) => {
+                (S::FORBIDDEN, "forbidden-key", "Forbidden")
+            }
+            ApiError::Link(LinkError::Expired) => (S::GONE, "link-expired", "Link expired"),
+            ApiError::Link(_) => (S::FORBIDDEN, "link-invalid", "Invalid link"),
             ApiError::Service(ServiceError::BatchTooLarge { .. }) => {
                 (S::BAD_REQUEST, "batch-too-large", "Batch too large")
             }

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use cos_sign::unix_now;
 use cos_sign::ObjectKey;
-use image_url_service::{ImageUrl, ServiceError, UrlOptions};
+use image_url_service::{ImageUrl, ImageUrlService, ServiceError, UrlOptions};
 use serde::Deserialize;
 
 use crate::{proxy, ApiError, AppState};
@@ -118,7 +119,8 @@ fn url_options(query: &[(String, String)]) -> Result<UrlOptions, ApiError> {
             "content_disposition" | "response-content-disposition" => {
                 options.content_disposition(value)
             }
-            "mode" | "key" => options,
+            // `exp` and `sig` are a signed link's, checked by `public_options`.
+            "mode" | "key" | "exp" | "sig" => options,
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "unknown query parameter {other:?}"
@@ -127,6 +129,27 @@ fn url_options(query: &[(String, String)]) -> Result<UrlOptions, ApiError> {
         };
     }
     Ok(options)
+}
+
+/// The URL options of a public request, with its signed link checked when the server
+/// requires links (over the options as the client gave them), then normalised.
+fn public_options(
+    service: &ImageUrlService,
+    key: &ObjectKey,
+    query: &[(String, String)],
+) -> Result<UrlOptions, ApiError> {
+    let options = url_options(query)?;
+    let access = service.access();
+    if access.requires_links() {
+        let param = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        access.verify_link(key, &options, param("exp"), param("sig"), unix_now())?;
+    }
+    Ok(access.normalize_options(options)?)
 }
 
 fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
@@ -174,12 +197,12 @@ pub(crate) async fn proxy_or_redirect(
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&req, "/proxy")?;
     let query = query_pairs(&req);
-    let options = url_options(&query)?;
+    let service = state.service()?;
+    let options = public_options(service, &key, &query)?;
     let mode = query
         .iter()
         .find(|(k, _)| k == "mode")
         .map(|(_, v)| v.as_str());
-    let service = state.service()?;
     match mode {
         None | Some("redirect") => {
             let answer = service.get_url(&key, &options).await?;
@@ -247,8 +270,9 @@ pub(crate) async fn status(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_from_path(&req, "/status")?;
-    let options = url_options(&query_pairs(&req))?;
-    let status = state.service()?.status(&key, &options).await?;
+    let service = state.service()?;
+    let options = public_options(service, &key, &query_pairs(&req))?;
+    let status = service.status(&key, &options).await?;
     Ok(HttpResponse::Ok().json(status))
 }
 
@@ -263,8 +287,11 @@ pub(crate) async fn refresh(
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
     let key = key_from_path(&req, "/refresh")?;
-    let options = url_options(&query_pairs(&req))?;
-    let answer = state.service()?.refresh(&key, &options).await?;
+    let service = state.service()?;
+    let options = service
+        .access()
+        .normalize_options(url_options(&query_pairs(&req))?)?;
+    let answer = service.refresh(&key, &options).await?;
     Ok(HttpResponse::Ok().json(answer))
 }
 
@@ -273,6 +300,35 @@ pub(crate) struct KeysBody {
     /// Object keys.
     keys: Vec<String>,
 }
+
+/// The body of `POST /batch/urls`: plain keys, or keys with their signed links (required
+/// when the server requires links).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchBody {
+    /// Object keys.
+    #[serde(default)]
+    keys: Vec<String>,
+    /// Object keys with their signed links.
+    #[serde(default)]
+    items: Vec<LinkedKey>,
+}
+
+/// One key of a batch with its signed link.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LinkedKey {
+    /// The object key.
+    key: String,
+    /// The link's expiry, unix seconds.
+    exp: u64,
+    /// The link's signature, hex.
+    sig: String,
+}
+
+/// One key asked for in a batch: the key, and its link's `exp` and `sig` if it came
+/// with one.
+type BatchRequest = (String, Option<String>, Option<String>);
 
 /// `GET /api/v1/images/batch/urls?key=a&key=b`.
 #[utoipa::path(get, path = "/api/v1/images/batch/urls",
@@ -283,54 +339,99 @@ pub(crate) async fn batch_get(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query_pairs(&req);
-    let keys: Vec<String> = query
+    let keys: Vec<BatchRequest> = query
         .iter()
         .filter(|(k, _)| k == "key")
-        .map(|(_, v)| v.clone())
+        .map(|(_, v)| (v.clone(), None, None))
         .collect();
     batch(&state, keys, url_options(&query)?).await
 }
 
-/// `POST /api/v1/images/batch/urls` with `{"keys": [...]}`.
-#[utoipa::path(post, path = "/api/v1/images/batch/urls", request_body = KeysBody,
+/// `POST /api/v1/images/batch/urls` with `{"keys": [...]}` or, with signed links,
+/// `{"items": [{"key": "...", "exp": N, "sig": "..."}]}`.
+#[utoipa::path(post, path = "/api/v1/images/batch/urls", request_body = BatchBody,
     responses((status = 200, description = "A result per key"), (status = 400, description = "No keys, or too many", body = crate::Problem)))]
 pub(crate) async fn batch_post(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<KeysBody>,
+    body: web::Json<BatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     let options = url_options(&query_pairs(&req))?;
-    batch(&state, body.into_inner().keys, options).await
+    let BatchBody { keys, items } = body.into_inner();
+    let requests = keys
+        .into_iter()
+        .map(|key| (key, None, None))
+        .chain(
+            items
+                .into_iter()
+                .map(|item| (item.key, Some(item.exp.to_string()), Some(item.sig))),
+        )
+        .collect();
+    batch(&state, requests, options).await
 }
 
 async fn batch(
     state: &AppState,
-    keys: Vec<String>,
+    requests: Vec<BatchRequest>,
     options: UrlOptions,
 ) -> Result<HttpResponse, ApiError> {
-    if keys.is_empty() {
+    if requests.is_empty() {
         return Err(ApiError::BadRequest("give at least one key".into()));
     }
-    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let items = state.service()?.get_many(&refs, &options, None).await?;
+    let service = state.service()?;
+    let max = service.config().max_batch;
+    if requests.len() > max {
+        // Before any link is verified: a huge batch costs nothing but this check.
+        return Err(ServiceError::BatchTooLarge {
+            size: requests.len(),
+            max,
+        }
+        .into());
+    }
+    let access = service.access();
     let mut results = BTreeMap::new();
-    for item in items {
-        let value = match item.result {
-            Ok(url) => serde_json::json!({
-                "url": url.url,
-                "expires_at": url.expires_at,
-                "ttl_remaining": url.ttl_remaining.as_secs_f64(),
-                "from_cache": url.from_cache,
-                "degraded": url.degraded,
-            }),
-            Err(err) => {
-                let problem = ApiError::Service(err).problem("");
-                serde_json::json!({ "error": { "type": problem.kind, "title": problem.title, "status": problem.status, "detail": problem.detail } })
+    let mut admitted: Vec<String> = Vec::with_capacity(requests.len());
+    let now = unix_now();
+    for (key, exp, sig) in requests {
+        if access.requires_links() {
+            let checked = ObjectKey::new(&key)
+                .map_err(|e| ApiError::Service(ServiceError::InvalidKey(e)))
+                .and_then(|object| {
+                    access
+                        .verify_link(&object, &options, exp.as_deref(), sig.as_deref(), now)
+                        .map_err(ApiError::Link)
+                });
+            if let Err(err) = checked {
+                results.insert(key, error_json(err));
+                continue;
             }
-        };
-        results.insert(item.key, value);
+        }
+        admitted.push(key);
+    }
+    if !admitted.is_empty() {
+        let options = access.normalize_options(options)?;
+        let refs: Vec<&str> = admitted.iter().map(String::as_str).collect();
+        for item in service.get_many(&refs, &options, None).await? {
+            let value = match item.result {
+                Ok(url) => serde_json::json!({
+                    "url": url.url,
+                    "expires_at": url.expires_at,
+                    "ttl_remaining": url.ttl_remaining.as_secs_f64(),
+                    "from_cache": url.from_cache,
+                    "degraded": url.degraded,
+                }),
+                Err(err) => error_json(ApiError::Service(err)),
+            };
+            results.insert(item.key, value);
+        }
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "results": results })))
+}
+
+/// One key's error inside a batch answer.
+fn error_json(err: ApiError) -> serde_json::Value {
+    let problem = err.problem("");
+    serde_json::json!({ "error": { "type": problem.kind, "title": problem.title, "status": problem.status, "detail": problem.detail } })
 }
 
 /// `GET /api/v1/images/stats` (admin).
@@ -363,10 +464,13 @@ pub(crate) async fn preload(
     body: web::Json<KeysBody>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
-    let options = url_options(&query_pairs(&req))?;
+    let service = state.service()?;
+    let options = service
+        .access()
+        .normalize_options(url_options(&query_pairs(&req))?)?;
     let keys = body.into_inner().keys;
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let report = state.service()?.preload(&refs, &options).await;
+    let report = service.preload(&refs, &options).await;
     let failed: BTreeMap<String, String> = report.failed.into_iter().collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "requested": report.requested,

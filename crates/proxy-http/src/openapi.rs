@@ -21,7 +21,12 @@ use utoipa::OpenApi;
         crate::handlers::readyz,
         crate::handlers::metrics,
     ),
-    components(schemas(crate::Problem, crate::handlers::KeysBody))
+    components(schemas(
+        crate::Problem,
+        crate::handlers::KeysBody,
+        crate::handlers::BatchBody,
+        crate::handlers::LinkedKey
+    ))
 )]
 struct ApiDoc;
 
