@@ -20,6 +20,9 @@ pub enum Command {
     /// Print a presigned URL for an object (credentials from COS_SECRET_ID,
     /// COS_SECRET_KEY and optional COS_SECURITY_TOKEN).
     Presign(PresignArgs),
+    /// Print a signed link for a key, `/api/v1/images/<key>/proxy?...&exp=...&sig=...`,
+    /// to append to the server's origin (for servers with `access.link_secrets`).
+    SignLink(SignLinkArgs),
     /// Serve a directory as a local COS-compatible bucket that verifies signatures made
     /// with COS_SECRET_ID / COS_SECRET_KEY (for development, demos and tests).
     DevOrigin(DevOriginArgs),
@@ -86,6 +89,41 @@ pub struct PresignArgs {
     /// HTTP method the URL is for.
     #[arg(long, value_enum, default_value = "get", ignore_case = true)]
     pub method: PresignMethod,
+}
+
+/// Arguments of `sign-link`.
+#[derive(Debug, Args)]
+pub struct SignLinkArgs {
+    /// The object key, e.g. images/a.jpg (a leading '/' is stripped).
+    pub key: String,
+    /// The link secret (the first of `access.link_secrets`).
+    #[arg(long, env = "IMAGE_URL_LINK_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// Lifetime of the link in seconds from now.
+    #[arg(
+        long,
+        required_unless_present = "expires_at",
+        conflicts_with = "expires_at"
+    )]
+    pub expires: Option<u64>,
+    /// Expiry of the link, unix seconds.
+    #[arg(long)]
+    pub expires_at: Option<u64>,
+    /// The mode the link asks for (not signed: a link works in both).
+    #[arg(long, value_enum)]
+    pub mode: Option<LinkMode>,
+    /// A URL option NAME=VALUE: process, content_type or content_disposition; repeatable.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub params: Vec<(String, String)>,
+}
+
+/// The modes of `/proxy`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LinkMode {
+    /// A 302 to the presigned URL.
+    Redirect,
+    /// The object streamed through the server.
+    Proxy,
 }
 
 /// The methods `presign` signs.

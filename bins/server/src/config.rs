@@ -24,16 +24,30 @@ pub struct Config {
     pub cache: Cache,
     /// `[proxy]`.
     pub proxy: Proxy,
+    /// `[access]`.
+    pub access: Access,
 }
 
 /// `[server]`.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     pub listen: SocketAddr,
     pub admin_token: String,
     pub workers: usize,
     pub json_logs: bool,
+}
+
+/// The admin token is never shown.
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listen", &self.listen)
+            .field("admin_token", &"<redacted>")
+            .field("workers", &self.workers)
+            .field("json_logs", &self.json_logs)
+            .finish()
+    }
 }
 
 /// `[cos]`.
@@ -91,6 +105,38 @@ pub struct Proxy {
     pub connect_timeout_secs: u64,
     pub read_timeout_secs: u64,
     pub timeout_secs: u64,
+}
+
+/// `[access]`: which keys and options are served, and whether links must be signed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    pub allowed_prefixes: Vec<String>,
+    pub denied_prefixes: Vec<String>,
+    pub link_secrets: Vec<String>,
+    pub allowed_content_types: Vec<String>,
+    pub allow_processing: bool,
+    pub allowed_processing_prefixes: Vec<String>,
+}
+
+/// The link secrets are shown as a count only.
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("allowed_prefixes", &self.allowed_prefixes)
+            .field("denied_prefixes", &self.denied_prefixes)
+            .field(
+                "link_secrets",
+                &format_args!("<{} redacted>", self.link_secrets.len()),
+            )
+            .field("allowed_content_types", &self.allowed_content_types)
+            .field("allow_processing", &self.allow_processing)
+            .field(
+                "allowed_processing_prefixes",
+                &self.allowed_processing_prefixes,
+            )
+            .finish()
+    }
 }
 
 /// Loads the configuration; an error is one line naming the key and where it came from.

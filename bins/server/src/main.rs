@@ -5,6 +5,7 @@
 //!
 //! - `serve` — run the HTTP server;
 //! - `presign` — print a presigned COS URL, like `coscli signurl`;
+//! - `sign-link` — print a signed link to the server's own API (docs/security.md);
 //! - `dev-origin` — serve a directory as a local COS-compatible bucket.
 
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ mod dev_origin_cmd;
 mod logging;
 mod presign;
 mod serve;
+mod sign_link;
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         cli::Command::Presign(args) => presign::run(&args, &|name| std::env::var(name).ok()),
+        cli::Command::SignLink(args) => sign_link::run(&args, cos_sign::unix_now()),
         cli::Command::Serve(args) => serve::run(&args).map(|()| String::new()),
         cli::Command::DevOrigin(args) => dev_origin_cmd::run(&args).map(|()| String::new()),
     };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cos_sign::{CosSigner, Credentials, Endpoint};
 use figment::Figment;
-use image_url_service::{ImageUrlService, ServiceConfig};
+use image_url_service::{AccessPolicy, ImageUrlService, ServiceConfig};
 use proxy_http::{ApiConfig, AppState, HttpServerHandle};
 use url_cache::{EvictionPolicy, MemoryCache, RedisCache, RedisConfig, UrlCache};
 
@@ -24,6 +24,7 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
         )
     })?;
     let service_config = service_config(&config, &figment)?;
+    let access = access_policy(&config, &figment)?;
     let endpoint = endpoint(&config, &figment)?;
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -61,6 +62,7 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
         let service = match credentials(&config) {
             Ok(credentials) => ImageUrlService::builder(CosSigner::new(credentials, endpoint), cache)
                 .config(service_config)
+                .access(access)
                 .build()
                 .map(Ok)
                 .map_err(|e| e.to_string())?,
@@ -163,6 +165,24 @@ fn api_config(config: &Config, figment: &Figment) -> Result<ApiConfig, String> {
     api.proxy_read_timeout = secs("read_timeout_secs", config.proxy.read_timeout_secs)?;
     api.proxy_timeout = secs("timeout_secs", config.proxy.timeout_secs)?;
     Ok(api)
+}
+
+fn access_policy(config: &Config, figment: &Figment) -> Result<AccessPolicy, String> {
+    let access = &config.access;
+    AccessPolicy::builder()
+        .allowed_prefixes(access.allowed_prefixes.iter().cloned())
+        .denied_prefixes(access.denied_prefixes.iter().cloned())
+        .link_secrets(&access.link_secrets)
+        .allowed_content_types(access.allowed_content_types.iter().cloned())
+        .allow_processing(access.allow_processing)
+        .allowed_processing_prefixes(access.allowed_processing_prefixes.iter().cloned())
+        .build()
+        .map_err(|e| {
+            format!(
+                "access.link_secrets from {}: {e}",
+                config::source_of(figment, "access.link_secrets")
+            )
+        })
 }
 
 fn service_config(config: &Config, figment: &Figment) -> Result<ServiceConfig, String> {
