@@ -281,6 +281,18 @@ async fn proxy_mode_streams_with_ranges_conditionals_and_refresh_on_expiry() {
     assert_eq!(stats["forced_refreshes"], 1, "re-signed once: {stats}");
     let repaired = s.cache.peek("photos/cat 1.jpg").await.unwrap().unwrap();
     assert_eq!(repaired.url, good, "the good URL replaced the damaged one");
+    // Damaged again within the minute: no second re-sign for this key (a client cannot
+    // make every request re-sign and rewrite the cache); the answer is a 502 problem.
+    let mut entry = repaired;
+    entry.url.pop();
+    entry.url.push(if last == '0' { '1' } else { '0' });
+    s.cache.put(entry).await.unwrap();
+    problem(s.get(path).await, 502).await;
+    assert_eq!(
+        s.stats().await["forced_refreshes"],
+        1,
+        "not re-signed again"
+    );
     s.stop().await;
 }
 
@@ -673,10 +685,17 @@ async fn proxy_origin_failures_are_502_problems() {
         b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n",
     ))
     .await;
+    // A 403 for a URL signed this very moment: re-signing would not help, so it is not
+    // tried (no second fetch, no cache rewrite).
+    let forbidding = scripted_origin(Some(
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
+    ))
+    .await;
     for (origin, says) in [
         (refused, "cannot connect to the origin"),
         (failing, "the origin answered 500"),
         (redirecting, "the origin answered 302"),
+        (forbidding, "the origin refused the signed URL (403)"),
     ] {
         let server = server_for(origin, long, long);
         let res = proxy_mode_get(&http, &server).await;

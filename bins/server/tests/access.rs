@@ -327,3 +327,49 @@ async fn sign_link_errors_are_one_line() {
         assert!(!stderr.contains(NEW_SECRET), "the secret is never printed");
     }
 }
+
+/// Proxy mode never serves active content from the API's origin: every answer carries
+/// `nosniff` and a sandboxing CSP, and HTML, SVG or scripts go out as downloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_serves_no_active_content() {
+    let s = Stack::start(&[]).await;
+    for (name, body) in [
+        ("images/page.html", "<script>alert(1)</script>"),
+        ("images/icon.svg", "<svg onload=alert(1)/>"),
+        ("images/app.js", "alert(1)"),
+        ("images/noext", "<html>"),
+    ] {
+        std::fs::write(s._dir.path().join(name), body).unwrap();
+    }
+    for (key, inline) in [
+        ("images/a.jpg", true),
+        ("images/page.html", false),
+        ("images/icon.svg", false),
+        ("images/app.js", false),
+        ("images/noext", false),
+    ] {
+        let res = s
+            .get(&format!("/api/v1/images/{key}/proxy?mode=proxy"))
+            .await;
+        assert_eq!(res.status(), 200, "{key}");
+        let headers = res.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{key}");
+        assert_eq!(
+            headers["content-security-policy"],
+            "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox",
+            "{key}"
+        );
+        if inline {
+            assert_eq!(headers["content-type"], "image/jpeg", "{key}");
+            assert!(!headers.contains_key("content-disposition"), "{key}");
+        } else {
+            assert_eq!(headers["content-type"], "application/octet-stream", "{key}");
+            assert_eq!(headers["content-disposition"], "attachment", "{key}");
+        }
+    }
+    // A client cannot ask COS to relabel an image as HTML either.
+    let res = s
+        .get("/api/v1/images/images/a.jpg/proxy?mode=proxy&content_type=text/html")
+        .await;
+    assert_eq!(problem_type(res, 400).await, "invalid-options");
+}

@@ -313,6 +313,13 @@ impl AccessPolicy {
         Ok(options)
     }
 
+    /// Whether content of `content_type` may be shown inline (proxy mode): the same
+    /// allow-list as `content_type` overrides. Anything else (HTML, SVG, scripts) is
+    /// served as a download.
+    pub fn serves_inline(&self, content_type: &str) -> bool {
+        self.content_type_allowed(content_type)
+    }
+
     fn content_type_allowed(&self, content_type: &str) -> bool {
         if content_type.trim() != content_type {
             return false;

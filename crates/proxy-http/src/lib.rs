@@ -90,6 +90,7 @@ pub struct AppState {
     config: ApiConfig,
     upstream: reqwest::Client,
     metrics: Metrics,
+    resigns: proxy::ResignLimiter,
 }
 
 impl AppState {
@@ -102,6 +103,7 @@ impl AppState {
             config,
             upstream,
             metrics: Metrics::new(),
+            resigns: proxy::ResignLimiter::default(),
         }
     }
 

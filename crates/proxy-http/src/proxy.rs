@@ -27,6 +27,11 @@ const PASSED_BACK: [header::HeaderName; 7] = [
     header::CONTENT_DISPOSITION,
 ];
 
+/// On every proxied response, as camo does: no MIME sniffing, and a policy under which a
+/// document (were one to slip through) can load nothing and run nothing.
+const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox";
+
 /// The origin client: no redirects followed, connect and read timeouts (the total one is
 /// set per request), rustls with ring.
 pub(crate) fn client(config: &ApiConfig) -> reqwest::Client {
@@ -62,19 +67,55 @@ pub(crate) async fn stream(
         let response = upstream.send().await.map_err(describe)?;
         let status = response.status().as_u16();
         match status {
-            // COS answers 403 when the signature has expired: refresh once and retry.
-            403 if attempt == 0 => {
-                tracing::info!(key = %key, "origin refused the URL; re-signing once");
+            // COS answers 403 when a cached URL went bad (revoked credentials, a damaged
+            // entry): re-sign once and retry. Never right after a fresh signing (that
+            // would not help), and at most once per key per minute, so that clients
+            // cannot make every request re-sign and rewrite the cache.
+            403 if attempt == 0 && answer.from_cache && state.resigns.allow(key.as_str()) => {
+                tracing::info!(key = %key, "origin refused the cached URL; re-signing once");
                 answer = service.refresh(key, options).await?;
             }
+            403 => break,
             404 => return Err(ApiError::ImageNotFound),
             200 | 206 | 304 | 416 => return Ok(render(response, &answer, service, state)),
             other => return Err(ApiError::BadGateway(format!("the origin answered {other}"))),
         }
     }
     Err(ApiError::BadGateway(
-        "the origin refused a freshly signed URL (403)".into(),
+        "the origin refused the signed URL (403)".into(),
     ))
+}
+
+/// Remembers when each key was last re-signed because the origin refused its URL.
+/// Bounded: entries older than the interval are dropped when it fills up, and while it
+/// is full of recent ones nothing more is re-signed.
+#[derive(Debug, Default)]
+pub(crate) struct ResignLimiter {
+    last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl ResignLimiter {
+    const INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+    const MAX_KEYS: usize = 10_000;
+
+    /// Whether `key` may be re-signed now (and if so, records that it is).
+    pub(crate) fn allow(&self, key: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = last.get(key) {
+            if now.duration_since(*at) < Self::INTERVAL {
+                return false;
+            }
+        }
+        if last.len() >= Self::MAX_KEYS {
+            last.retain(|_, at| now.duration_since(*at) < Self::INTERVAL);
+            if last.len() >= Self::MAX_KEYS {
+                return false;
+            }
+        }
+        last.insert(key.to_owned(), now);
+        true
+    }
 }
 
 fn render(
@@ -101,8 +142,21 @@ fn render(
             state.config.max_redirect_age,
         ),
     ));
+    builder.insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
+    builder.insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY));
     if status == StatusCode::NOT_MODIFIED || status == StatusCode::RANGE_NOT_SATISFIABLE {
         return builder.finish();
+    }
+    // Active content (HTML, SVG, scripts) or no type at all is never shown from this
+    // origin: it goes out as an opaque download.
+    let inline = response
+        .headers()
+        .get(header::CONTENT_TYPE.as_str())
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| service.access().serves_inline(t));
+    if !inline {
+        builder.insert_header((header::CONTENT_TYPE, "application/octet-stream"));
+        builder.insert_header((header::CONTENT_DISPOSITION, "attachment"));
     }
     let length = response.content_length();
     let body = response
