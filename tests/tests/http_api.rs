@@ -687,10 +687,8 @@ async fn proxy_origin_failures_are_502_problems() {
     .await;
     // A 403 for a URL signed this very moment: re-signing would not help, so it is not
     // tried (no second fetch, no cache rewrite).
-    let forbidding = scripted_origin(Some(
-        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
-    ))
-    .await;
+    let forbidding =
+        scripted_origin(Some(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")).await;
     for (origin, says) in [
         (refused, "cannot connect to the origin"),
         (failing, "the origin answered 500"),

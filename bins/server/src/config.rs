@@ -34,6 +34,7 @@ pub struct Config {
 pub struct Server {
     pub listen: SocketAddr,
     pub admin_token: String,
+    pub admin_tokens: Vec<String>,
     pub workers: usize,
     pub json_logs: bool,
 }
@@ -44,6 +45,10 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("listen", &self.listen)
             .field("admin_token", &"<redacted>")
+            .field(
+                "admin_tokens",
+                &format_args!("<{} redacted>", self.admin_tokens.len()),
+            )
             .field("workers", &self.workers)
             .field("json_logs", &self.json_logs)
             .finish()

@@ -160,7 +160,23 @@ fn api_config(config: &Config, figment: &Figment) -> Result<ApiConfig, String> {
             Ok(Duration::from_secs(value))
         }
     };
-    let mut api = ApiConfig::default().admin_token(Some(config.server.admin_token.clone()));
+    let tokens: Vec<String> = std::iter::once(&config.server.admin_token)
+        .chain(&config.server.admin_tokens)
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .collect();
+    if tokens.iter().any(|t| t.len() < 16) {
+        let key = if config.server.admin_token.is_empty() || config.server.admin_token.len() >= 16 {
+            "server.admin_tokens"
+        } else {
+            "server.admin_token"
+        };
+        return Err(format!(
+            "{key} from {}: an admin token must be at least 16 bytes",
+            config::source_of(figment, key)
+        ));
+    }
+    let mut api = ApiConfig::default().admin_tokens(tokens);
     api.proxy_connect_timeout = secs("connect_timeout_secs", config.proxy.connect_timeout_secs)?;
     api.proxy_read_timeout = secs("read_timeout_secs", config.proxy.read_timeout_secs)?;
     api.proxy_timeout = secs("timeout_secs", config.proxy.timeout_secs)?;

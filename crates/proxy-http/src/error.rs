@@ -26,6 +26,9 @@ pub enum ApiError {
     /// The object does not exist at the origin.
     #[error("the image does not exist")]
     ImageNotFound,
+    /// A request body over the limit.
+    #[error("the request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
     /// Route exists, method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -55,6 +58,11 @@ impl ApiError {
             ApiError::BadRequest(_) => (S::BAD_REQUEST, "bad-request", "Bad request"),
             ApiError::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::AdminDisabled => (S::FORBIDDEN, "admin-disabled", "Forbidden"),
+            ApiError::PayloadTooLarge(_) => (
+                S::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
             ApiError::NotFound => (S::NOT_FOUND, "not-found", "Not found"),
             ApiError::ImageNotFound => (S::NOT_FOUND, "image-not-found", "Image not found"),
             ApiError::MethodNotAllowed => (

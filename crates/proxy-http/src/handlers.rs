@@ -8,6 +8,7 @@ use cos_sign::unix_now;
 use cos_sign::ObjectKey;
 use image_url_service::{ImageUrl, ImageUrlService, ServiceError, UrlOptions};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::{proxy, ApiError, AppState};
 
@@ -86,11 +87,36 @@ async fn dispatch_key_route(
     }
 }
 
-/// JSON bodies: limited size, and errors rendered as problems.
-pub(crate) fn json_config() -> web::JsonConfig {
+/// JSON bodies: limited size (413 beyond), and errors rendered as problems.
+pub(crate) fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()
-        .limit(256 * 1024)
-        .error_handler(|err, _req| ApiError::BadRequest(format!("invalid JSON body: {err}")).into())
+        .limit(limit)
+        .error_handler(move |err, _req| match err {
+            actix_web::error::JsonPayloadError::Overflow { .. }
+            | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => {
+                ApiError::PayloadTooLarge(limit).into()
+            }
+            err => ApiError::BadRequest(format!("invalid JSON body: {err}")).into(),
+        })
+}
+
+/// Reads a JSON body of at most `limit` bytes (413 beyond) and parses it. For admin
+/// endpoints, which read their body only once the token is checked.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    use futures::StreamExt;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// The object key between the prefix and `suffix`, percent-decoded from the raw path.
@@ -159,23 +185,33 @@ fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
 }
 
 fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let Some(expected) = state.config.admin_token.as_deref() else {
+    let tokens = &state.config.admin_tokens;
+    if tokens.is_empty() {
         return Err(ApiError::AdminDisabled);
-    };
+    }
+    // `Authorization: Bearer <token>`, the scheme in any case (RFC 9110).
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .ok_or(ApiError::Unauthorized)?;
-    if constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+    // Every configured token is compared, each in constant time over SHA-256 digests, so
+    // neither the position of a difference nor a token's length shows in the timing.
+    let given = Sha256::digest(given.as_bytes());
+    let matches = tokens.iter().fold(false, |found, token| {
+        found | constant_time_eq(&given, &Sha256::digest(token.as_bytes()))
+    });
+    if matches {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
     }
 }
 
-/// Compares without revealing where the first difference is; only the length leaks.
+/// Compares two digests without revealing where the first difference is.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -461,14 +497,22 @@ pub(crate) async fn cleanup(
 pub(crate) async fn preload(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<KeysBody>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
     let service = state.service()?;
     let options = service
         .access()
         .normalize_options(url_options(&query_pairs(&req))?)?;
-    let keys = body.into_inner().keys;
+    let body: KeysBody = read_json(payload, state.config.max_body_bytes).await?;
+    let keys = body.keys;
+    let max = state.config.max_preload_keys;
+    if keys.len() > max {
+        return Err(ApiError::BadRequest(format!(
+            "a preload of {} keys exceeds the maximum of {max}",
+            keys.len()
+        )));
+    }
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let report = service.preload(&refs, &options).await;
     let failed: BTreeMap<String, String> = report.failed.into_iter().collect();

@@ -49,8 +49,14 @@ pub use openapi::openapi_json;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ApiConfig {
-    /// Bearer token of the admin endpoints; `None` disables them (403).
-    pub admin_token: Option<String>,
+    /// Bearer tokens of the admin endpoints, any of which is accepted (several, for
+    /// rotation); none disables the admin endpoints (403). The binary refuses tokens
+    /// shorter than 16 bytes.
+    pub admin_tokens: Vec<String>,
+    /// Largest JSON body accepted (batch, preload), bytes (default 256 KiB); beyond: 413.
+    pub max_body_bytes: usize,
+    /// Most keys one preload may ask for (default 1000).
+    pub max_preload_keys: usize,
     /// Proxy mode: time to connect to the origin (default 5 s).
     pub proxy_connect_timeout: Duration,
     /// Proxy mode: longest silence while reading from the origin (default 30 s).
@@ -66,7 +72,9 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
-            admin_token: None,
+            admin_tokens: Vec::new(),
+            max_body_bytes: 256 * 1024,
+            max_preload_keys: 1000,
             proxy_connect_timeout: Duration::from_secs(5),
             proxy_read_timeout: Duration::from_secs(30),
             proxy_timeout: Duration::from_secs(300),
@@ -76,9 +84,19 @@ impl Default for ApiConfig {
 }
 
 impl ApiConfig {
-    /// Sets the admin token (an empty token disables the admin endpoints).
+    /// Adds an admin token (`None` or an empty token adds nothing).
     pub fn admin_token(mut self, token: Option<String>) -> Self {
-        self.admin_token = token.filter(|t| !t.is_empty());
+        self.admin_tokens.extend(token.filter(|t| !t.is_empty()));
+        self
+    }
+
+    /// Replaces the admin tokens (empty ones are ignored).
+    pub fn admin_tokens<S: Into<String>>(mut self, tokens: impl IntoIterator<Item = S>) -> Self {
+        self.admin_tokens = tokens
+            .into_iter()
+            .map(Into::into)
+            .filter(|t: &String| !t.is_empty())
+            .collect();
         self
     }
 }
@@ -141,7 +159,7 @@ impl HttpServerHandle {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .app_data(handlers::json_config())
+                .app_data(handlers::json_config(state.config.max_body_bytes))
                 .wrap(request_id::RequestContext::new(metrics.clone()))
                 .configure(configure)
         })

@@ -1,0 +1,141 @@
+//! Admin endpoints through the real server process: several tokens, the bearer scheme in
+//! any case, bodies read only after the token is checked, 413 for oversized bodies, and
+//! a server that refuses to start with a short token.
+
+use common::{server, start};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+mod common;
+
+const NEW_TOKEN: &str = "the-new-admin-token-0123";
+const OLD_TOKEN: &str = "the-old-admin-token-0123";
+
+async fn problem_type(res: reqwest::Response, status: u16) -> String {
+    assert_eq!(res.status().as_u16(), status);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let body: Value = res.json().await.unwrap();
+    body["type"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rotate_and_bodies_wait_for_the_token() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let running = start(
+        server()
+            .arg("serve")
+            .env("COS_SECRET_ID", "AKIDadmin")
+            .env("COS_SECRET_KEY", "admin-secret")
+            .env("IMAGE_URL_SERVER__WORKERS", "1")
+            .env("IMAGE_URL_SERVER__ADMIN_TOKEN", OLD_TOKEN)
+            .env(
+                "IMAGE_URL_SERVER__ADMIN_TOKENS",
+                format!(r#"["{NEW_TOKEN}"]"#),
+            ),
+    );
+    let http = reqwest::Client::new();
+    let stats = format!("{}/api/v1/images/stats", running.base);
+    for authorization in [
+        format!("Bearer {NEW_TOKEN}"),
+        format!("Bearer {OLD_TOKEN}"),
+        format!("bearer {NEW_TOKEN}"),
+        format!("BEARER  {OLD_TOKEN} "),
+    ] {
+        let res = http
+            .get(&stats)
+            .header("authorization", &authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{authorization}");
+    }
+    for authorization in [
+        "Bearer the-new-admin-token-012".to_owned(),
+        format!("Bearer {NEW_TOKEN}x"),
+        format!("Basic {NEW_TOKEN}"),
+        NEW_TOKEN.to_owned(),
+        String::new(),
+    ] {
+        let res = http
+            .get(&stats)
+            .header("authorization", &authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            problem_type(res, 401).await,
+            "unauthorized",
+            "{authorization:?}"
+        );
+    }
+
+    // Without the token, a preload body is never read: 401, not 400 or 413.
+    let preload = format!("{}/api/v1/images/preload", running.base);
+    for body in ["{".repeat(10_000), "x".repeat(1_000_000)] {
+        let res = http.post(&preload).body(body).send().await.unwrap();
+        assert_eq!(problem_type(res, 401).await, "unauthorized");
+    }
+    // With it: an oversized body is 413, a malformed one 400, too many keys 400.
+    let authed = |body: String| http.post(&preload).bearer_auth(NEW_TOKEN).body(body).send();
+    assert_eq!(
+        problem_type(authed("x".repeat(300_000)).await.unwrap(), 413).await,
+        "payload-too-large"
+    );
+    assert_eq!(
+        problem_type(authed("{".repeat(10_000)).await.unwrap(), 400).await,
+        "bad-request"
+    );
+    let keys: Vec<String> = (0..1001).map(|i| format!("k{i}.jpg")).collect();
+    let many = serde_json::json!({ "keys": keys }).to_string();
+    assert_eq!(
+        problem_type(authed(many).await.unwrap(), 400).await,
+        "bad-request"
+    );
+    // The public batch endpoint: 413 for an oversized body too.
+    let res = http
+        .post(format!("{}/api/v1/images/batch/urls", running.base))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"keys": ["{}"]}}"#, "a".repeat(300_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem_type(res, 413).await, "payload-too-large");
+}
+
+#[test]
+fn a_short_admin_token_stops_the_server_with_one_line() {
+    for (name, value, key) in [
+        (
+            "IMAGE_URL_SERVER__ADMIN_TOKEN",
+            "change-me",
+            "server.admin_token ",
+        ),
+        (
+            "IMAGE_URL_SERVER__ADMIN_TOKENS",
+            r#"["short"]"#,
+            "server.admin_tokens ",
+        ),
+    ] {
+        let out = server()
+            .arg("serve")
+            .env("IMAGE_URL_SERVER__LISTEN", "127.0.0.1:0")
+            .env(name, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let last = stderr.trim().lines().last().unwrap_or_default();
+        assert!(last.contains("at least 16 bytes"), "{stderr}");
+        assert!(last.contains(key), "names the key: {stderr}");
+        assert!(
+            !stderr.contains("change-me") && !stderr.contains("short\""),
+            "{stderr}"
+        );
+    }
+}
