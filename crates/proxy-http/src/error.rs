@@ -41,6 +41,9 @@ pub enum ApiError {
     /// The server requires signed links and this one is missing, wrong or expired.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// The origin denies access to this object (proxy mode; COS `AccessDenied`).
+    #[error("the image origin denies access to this object")]
+    OriginForbidden,
     /// The origin failed or answered unexpectedly (proxy mode).
     #[error("the image origin failed: {0}")]
     BadGateway(String),
@@ -101,6 +104,7 @@ impl ApiError {
             ),
             ApiError::Service(_) => (S::INTERNAL_SERVER_ERROR, "signing-failed", "Signing failed"),
             ApiError::BadGateway(_) => (S::BAD_GATEWAY, "bad-gateway", "Bad gateway"),
+            ApiError::OriginForbidden => (S::FORBIDDEN, "origin-forbidden", "Forbidden"),
             ApiError::GatewayTimeout => (S::GATEWAY_TIMEOUT, "gateway-timeout", "Gateway timeout"),
         }
     }

@@ -158,11 +158,29 @@ pub(crate) struct WorkerMetrics {
 
 #[derive(Debug)]
 struct Series {
-    method: Method,
+    method: &'static str,
     route: String,
     status: StatusCode,
     requests: IntCounter,
     latency: Histogram,
+}
+
+/// A request method as a label or a log field: one of the standard methods, or `other`
+/// (a client can send any token as a method, and each distinct one would otherwise add a
+/// permanent series, and its bytes to every log line).
+pub(crate) fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// More distinct series than this are recorded without keeping their handles.
@@ -183,6 +201,7 @@ impl WorkerMetrics {
         status: StatusCode,
         elapsed: Duration,
     ) {
+        let method = method_label(method);
         let seconds = elapsed.as_secs_f64();
         let mut seen = self.seen.borrow_mut();
         if let Some(series) = seen
@@ -193,16 +212,16 @@ impl WorkerMetrics {
             series.latency.observe(seconds);
             return;
         }
-        let requests =
-            self.metrics
-                .requests
-                .with_label_values(&[method.as_str(), route, status.as_str()]);
+        let requests = self
+            .metrics
+            .requests
+            .with_label_values(&[method, route, status.as_str()]);
         let latency = self.metrics.latency.with_label_values(&[route]);
         requests.inc();
         latency.observe(seconds);
         if seen.len() < MAX_KEPT_SERIES {
             seen.push(Series {
-                method: method.clone(),
+                method,
                 route: route.to_owned(),
                 status,
                 requests,

@@ -75,7 +75,15 @@ pub(crate) async fn stream(
                 tracing::info!(key = %key, "origin refused the cached URL; re-signing once");
                 answer = service.refresh(key, options).await?;
             }
-            403 => break,
+            // COS's own verdict that these credentials may not read this object is the
+            // client's problem (403); any other refusal (a signature COS rejects) is
+            // ours (502).
+            403 => {
+                if origin_denies_access(response).await {
+                    return Err(ApiError::OriginForbidden);
+                }
+                break;
+            }
             404 => return Err(ApiError::ImageNotFound),
             200 | 206 | 304 | 416 => return Ok(render(response, &answer, service, state)),
             other => return Err(ApiError::BadGateway(format!("the origin answered {other}"))),
@@ -84,6 +92,22 @@ pub(crate) async fn stream(
     Err(ApiError::BadGateway(
         "the origin refused the signed URL (403)".into(),
     ))
+}
+
+/// Whether a 403 from the origin carries COS's `AccessDenied` code (read from at most
+/// the first 4 KiB of its body).
+async fn origin_denies_access(response: reqwest::Response) -> bool {
+    use futures::StreamExt;
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= 4096 {
+            break;
+        }
+    }
+    body.windows(b"<Code>AccessDenied</Code>".len())
+        .any(|w| w == b"<Code>AccessDenied</Code>")
 }
 
 /// Remembers when each key was last re-signed because the origin refused its URL.

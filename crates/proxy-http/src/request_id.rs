@@ -200,7 +200,7 @@ fn finish<B: MessageBody>(
     metrics.observe_request(request.method(), route, status, elapsed);
     tracing::info!(
         request_id = id_text,
-        method = %request.method(),
+        method = crate::metrics::method_label(request.method()),
         route,
         status = status.as_u16(),
         latency_us = elapsed.as_micros() as u64,
