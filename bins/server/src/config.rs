@@ -26,6 +26,19 @@ pub struct Config {
     pub proxy: Proxy,
     /// `[access]`.
     pub access: Access,
+    /// `[limits]`.
+    pub limits: Limits,
+}
+
+/// `[limits]`: what one client or one request may cost.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub trusted_proxies: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_preload_keys: usize,
 }
 
 /// `[server]`.

@@ -177,6 +177,32 @@ fn api_config(config: &Config, figment: &Figment) -> Result<ApiConfig, String> {
         ));
     }
     let mut api = ApiConfig::default().admin_tokens(tokens);
+    api.rate_limit.requests_per_second = config.limits.requests_per_second;
+    api.rate_limit.burst = config.limits.burst;
+    api.rate_limit.trusted_proxies = config
+        .limits
+        .trusted_proxies
+        .iter()
+        .map(|net| {
+            // A bare address is a /32 or /128.
+            net.parse::<ipnet::IpNet>()
+                .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    format!(
+                        "limits.trusted_proxies from {}: {net:?} is not an address or a CIDR",
+                        config::source_of(figment, "limits.trusted_proxies")
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    if config.limits.max_body_bytes == 0 || config.limits.max_preload_keys == 0 {
+        return Err(format!(
+            "[limits] from {}: max_body_bytes and max_preload_keys must be at least 1",
+            config::source_of(figment, "limits.max_body_bytes")
+        ));
+    }
+    api.max_body_bytes = config.limits.max_body_bytes;
+    api.max_preload_keys = config.limits.max_preload_keys;
     api.proxy_connect_timeout = secs("connect_timeout_secs", config.proxy.connect_timeout_secs)?;
     api.proxy_read_timeout = secs("read_timeout_secs", config.proxy.read_timeout_secs)?;
     api.proxy_timeout = secs("timeout_secs", config.proxy.timeout_secs)?;

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// The object does not exist at the origin.
     #[error("the image does not exist")]
     ImageNotFound,
+    /// The client is over its rate limit; it may retry after the duration.
+    #[error("too many requests: retry in {} s", retry_after_secs(.0))]
+    TooManyRequests(std::time::Duration),
     /// A request body over the limit.
     #[error("the request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
@@ -61,6 +64,11 @@ impl ApiError {
             ApiError::BadRequest(_) => (S::BAD_REQUEST, "bad-request", "Bad request"),
             ApiError::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::AdminDisabled => (S::FORBIDDEN, "admin-disabled", "Forbidden"),
+            ApiError::TooManyRequests(_) => (
+                S::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
+            ),
             ApiError::PayloadTooLarge(_) => (
                 S::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
@@ -121,6 +129,11 @@ impl ApiError {
     }
 }
 
+/// Whole seconds to wait, rounded up, at least one (`Retry-After` has no fractions).
+fn retry_after_secs(wait: &std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 /// RFC 9457 problem details.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
@@ -150,6 +163,9 @@ impl ResponseError for ApiError {
         response.content_type("application/problem+json");
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if let ApiError::TooManyRequests(wait) = self {
+            response.insert_header((header::RETRY_AFTER, retry_after_secs(wait)));
         }
         response.json(problem)
     }

@@ -80,8 +80,14 @@ async fn dispatch_key_route(
     };
     let method = req.method();
     match suffix {
-        "/proxy" if method == actix_web::http::Method::GET => proxy_or_redirect(req, state).await,
-        "/status" if method == actix_web::http::Method::GET => status(req, state).await,
+        "/proxy" if method == actix_web::http::Method::GET => {
+            state.limit(&req)?;
+            proxy_or_redirect(req, state).await
+        }
+        "/status" if method == actix_web::http::Method::GET => {
+            state.limit(&req)?;
+            status(req, state).await
+        }
         "/refresh" if method == actix_web::http::Method::POST => refresh(req, state).await,
         _ => Err(ApiError::MethodNotAllowed),
     }
@@ -374,6 +380,7 @@ pub(crate) async fn batch_get(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limit(&req)?;
     let query = query_pairs(&req);
     let keys: Vec<BatchRequest> = query
         .iter()
@@ -392,6 +399,7 @@ pub(crate) async fn batch_post(
     state: web::Data<AppState>,
     body: web::Json<BatchBody>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limit(&req)?;
     let options = url_options(&query_pairs(&req))?;
     let BatchBody { keys, items } = body.into_inner();
     let requests = keys

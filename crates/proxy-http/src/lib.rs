@@ -39,11 +39,13 @@ mod handlers;
 mod metrics;
 mod openapi;
 mod proxy;
+mod rate_limit;
 pub mod request_id;
 
 pub use error::{ApiError, Problem};
 pub use metrics::Metrics;
 pub use openapi::openapi_json;
+pub use rate_limit::RateLimitConfig;
 
 /// HTTP-level settings.
 #[derive(Debug, Clone)]
@@ -57,6 +59,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Most keys one preload may ask for (default 1000).
     pub max_preload_keys: usize,
+    /// Per-client rate limit of the public endpoints (default off).
+    pub rate_limit: RateLimitConfig,
     /// Proxy mode: time to connect to the origin (default 5 s).
     pub proxy_connect_timeout: Duration,
     /// Proxy mode: longest silence while reading from the origin (default 30 s).
@@ -75,6 +79,7 @@ impl Default for ApiConfig {
             admin_tokens: Vec::new(),
             max_body_bytes: 256 * 1024,
             max_preload_keys: 1000,
+            rate_limit: RateLimitConfig::default(),
             proxy_connect_timeout: Duration::from_secs(5),
             proxy_read_timeout: Duration::from_secs(30),
             proxy_timeout: Duration::from_secs(300),
@@ -109,6 +114,7 @@ pub struct AppState {
     upstream: reqwest::Client,
     metrics: Metrics,
     resigns: proxy::ResignLimiter,
+    limiter: rate_limit::ClientLimiter,
 }
 
 impl AppState {
@@ -116,7 +122,9 @@ impl AppState {
     /// endpoints then answer 503 with `why`, ops endpoints still work.
     pub fn new(service: Result<ImageUrlService, String>, config: ApiConfig) -> Self {
         let upstream = proxy::client(&config);
+        let limiter = rate_limit::ClientLimiter::new(&config.rate_limit);
         AppState {
+            limiter,
             service,
             config,
             upstream,
@@ -129,6 +137,17 @@ impl AppState {
         self.service
             .as_ref()
             .map_err(|why| ApiError::NotConfigured(why.clone()))
+    }
+
+    /// Counts a public request against its client's rate; 429 when over it.
+    pub(crate) fn limit(&self, req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+        match self.limiter.client_of(req) {
+            Some(client) => self
+                .limiter
+                .check(client)
+                .map_err(ApiError::TooManyRequests),
+            None => Ok(()),
+        }
     }
 
     /// The metrics of this state's server.

@@ -1,0 +1,88 @@
+//! Per-client rate limits through the real server process: 429 problem+json with
+//! `Retry-After`, clients told apart by forwarding headers only behind trusted proxies,
+//! and a refused configuration for a bad CIDR.
+
+use common::{server, start};
+use serde_json::Value;
+
+mod common;
+
+async fn get(http: &reqwest::Client, url: &str, forwarded_for: Option<&str>) -> reqwest::Response {
+    let mut req = http.get(url);
+    if let Some(client) = forwarded_for {
+        req = req.header("x-forwarded-for", client);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_over_their_rate_get_429_with_retry_after() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (trusted, separate_clients) in [("[]", false), (r#"["127.0.0.1"]"#, true)] {
+        let running = start(
+            server()
+                .arg("serve")
+                .env("COS_SECRET_ID", "AKIDlimits")
+                .env("COS_SECRET_KEY", "limits-secret")
+                .env("IMAGE_URL_SERVER__WORKERS", "1")
+                // A burst of three, then one a second: four local requests take a few
+                // milliseconds, far less than the second a refill needs.
+                .env("IMAGE_URL_LIMITS__REQUESTS_PER_SECOND", "1")
+                .env("IMAGE_URL_LIMITS__BURST", "3")
+                .env("IMAGE_URL_LIMITS__TRUSTED_PROXIES", trusted),
+        );
+        let url = format!("{}/api/v1/images/a.jpg/proxy", running.base);
+        for _ in 0..3 {
+            assert_eq!(get(&http, &url, Some("203.0.113.1")).await.status(), 302);
+        }
+        let res = get(&http, &url, Some("203.0.113.1")).await;
+        assert_eq!(res.status(), 429);
+        let retry_after: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&retry_after), "{retry_after}");
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["status"], 429);
+        // Another client behind the same proxy: its own budget only if the proxy is
+        // trusted; otherwise the header is the client's own claim and changes nothing.
+        let other = get(&http, &url, Some("203.0.113.2")).await.status();
+        assert_eq!(other == 302, separate_clients, "trusted: {trusted}");
+        // The batch endpoint counts too; ops endpoints do not.
+        let batch = format!("{}/api/v1/images/batch/urls?key=a.jpg", running.base);
+        assert_eq!(get(&http, &batch, Some("203.0.113.1")).await.status(), 429);
+        assert_eq!(
+            get(
+                &http,
+                &format!("{}/livez", running.base),
+                Some("203.0.113.1")
+            )
+            .await
+            .status(),
+            200
+        );
+    }
+}
+
+#[test]
+fn a_bad_trusted_proxy_stops_the_server_with_one_line() {
+    let out = server()
+        .arg("serve")
+        .env("IMAGE_URL_SERVER__LISTEN", "127.0.0.1:0")
+        .env("IMAGE_URL_LIMITS__TRUSTED_PROXIES", r#"["10.0.0.0/33"]"#)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("limits.trusted_proxies") && last.contains("10.0.0.0/33"),
+        "{stderr}"
+    );
+}
