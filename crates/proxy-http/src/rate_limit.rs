@@ -73,6 +73,11 @@ impl<C: Clock + Clone> ClientLimiter<C> {
         }
     }
 
+    /// Whether any limit is set (when not, nothing about the client is even looked at).
+    pub(crate) fn enabled(&self) -> bool {
+        self.limiter.is_some()
+    }
+
     /// `Err(retry_after)` when `client` is over its rate.
     pub(crate) fn check(&self, client: IpAddr) -> Result<(), Duration> {
         let Some(limiter) = &self.limiter else {
