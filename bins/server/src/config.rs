@@ -123,6 +123,8 @@ pub struct Proxy {
     pub connect_timeout_secs: u64,
     pub read_timeout_secs: u64,
     pub timeout_secs: u64,
+    pub max_object_bytes: u64,
+    pub max_concurrent: usize,
 }
 
 /// `[access]`: which keys and options are served, and whether links must be signed.

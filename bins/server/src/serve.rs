@@ -206,6 +206,14 @@ fn api_config(config: &Config, figment: &Figment) -> Result<ApiConfig, String> {
     api.proxy_connect_timeout = secs("connect_timeout_secs", config.proxy.connect_timeout_secs)?;
     api.proxy_read_timeout = secs("read_timeout_secs", config.proxy.read_timeout_secs)?;
     api.proxy_timeout = secs("timeout_secs", config.proxy.timeout_secs)?;
+    if config.proxy.max_object_bytes == 0 || config.proxy.max_concurrent == 0 {
+        return Err(format!(
+            "[proxy] from {}: max_object_bytes and max_concurrent must be at least 1",
+            config::source_of(figment, "proxy.max_object_bytes")
+        ));
+    }
+    api.proxy_max_object_bytes = config.proxy.max_object_bytes;
+    api.proxy_max_concurrent = config.proxy.max_concurrent;
     Ok(api)
 }
 

@@ -86,3 +86,74 @@ fn a_bad_trusted_proxy_stops_the_server_with_one_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_caps_object_size_and_concurrent_streams() {
+    use std::time::{Duration, Instant};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = |name: &str, len: u64| {
+        std::fs::File::create(dir.path().join(name))
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    };
+    sparse("small.jpg", 500);
+    // Far more than loopback socket buffers hold, so an unread stream stays open.
+    sparse("held.jpg", 64 << 20);
+    sparse("large.jpg", 200 << 20);
+    let credentials = cos_sign::Credentials::new("AKIDcaps", "caps-secret");
+    let origin = dev_origin::DevOrigin::start(
+        dev_origin::OriginConfig::new(dir.path(), credentials),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let running = start(
+        server()
+            .arg("serve")
+            .env("COS_SECRET_ID", "AKIDcaps")
+            .env("COS_SECRET_KEY", "caps-secret")
+            .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
+            .env("IMAGE_URL_COS__SCHEME", "http")
+            .env("IMAGE_URL_SERVER__WORKERS", "1")
+            .env(
+                "IMAGE_URL_PROXY__MAX_OBJECT_BYTES",
+                (100u64 << 20).to_string(),
+            )
+            .env("IMAGE_URL_PROXY__MAX_CONCURRENT", "1"),
+    );
+    let http = reqwest::Client::new();
+    let url = |key: &str| format!("{}/api/v1/images/{key}/proxy?mode=proxy", running.base);
+    let res = http.get(url("small.jpg")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().len(), 500);
+    // Over the limit by its Content-Length: refused before a byte is streamed.
+    let res = http.get(url("large.jpg")).send().await.unwrap();
+    assert_eq!(res.status(), 422);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+
+    // One stream held open (its client reads nothing): the next request gets 503.
+    let held = reqwest::Client::new()
+        .get(url("held.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    let res = http.get(url("small.jpg")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    // The client goes away: the slot is given back once the server notices.
+    drop(held);
+    let freed_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = http.get(url("small.jpg")).send().await.unwrap();
+        if res.status() == 200 {
+            break;
+        }
+        assert_eq!(res.status(), 503);
+        assert!(Instant::now() < freed_by, "the slot was never given back");
+        tokio::task::yield_now().await;
+    }
+}

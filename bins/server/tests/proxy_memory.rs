@@ -37,7 +37,8 @@ async fn proxy_mode_streams_1_gib_with_flat_server_memory() {
             .env("COS_SECRET_KEY", "proxy-test-secret")
             .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
             .env("IMAGE_URL_COS__SCHEME", "http")
-            .env("IMAGE_URL_SERVER__WORKERS", "1"),
+            .env("IMAGE_URL_SERVER__WORKERS", "1")
+            .env("IMAGE_URL_PROXY__MAX_OBJECT_BYTES", (2 * SIZE).to_string()),
     );
     let pid = running.process.id();
     let base = running.base.clone();

@@ -47,6 +47,12 @@ pub enum ApiError {
     /// The origin denies access to this object (proxy mode; COS `AccessDenied`).
     #[error("the image origin denies access to this object")]
     OriginForbidden,
+    /// Proxy mode: the object is larger than the server streams.
+    #[error("the object exceeds the proxy's limit of {0} bytes; use redirect mode")]
+    ObjectTooLarge(u64),
+    /// Proxy mode: every stream slot is taken; retry shortly.
+    #[error("the proxy is at its limit of concurrent streams")]
+    ProxyBusy,
     /// The origin failed or answered unexpectedly (proxy mode).
     #[error("the image origin failed: {0}")]
     BadGateway(String),
@@ -113,6 +119,12 @@ impl ApiError {
             ApiError::Service(_) => (S::INTERNAL_SERVER_ERROR, "signing-failed", "Signing failed"),
             ApiError::BadGateway(_) => (S::BAD_GATEWAY, "bad-gateway", "Bad gateway"),
             ApiError::OriginForbidden => (S::FORBIDDEN, "origin-forbidden", "Forbidden"),
+            ApiError::ObjectTooLarge(_) => (
+                S::UNPROCESSABLE_ENTITY,
+                "object-too-large",
+                "Object too large to proxy",
+            ),
+            ApiError::ProxyBusy => (S::SERVICE_UNAVAILABLE, "proxy-busy", "Proxy busy"),
             ApiError::GatewayTimeout => (S::GATEWAY_TIMEOUT, "gateway-timeout", "Gateway timeout"),
         }
     }
@@ -166,6 +178,9 @@ impl ResponseError for ApiError {
         }
         if let ApiError::TooManyRequests(wait) = self {
             response.insert_header((header::RETRY_AFTER, retry_after_secs(wait)));
+        }
+        if matches!(self, ApiError::ProxyBusy) {
+            response.insert_header((header::RETRY_AFTER, 1));
         }
         response.json(problem)
     }

@@ -69,6 +69,11 @@ pub struct ApiConfig {
     /// byte of the body (default 300 s). Past it a fetch that has not answered yet is a
     /// 504; one that is streaming is cut off (the client sees a short body).
     pub proxy_timeout: Duration,
+    /// Proxy mode: largest object streamed, bytes (default 256 MiB); checked on the
+    /// origin's `Content-Length` (422 before streaming) and enforced on the stream.
+    pub proxy_max_object_bytes: u64,
+    /// Proxy mode: streams at once (default 256); beyond, 503 with `Retry-After`.
+    pub proxy_max_concurrent: usize,
     /// Longest `max-age` of a redirect (default 3600 s).
     pub max_redirect_age: Duration,
 }
@@ -84,6 +89,8 @@ impl Default for ApiConfig {
             proxy_read_timeout: Duration::from_secs(30),
             proxy_timeout: Duration::from_secs(300),
             max_redirect_age: Duration::from_secs(3600),
+            proxy_max_object_bytes: 256 * 1024 * 1024,
+            proxy_max_concurrent: 256,
         }
     }
 }
@@ -115,6 +122,7 @@ pub struct AppState {
     metrics: Metrics,
     resigns: proxy::ResignLimiter,
     limiter: rate_limit::ClientLimiter,
+    proxy_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -123,8 +131,12 @@ impl AppState {
     pub fn new(service: Result<ImageUrlService, String>, config: ApiConfig) -> Self {
         let upstream = proxy::client(&config);
         let limiter = rate_limit::ClientLimiter::new(&config.rate_limit);
+        let proxy_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
+            config.proxy_max_concurrent.max(1),
+        ));
         AppState {
             limiter,
+            proxy_slots,
             service,
             config,
             upstream,

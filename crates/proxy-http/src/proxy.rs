@@ -3,7 +3,7 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse};
 use cos_sign::ObjectKey;
-use futures::TryStreamExt;
+use futures::StreamExt;
 use image_url_service::{ImageUrlService, UrlOptions};
 
 use crate::{ApiConfig, ApiError, AppState};
@@ -53,6 +53,12 @@ pub(crate) async fn stream(
     key: &ObjectKey,
     options: &UrlOptions,
 ) -> Result<HttpResponse, ApiError> {
+    // A slot for the whole stream, given back when the body is done or dropped.
+    let slot = state
+        .proxy_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::ProxyBusy)?;
     let mut answer = service.get_url(key, options).await?;
     for attempt in 0..2 {
         let mut upstream = state
@@ -85,7 +91,7 @@ pub(crate) async fn stream(
                 break;
             }
             404 => return Err(ApiError::ImageNotFound),
-            200 | 206 | 304 | 416 => return Ok(render(response, &answer, service, state)),
+            200 | 206 | 304 | 416 => return render(response, &answer, service, state, slot),
             other => return Err(ApiError::BadGateway(format!("the origin answered {other}"))),
         }
     }
@@ -147,7 +153,13 @@ fn render(
     answer: &image_url_service::ImageUrl,
     service: &ImageUrlService,
     state: &AppState,
-) -> HttpResponse {
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> Result<HttpResponse, ApiError> {
+    let max_bytes = state.config.proxy_max_object_bytes;
+    let length = response.content_length();
+    if length.is_some_and(|length| length > max_bytes) {
+        return Err(ApiError::ObjectTooLarge(max_bytes));
+    }
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut builder = HttpResponse::build(status);
@@ -169,7 +181,7 @@ fn render(
     builder.insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
     builder.insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY));
     if status == StatusCode::NOT_MODIFIED || status == StatusCode::RANGE_NOT_SATISFIABLE {
-        return builder.finish();
+        return Ok(builder.finish());
     }
     // Active content (HTML, SVG, scripts) or no type at all is never shown from this
     // origin: it goes out as an opaque download.
@@ -182,15 +194,25 @@ fn render(
         builder.insert_header((header::CONTENT_TYPE, "application/octet-stream"));
         builder.insert_header((header::CONTENT_DISPOSITION, "attachment"));
     }
-    let length = response.content_length();
-    let body = response
-        .bytes_stream()
-        .map_err(|e| actix_web::error::ErrorBadGateway(describe(e)));
+    // The limit is enforced on the stream too: an origin that sends no length, or more
+    // than it announced, is cut off at the limit (the client sees a short body).
+    let mut sent: u64 = 0;
+    let body = response.bytes_stream().map(move |chunk| {
+        let _slot = &slot;
+        let chunk = chunk.map_err(|e| actix_web::error::ErrorBadGateway(describe(e)))?;
+        sent += chunk.len() as u64;
+        if sent > max_bytes {
+            return Err(actix_web::error::ErrorBadGateway(ApiError::ObjectTooLarge(
+                max_bytes,
+            )));
+        }
+        Ok(chunk)
+    });
     if let Some(length) = length {
         // Keep the origin's Content-Length instead of switching to chunked encoding.
         builder.no_chunking(length);
     }
-    builder.streaming(body)
+    Ok(builder.streaming(body))
 }
 
 /// A reqwest error without its URL (which carries the signature).
