@@ -27,6 +27,9 @@ pub struct Verified {
     /// Whether the signature came from the query string (a presigned URL) rather than
     /// the `Authorization` header.
     pub presigned: bool,
+    /// The query parameters the signature covers, as signed (lower case, encoded). A
+    /// server must act only on these: any other parameter is the client's own addition.
+    pub signed_params: Vec<String>,
 }
 
 /// Verifies a request's COS signature v5 against `credentials` at time `now`
@@ -135,7 +138,9 @@ pub fn verify(
         headers.push((name.to_owned(), sign_value(value)));
     }
     let mut params = Vec::new();
+    let mut signed_params = Vec::new();
     for name in param_list.split(';').filter(|n| !n.is_empty()) {
+        signed_params.push(name.to_owned());
         let (_, value) = query
             .iter()
             .find(|(k, _)| sign_name(k) == name)
@@ -164,6 +169,7 @@ pub fn verify(
         window: sign_time,
         key: path.strip_prefix('/').unwrap_or(&path).to_owned(),
         presigned,
+        signed_params,
     })
 }
 

@@ -47,6 +47,9 @@ pub struct OriginConfig {
     pub bucket: String,
     /// "Now" in unix seconds, for signature windows (default: the system clock).
     pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// Largest object a PUT may store, bytes (default 5 GiB, COS's limit for one PUT);
+    /// beyond: 400 `EntityTooLarge`, and nothing is stored.
+    pub max_put_bytes: u64,
 }
 
 impl OriginConfig {
@@ -57,6 +60,7 @@ impl OriginConfig {
             credentials,
             bucket: "local-1250000000".into(),
             clock: Arc::new(cos_sign::unix_now),
+            max_put_bytes: 5 << 30,
         }
     }
 }
@@ -84,6 +88,7 @@ struct State {
     credentials: Credentials,
     bucket: String,
     clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    max_put_bytes: u64,
 }
 
 impl DevOrigin {
@@ -121,6 +126,7 @@ impl DevOrigin {
             credentials: config.credentials,
             bucket: config.bucket,
             clock: config.clock,
+            max_put_bytes: config.max_put_bytes,
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -223,7 +229,17 @@ async fn handle(req: HttpRequest, payload: web::Payload, state: web::Data<State>
         );
     };
     match *req.method() {
-        Method::GET | Method::HEAD => serve(&req, &state, &file_path, &query, &path).await,
+        Method::GET | Method::HEAD => {
+            serve(
+                &req,
+                &state,
+                &file_path,
+                &query,
+                &verified.signed_params,
+                &path,
+            )
+            .await
+        }
         Method::PUT => store(payload, &state, &file_path, &path).await,
         _ => cos_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -263,6 +279,7 @@ async fn serve(
     state: &State,
     file_path: &Path,
     query: &str,
+    signed_params: &[String],
     resource: &str,
 ) -> HttpResponse {
     let file = match NamedFile::open(file_path) {
@@ -281,7 +298,12 @@ async fn serve(
         actix_web::web::Query::<Vec<(String, String)>>::from_query(query)
             .map(|q| q.into_inner())
             .unwrap_or_default();
+    // Only overrides the signature covers count, as at COS: an unsigned
+    // `response-content-type=text/html` appended to a URL changes nothing.
     let param = |name: &str| {
+        if !signed_params.iter().any(|signed| signed == name) {
+            return None;
+        }
         overrides
             .iter()
             .find(|(k, _)| k == name)
@@ -350,10 +372,17 @@ async fn store(
     // Write to a temporary file beside the target, then rename: readers never see half
     // an object.
     let temp = parent.join(format!(".dev-origin-upload-{}", request_id()));
+    let mut too_large = false;
     let result = async {
         let mut out = tokio::fs::File::create(&temp).await?;
+        let mut written: u64 = 0;
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
+            written += chunk.len() as u64;
+            if written > state.max_put_bytes {
+                too_large = true;
+                return Err(std::io::Error::other("the object is too large"));
+            }
             out.write_all(&chunk).await?;
         }
         out.flush().await?;
@@ -362,7 +391,18 @@ async fn store(
     }
     .await;
     if let Err(e) = result {
-        let _ = tokio::fs::remove_file(&temp).await;
+        if let Err(cleanup) = tokio::fs::remove_file(&temp).await {
+            tracing::debug!(error = %cleanup, "dev-origin: removing a partial upload failed");
+        }
+        if too_large {
+            return cos_error(
+                StatusCode::BAD_REQUEST,
+                "EntityTooLarge",
+                "Your proposed upload exceeds the maximum allowed object size.",
+                resource,
+                &state.bucket,
+            );
+        }
         return internal(e);
     }
     HttpResponse::Ok().finish()

@@ -28,6 +28,13 @@ impl Origin {
     }
 
     async fn start_with(credentials: Credentials) -> Self {
+        Self::start_configured(credentials, |_| {}).await
+    }
+
+    async fn start_configured(
+        credentials: Credentials,
+        change: impl FnOnce(&mut OriginConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.jpg"), b"0123456789abcdefghij").unwrap();
         std::fs::create_dir_all(dir.path().join("photos/2024")).unwrap();
@@ -36,6 +43,7 @@ impl Origin {
         let mut config = OriginConfig::new(dir.path(), credentials.clone());
         let c = clock.clone();
         config.clock = Arc::new(move || c.load(Ordering::SeqCst));
+        change(&mut config);
         let origin = DevOrigin::start(config, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -436,4 +444,70 @@ async fn official_sdk_urls_are_accepted_inside_their_window() {
         o.stop().await;
     }
     assert_eq!(served, 40);
+}
+
+/// Regression: unsigned `response-*` parameters appended to a presigned URL were applied,
+/// so anyone holding an image URL could have it served as `text/html`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_signed_overrides_are_honoured() {
+    let o = Origin::start().await;
+    let plain = o.url("a.jpg", &PresignOptions::new());
+    let res = o
+        .http
+        .get(format!(
+            "{plain}&response-content-type=text%2Fhtml&response-content-disposition=attachment"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "image/jpeg");
+    assert!(!res.headers().contains_key(header::CONTENT_DISPOSITION));
+    let signed = o.url(
+        "a.jpg",
+        &PresignOptions::new().param("response-content-type", "image/webp"),
+    );
+    let res = o.http.get(signed).send().await.unwrap();
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "image/webp");
+    o.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_bodies_are_capped() {
+    let o = Origin::start_configured(Credentials::new("AKIDorigin", "origin-secret"), |c| {
+        c.max_put_bytes = 1000
+    })
+    .await;
+    let put = |key: &str| o.url(key, &PresignOptions::new().method(Method::Put));
+    let res = o
+        .http
+        .put(put("ok.bin"))
+        .body(vec![1u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (status, body) = error_code(
+        o.http
+            .put(put("big.bin"))
+            .body(vec![1u8; 1001])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("<Code>EntityTooLarge</Code>"), "{body}");
+    assert!(!o.dir.path().join("big.bin").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(o.dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".dev-origin-upload-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "no partial upload left behind");
+    o.stop().await;
 }
