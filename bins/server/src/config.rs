@@ -46,6 +46,7 @@ pub struct Limits {
 #[serde(deny_unknown_fields)]
 pub struct Server {
     pub listen: SocketAddr,
+    pub admin_listen: String,
     pub admin_token: String,
     pub admin_tokens: Vec<String>,
     pub workers: usize,
@@ -57,6 +58,7 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
             .field("admin_token", &"<redacted>")
             .field(
                 "admin_tokens",

@@ -25,6 +25,15 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
     })?;
     let service_config = service_config(&config, &figment)?;
     let access = access_policy(&config, &figment)?;
+    let admin_listen = match config.server.admin_listen.as_str() {
+        "" => None,
+        addr => Some(addr.parse::<std::net::SocketAddr>().map_err(|e| {
+            format!(
+                "server.admin_listen from {}: {addr:?} is not host:port ({e})",
+                config::source_of(&figment, "server.admin_listen")
+            )
+        })?),
+    };
     let endpoint = endpoint(&config, &figment)?;
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -74,10 +83,11 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
         let background = service.as_ref().ok().cloned();
         let api = api_config(&config, &figment)?;
         let state = AppState::new(service, api);
-        let server = HttpServerHandle::start(state, config.server.listen, workers).map_err(|e| {
-            format!("server.listen {} from {}: {e}", config.server.listen, config::source_of(&figment, "server.listen"))
+        let server = HttpServerHandle::start_split(state, config.server.listen, admin_listen, workers).map_err(|e| {
+            format!("server.listen {} (or server.admin_listen) from {}: {e}", config.server.listen, config::source_of(&figment, "server.listen"))
         })?;
-        tracing::info!(addr = %server.addr(), workers, backend = %config.cache.backend, "image-url server listening");
+        let admin_addr = server.admin_addr().map_or_else(|| "-".to_owned(), |a| a.to_string());
+        tracing::info!(addr = %server.addr(), admin_addr, workers, backend = %config.cache.backend, "image-url server listening");
 
         // The cleanup task stops when `stop` is dropped or sent, below.
         let (stop, mut stopped) = tokio::sync::watch::channel(false);

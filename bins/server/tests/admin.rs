@@ -139,3 +139,66 @@ fn a_short_admin_token_stops_the_server_with_one_line() {
         );
     }
 }
+
+/// With `server.admin_listen`, the public port serves URLs and health only; admin
+/// endpoints, metrics and the OpenAPI document live on the private port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_can_live_on_a_private_port() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin_port = image_url_tests::free_port();
+    let running = start(
+        server()
+            .arg("serve")
+            .env("COS_SECRET_ID", "AKIDadmin")
+            .env("COS_SECRET_KEY", "admin-secret")
+            .env("IMAGE_URL_SERVER__WORKERS", "1")
+            .env("IMAGE_URL_SERVER__ADMIN_TOKEN", NEW_TOKEN)
+            .env(
+                "IMAGE_URL_SERVER__ADMIN_LISTEN",
+                format!("127.0.0.1:{admin_port}"),
+            ),
+    );
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let status = |base: &str, method: reqwest::Method, path: &str| {
+        http.request(method, format!("{base}{path}"))
+            .bearer_auth(NEW_TOKEN)
+            .send()
+    };
+    use reqwest::Method;
+    for (method, path) in [
+        (Method::GET, "/api/v1/images/stats"),
+        (Method::POST, "/api/v1/images/cleanup"),
+        (Method::POST, "/api/v1/images/a.jpg/refresh"),
+        (Method::GET, "/metrics"),
+        (Method::GET, "/api/v1/openapi.json"),
+    ] {
+        let public = status(&running.base, method.clone(), path).await.unwrap();
+        assert_eq!(
+            problem_type(public, 404).await,
+            "not-found",
+            "public {path}"
+        );
+        let private = status(&admin, method, path).await.unwrap();
+        assert_eq!(private.status(), StatusCode::OK, "admin {path}");
+    }
+    for path in [
+        "/api/v1/images/a.jpg/proxy",
+        "/api/v1/images/batch/urls?key=a.jpg",
+    ] {
+        let public = status(&running.base, Method::GET, path).await.unwrap();
+        assert!(
+            public.status() == 302 || public.status() == 200,
+            "public {path}"
+        );
+        let private = status(&admin, Method::GET, path).await.unwrap();
+        assert_eq!(private.status(), StatusCode::NOT_FOUND, "admin {path}");
+    }
+    for base in [&running.base, &admin] {
+        let live = status(base, Method::GET, "/livez").await.unwrap();
+        assert_eq!(live.status(), StatusCode::OK);
+    }
+}

@@ -18,43 +18,66 @@ const PREFIX: &str = "/api/v1/images/";
 /// patterns: actix-router evaluates those with a regex VM, which cost a tenth of the
 /// redirect endpoint's throughput. They are registered first, behind a guard, so that the
 /// hot redirect path is not compared with every other route before it is found.
-pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+pub(crate) fn routes(cfg: &mut web::ServiceConfig, surface: Surface) {
     let not_allowed = || web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) });
+    let public = surface != Surface::Admin;
+    let admin = surface != Surface::Public;
     cfg.service(
         web::scope("")
-            .guard(actix_web::guard::fn_guard(|ctx| {
-                key_route(ctx.head().uri.path()).is_some()
+            .guard(actix_web::guard::fn_guard(move |ctx| {
+                key_route(ctx.head().uri.path()).is_some_and(|(suffix, _)| {
+                    if suffix == "/refresh" {
+                        admin
+                    } else {
+                        public
+                    }
+                })
             }))
             .default_service(web::to(dispatch_key_route)),
-    )
-    .service(
-        web::resource("/api/v1/images/batch/urls")
-            .route(web::get().to(batch_get))
-            .route(web::post().to(batch_post))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/api/v1/images/stats")
-            .route(web::get().to(stats))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/api/v1/images/cleanup")
-            .route(web::post().to(cleanup))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/api/v1/images/preload")
-            .route(web::post().to(preload))
-            .default_service(not_allowed()),
-    )
-    .service(web::resource("/livez").route(web::get().to(livez)))
-    .service(web::resource("/readyz").route(web::get().to(readyz)))
-    .service(web::resource("/metrics").route(web::get().to(metrics)))
-    .service(web::resource("/api/v1/openapi.json").route(web::get().to(openapi)))
-    .default_service(web::to(|| async {
-        Err::<HttpResponse, _>(ApiError::NotFound)
-    }));
+    );
+    if public {
+        cfg.service(
+            web::resource("/api/v1/images/batch/urls")
+                .route(web::get().to(batch_get))
+                .route(web::post().to(batch_post))
+                .default_service(not_allowed()),
+        );
+    }
+    if admin {
+        cfg.service(
+            web::resource("/api/v1/images/stats")
+                .route(web::get().to(stats))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/api/v1/images/cleanup")
+                .route(web::post().to(cleanup))
+                .default_service(not_allowed()),
+        )
+        .service(
+            web::resource("/api/v1/images/preload")
+                .route(web::post().to(preload))
+                .default_service(not_allowed()),
+        )
+        .service(web::resource("/metrics").route(web::get().to(metrics)))
+        .service(web::resource("/api/v1/openapi.json").route(web::get().to(openapi)));
+    }
+    cfg.service(web::resource("/livez").route(web::get().to(livez)))
+        .service(web::resource("/readyz").route(web::get().to(readyz)))
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(ApiError::NotFound)
+        }));
+}
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Surface {
+    /// Everything (one listener).
+    All,
+    /// The URL endpoints (`/proxy`, `/status`, batch) and health.
+    Public,
+    /// Admin endpoints, `/metrics`, the OpenAPI document, and health.
+    Admin,
 }
 
 /// Which key route `path` is — `/api/v1/images/{key}/proxy`, `/status` or `/refresh` with

@@ -173,7 +173,7 @@ impl AppState {
 
 /// Registers every route on an actix `App`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    handlers::routes(cfg);
+    handlers::routes(cfg, handlers::Surface::All);
 }
 
 /// A running HTTP server.
@@ -182,20 +182,62 @@ pub struct HttpServerHandle {
     addr: SocketAddr,
     handle: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The private admin listener, when there is one.
+    admin: Option<Box<HttpServerHandle>>,
 }
 
 impl HttpServerHandle {
     /// Binds `listen` (port 0: any free port) with `workers` threads and starts serving.
     /// Signals are not handled here: whoever owns the handle stops it.
     pub fn start(state: AppState, listen: SocketAddr, workers: usize) -> std::io::Result<Self> {
+        Self::start_split(state, listen, None, workers)
+    }
+
+    /// [`HttpServerHandle::start`], with the admin endpoints, `/metrics` and the OpenAPI
+    /// document on `admin_listen` only (a private address) when it is given; the public
+    /// address then serves the URL endpoints and health checks only.
+    pub fn start_split(
+        state: AppState,
+        listen: SocketAddr,
+        admin_listen: Option<SocketAddr>,
+        workers: usize,
+    ) -> std::io::Result<Self> {
         let state = web::Data::new(state);
+        let (public, admin) = match admin_listen {
+            Some(admin_listen) => (
+                handlers::Surface::Public,
+                Some(Box::new(Self::serve(
+                    state.clone(),
+                    admin_listen,
+                    1,
+                    handlers::Surface::Admin,
+                )?)),
+            ),
+            None => (handlers::Surface::All, None),
+        };
+        let mut server = Self::serve(state, listen, workers, public)?;
+        server.admin = admin;
+        Ok(server)
+    }
+
+    /// The admin listener's address, when the admin endpoints have their own.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|admin| admin.addr)
+    }
+
+    fn serve(
+        state: web::Data<AppState>,
+        listen: SocketAddr,
+        workers: usize,
+        surface: handlers::Surface,
+    ) -> std::io::Result<Self> {
         let metrics = state.metrics.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(handlers::json_config(state.config.max_body_bytes))
                 .wrap(request_id::RequestContext::new(metrics.clone()))
-                .configure(configure)
+                .configure(|cfg| handlers::routes(cfg, surface))
         })
         .workers(workers.max(1))
         .disable_signals()
@@ -205,7 +247,12 @@ impl HttpServerHandle {
         let server = server.run();
         let handle = server.handle();
         let task = tokio::spawn(server);
-        Ok(HttpServerHandle { addr, handle, task })
+        Ok(HttpServerHandle {
+            addr,
+            handle,
+            task,
+            admin: None,
+        })
     }
 
     /// The bound address.
@@ -216,6 +263,9 @@ impl HttpServerHandle {
     /// Stops the server: with `graceful`, stops accepting and lets in-flight requests
     /// finish (up to 30 s) before returning.
     pub async fn stop(self, graceful: bool) {
+        if let Some(admin) = self.admin {
+            Box::pin(admin.stop(graceful)).await;
+        }
         self.handle.stop(graceful).await;
         let _ = self.task.await;
     }
