@@ -51,6 +51,7 @@ pub struct Server {
     pub admin_tokens: Vec<String>,
     pub workers: usize,
     pub json_logs: bool,
+    pub header_timeout_ms: u64,
 }
 
 /// The admin token is never shown.
@@ -66,6 +67,7 @@ impl std::fmt::Debug for Server {
             )
             .field("workers", &self.workers)
             .field("json_logs", &self.json_logs)
+            .field("header_timeout_ms", &self.header_timeout_ms)
             .finish()
     }
 }

@@ -211,6 +211,13 @@ fn api_config(config: &Config, figment: &Figment) -> Result<ApiConfig, String> {
             config::source_of(figment, "limits.max_body_bytes")
         ));
     }
+    if config.server.header_timeout_ms == 0 {
+        return Err(format!(
+            "server.header_timeout_ms from {}: must be at least 1",
+            config::source_of(figment, "server.header_timeout_ms")
+        ));
+    }
+    api.header_timeout = Duration::from_millis(config.server.header_timeout_ms);
     api.max_body_bytes = config.limits.max_body_bytes;
     api.max_preload_keys = config.limits.max_preload_keys;
     api.proxy_connect_timeout = secs("connect_timeout_secs", config.proxy.connect_timeout_secs)?;

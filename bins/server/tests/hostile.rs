@@ -145,3 +145,99 @@ async fn odd_methods_share_one_metrics_series() {
         "{metrics}"
     );
 }
+
+/// Slow and greedy connections: a client that never finishes its request head is cut
+/// off at the header timeout; a megabyte of headers is refused with a 4xx; hundreds of
+/// idle connections do not stop the server from answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_greedy_and_idle_connections() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let running = start(
+        server()
+            .arg("serve")
+            .env("COS_SECRET_ID", "AKIDslow")
+            .env("COS_SECRET_KEY", "slow-secret")
+            .env("IMAGE_URL_SERVER__WORKERS", "1")
+            .env("IMAGE_URL_SERVER__HEADER_TIMEOUT_MS", "1000"),
+    );
+    let addr = running.base.trim_start_matches("http://").to_owned();
+
+    // Slowloris: half a request head, then silence. The server answers 408 (or just
+    // closes) once the timeout passes; reading to the end is the signal.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer))
+        .await
+        .expect("the server hangs up on a slow client")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+
+    // Hundreds of idle connections held open.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = http
+        .get(format!("{}/api/v1/images/a.jpg/proxy", running.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 302, "served beside 300 idle connections");
+    drop(idle);
+
+    // A megabyte of headers: refused, never a 5xx.
+    let mut greedy = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut request = b"GET /api/v1/images/a.jpg/proxy HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..1024 {
+        request.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "a".repeat(1000)).as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    // The server may stop reading (and close) before all of it is written.
+    let _ = greedy.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), greedy.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    let status: u16 = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        answer.is_empty() || (400..500).contains(&status),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+
+    // 5 000 keys in one batch, 10 000 braces as a body: 400s.
+    let keys: Vec<String> = (0..5000).map(|i| format!("k{i}.jpg")).collect();
+    let res = http
+        .post(format!("{}/api/v1/images/batch/urls", running.base))
+        .json(&serde_json::json!({ "keys": keys }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = http
+        .post(format!("{}/api/v1/images/batch/urls", running.base))
+        .header("content-type", "application/json")
+        .body("{".repeat(10_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}

@@ -59,6 +59,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Most keys one preload may ask for (default 1000).
     pub max_preload_keys: usize,
+    /// Time a client has to send a request's head (default 5 s); a slower one (slowloris)
+    /// gets 408 and is disconnected. Also the idle time allowed on a kept-alive
+    /// connection.
+    pub header_timeout: Duration,
     /// Per-client rate limit of the public endpoints (default off).
     pub rate_limit: RateLimitConfig,
     /// Proxy mode: time to connect to the origin (default 5 s).
@@ -85,6 +89,7 @@ impl Default for ApiConfig {
             max_body_bytes: 256 * 1024,
             max_preload_keys: 1000,
             rate_limit: RateLimitConfig::default(),
+            header_timeout: Duration::from_secs(5),
             proxy_connect_timeout: Duration::from_secs(5),
             proxy_read_timeout: Duration::from_secs(30),
             proxy_timeout: Duration::from_secs(300),
@@ -232,6 +237,7 @@ impl HttpServerHandle {
         surface: handlers::Surface,
     ) -> std::io::Result<Self> {
         let metrics = state.metrics.clone();
+        let header_timeout = state.config.header_timeout;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -240,6 +246,8 @@ impl HttpServerHandle {
                 .configure(|cfg| handlers::routes(cfg, surface))
         })
         .workers(workers.max(1))
+        .client_request_timeout(header_timeout)
+        .keep_alive(header_timeout)
         .disable_signals()
         .shutdown_timeout(30)
         .bind(listen)?;
