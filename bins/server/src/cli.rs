@@ -92,7 +92,7 @@ pub struct PresignArgs {
 }
 
 /// Arguments of `sign-link`.
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct SignLinkArgs {
     /// The object key, e.g. images/a.jpg (a leading '/' is stripped).
     pub key: String,
@@ -115,6 +115,20 @@ pub struct SignLinkArgs {
     /// A URL option NAME=VALUE: process, content_type or content_disposition; repeatable.
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_pair)]
     pub params: Vec<(String, String)>,
+}
+
+/// The secret is never shown.
+impl std::fmt::Debug for SignLinkArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignLinkArgs")
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .field("expires", &self.expires)
+            .field("expires_at", &self.expires_at)
+            .field("mode", &self.mode)
+            .field("params", &self.params)
+            .finish()
+    }
 }
 
 /// The modes of `/proxy`.

@@ -206,3 +206,26 @@ pub fn source_of(figment: &Figment, key: &str) -> String {
         })
         .unwrap_or_else(|| "the default".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_tokens_or_link_secrets() {
+        let (mut config, _) = load(None).expect("the embedded default loads");
+        config.server.admin_token = "admin-token-that-is-secret".into();
+        config.server.admin_tokens = vec!["another-admin-token-secret".into()];
+        config.access.link_secrets = vec!["a-link-secret-that-is-secret".into()];
+        config.cos.secret_key = "cos-secret-key-value".into();
+        let shown = format!("{config:?}");
+        for secret in [
+            "admin-token-that",
+            "another-admin",
+            "a-link-secret",
+            "cos-secret-key",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+}

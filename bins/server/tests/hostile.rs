@@ -200,28 +200,29 @@ async fn slow_greedy_and_idle_connections() {
     assert_eq!(res.status(), 302, "served beside 300 idle connections");
     drop(idle);
 
-    // A megabyte of headers: refused, never a 5xx.
-    let mut greedy = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let mut request = b"GET /api/v1/images/a.jpg/proxy HTTP/1.1\r\nHost: x\r\n".to_vec();
+    // A megabyte of headers, a 100 KB method, a 100 KB path: refused (or the
+    // connection closed), never a 5xx.
+    let mut headers = b"GET /api/v1/images/a.jpg/proxy HTTP/1.1\r\nHost: x\r\n".to_vec();
     for i in 0..1024 {
-        request.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "a".repeat(1000)).as_bytes());
+        headers.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "a".repeat(1000)).as_bytes());
     }
-    request.extend_from_slice(b"\r\n");
-    // The server may stop reading (and close) before all of it is written.
-    let _ = greedy.write_all(&request).await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), greedy.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer);
-    let status: u16 = answer
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    assert!(
-        answer.is_empty() || (400..500).contains(&status),
-        "{}",
-        &answer[..answer.len().min(200)]
+    headers.extend_from_slice(b"\r\n");
+    let method = format!("{} /livez HTTP/1.1\r\nHost: x\r\n\r\n", "M".repeat(100_000));
+    let path = format!(
+        "GET /api/v1/images/{}/proxy HTTP/1.1\r\nHost: x\r\n\r\n",
+        "p".repeat(100_000)
     );
+    for (what, request) in [
+        ("1 MB of headers", headers),
+        ("a 100 KB method", method.into_bytes()),
+        ("a 100 KB path", path.into_bytes()),
+    ] {
+        let status = raw_status(&addr, &request).await;
+        assert!(
+            status.is_none_or(|s| (400..500).contains(&s)),
+            "{what}: {status:?}"
+        );
+    }
 
     // 5 000 keys in one batch, 10 000 braces as a body: 400s.
     let keys: Vec<String> = (0..5000).map(|i| format!("k{i}.jpg")).collect();
@@ -240,4 +241,34 @@ async fn slow_greedy_and_idle_connections() {
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
+}
+
+/// Sends `request` on a fresh connection and reads the answer's status; `None` if the
+/// server closed the connection without one.
+async fn raw_status(addr: &str, request: &[u8]) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may stop reading (and close) before all of it is written.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server answers or hangs up within 10 s");
+    if let Err(err) = read {
+        // Hanging up hard (a reset) is an answer too.
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "{err}"
+        );
+    }
+    String::from_utf8_lossy(&answer)
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
 }

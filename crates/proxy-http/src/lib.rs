@@ -48,7 +48,7 @@ pub use openapi::openapi_json;
 pub use rate_limit::RateLimitConfig;
 
 /// HTTP-level settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ApiConfig {
     /// Bearer tokens of the admin endpoints, any of which is accepted (several, for
@@ -97,6 +97,28 @@ impl Default for ApiConfig {
             proxy_max_object_bytes: 256 * 1024 * 1024,
             proxy_max_concurrent: 256,
         }
+    }
+}
+
+/// The admin tokens are shown as a count only.
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field(
+                "admin_tokens",
+                &format_args!("<{} redacted>", self.admin_tokens.len()),
+            )
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_preload_keys", &self.max_preload_keys)
+            .field("rate_limit", &self.rate_limit)
+            .field("header_timeout", &self.header_timeout)
+            .field("proxy_connect_timeout", &self.proxy_connect_timeout)
+            .field("proxy_read_timeout", &self.proxy_read_timeout)
+            .field("proxy_timeout", &self.proxy_timeout)
+            .field("proxy_max_object_bytes", &self.proxy_max_object_bytes)
+            .field("proxy_max_concurrent", &self.proxy_max_concurrent)
+            .field("max_redirect_age", &self.max_redirect_age)
+            .finish()
     }
 }
 
@@ -276,5 +298,18 @@ impl HttpServerHandle {
         }
         self.handle.stop(graceful).await;
         let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_admin_tokens() {
+        let config = ApiConfig::default().admin_tokens(["secret-admin-token-0123"]);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("secret-admin-token"), "{shown}");
+        assert!(shown.contains("<1 redacted>"), "{shown}");
     }
 }
