@@ -26,6 +26,11 @@ pub enum Error {
     /// applied, which the official SDK refuses (`GetObject Key is invalid`).
     #[error("object key normalises to nothing (only '.', '..' and '/' segments)")]
     KeyNormalisesToNothing,
+    /// The object key ends in a `.` or `..` segment: its URL path ends in one too, which
+    /// browsers and HTTP clients resolve away (`a/b/..` is fetched as `a/`), so a presigned
+    /// URL for it can never be fetched as signed. See [`crate::ObjectKey::url_is_stable`].
+    #[error("object key ends in a '.' or '..' segment, which URL clients resolve away")]
+    KeyEndsInDotSegment,
     /// A bucket name that is not `name-appid` made of `a-z`, `0-9` and `-`.
     #[error("invalid bucket name {0:?}: expected lowercase letters, digits and '-', like examplebucket-1250000000")]
     InvalidBucket(String),

@@ -71,6 +71,23 @@ impl ObjectKey {
         path
     }
 
+    /// Whether the key's URL path reaches the server as written. The path encoding keeps
+    /// `/` but writes `./` as `.%2F`, so only a final `.` or `..` segment is left for URL
+    /// clients to resolve away (`a/b/..` would be fetched as `a/`): for such keys this is
+    /// false and a presigned URL cannot be used from a browser.
+    ///
+    /// ```
+    /// use cos_sign::ObjectKey;
+    /// assert!(ObjectKey::new("a/../b.jpg")?.url_is_stable());
+    /// assert!(!ObjectKey::new("a/b/..")?.url_is_stable());
+    /// assert!(!ObjectKey::new("a/.")?.url_is_stable());
+    /// # Ok::<(), cos_sign::Error>(())
+    /// ```
+    pub fn url_is_stable(&self) -> bool {
+        let last = self.0.rsplit('/').next().unwrap_or_default();
+        last != "." && last != ".."
+    }
+
     /// The key's file extension (after the last `.` of the last segment), if any.
     pub fn extension(&self) -> Option<&str> {
         let name = self.0.rsplit('/').next()?;

@@ -235,8 +235,15 @@ impl AccessPolicy {
         self.link_signers.first()
     }
 
-    /// `Err(Forbidden)` for a key outside the allowed prefixes or inside a denied one.
+    /// `Err(Forbidden)` for a key outside the allowed prefixes or inside a denied one;
+    /// `Err(InvalidKey)` for one whose URL clients would not fetch as signed (a final `.`
+    /// or `..` segment, see [`ObjectKey::url_is_stable`]).
     pub fn check_key(&self, key: &ObjectKey) -> Result<(), ServiceError> {
+        if !key.url_is_stable() {
+            return Err(ServiceError::InvalidKey(
+                cos_sign::Error::KeyEndsInDotSegment,
+            ));
+        }
         let key = key.as_str();
         let allowed = self.allowed_prefixes.is_empty()
             || self
@@ -442,6 +449,19 @@ mod tests {
             );
         }
         assert!(AccessPolicy::default().check_key(&key("anything")).is_ok());
+        // Found by the long property run: a final dot segment is resolved away by URL
+        // clients, so the signed URL would never be fetched as signed.
+        for unreachable in ["a/b/..", "%/@/..", "a/."] {
+            assert!(
+                matches!(
+                    AccessPolicy::default().check_key(&key(unreachable)),
+                    Err(ServiceError::InvalidKey(
+                        cos_sign::Error::KeyEndsInDotSegment
+                    ))
+                ),
+                "{unreachable}"
+            );
+        }
     }
 
     #[test]
