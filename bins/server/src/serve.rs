@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cos_sign::{CosSigner, Credentials, Endpoint};
 use figment::Figment;
-use image_url_service::{AccessPolicy, ImageUrlService, ServiceConfig};
+use image_url_service::{AccessPolicy, ImageUrlService, MaintenanceConfig, ServiceConfig};
 use proxy_http::{ApiConfig, AppState, HttpServerHandle};
 use url_cache::{EvictionPolicy, MemoryCache, RedisCache, RedisConfig, UrlCache};
 
@@ -89,31 +89,18 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
         let admin_addr = server.admin_addr().map_or_else(|| "-".to_owned(), |a| a.to_string());
         tracing::info!(addr = %server.addr(), admin_addr, workers, backend = %config.cache.backend, "image-url server listening");
 
-        // The cleanup task stops when `stop` is dropped or sent, below.
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let cleanup = background.map(|service| {
-            let every = Duration::from_secs(config.cache.cleanup_interval_secs.max(1));
-            tokio::spawn(async move {
-                let mut interval = tokio::time::interval(every);
-                interval.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = interval.tick() => match service.cleanup().await {
-                            Ok(removed) => tracing::debug!(removed, "expired cache entries removed"),
-                            Err(e) => tracing::warn!(error = %e, "cache cleanup failed"),
-                        },
-                        _ = stopped.changed() => break,
-                    }
-                }
-            })
+        // Cleanup of expired entries is the service's own maintenance task.
+        let maintenance = background.map(|service| {
+            let mut maintenance = MaintenanceConfig::default();
+            maintenance.cleanup_interval = Duration::from_secs(config.cache.cleanup_interval_secs.max(1));
+            service.spawn_maintenance(maintenance)
         });
 
         crate::logging::shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
-        let _ = stop.send(true);
         server.stop(true).await;
-        if let Some(task) = cleanup {
-            let _ = task.await;
+        if let Some(maintenance) = maintenance {
+            maintenance.shutdown().await;
         }
         tracing::info!("stopped");
         Ok(())

@@ -56,6 +56,7 @@ mod access;
 mod breaker;
 mod config;
 mod error;
+mod maintenance;
 mod options;
 mod service;
 mod stats;
@@ -64,6 +65,7 @@ pub use access::{AccessPolicy, AccessPolicyBuilder, LinkError, LinkSigner, MIN_S
 pub use breaker::CircuitState;
 pub use config::ServiceConfig;
 pub use error::{Result, ServiceError};
+pub use maintenance::{MaintenanceConfig, MaintenanceHandle};
 pub use options::{ImageUrl, UrlOptions, UrlStatus};
 pub use service::{BatchItem, ImageUrlService, ImageUrlServiceBuilder, PreloadReport};
-pub use stats::{LatencyPercentiles, ServiceStats};
+pub use stats::{LatencyPercentiles, MaintenanceStats, ServiceStats};

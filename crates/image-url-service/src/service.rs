@@ -21,10 +21,10 @@ use crate::{
 /// Cache-first presigned URLs. Cheap to clone (an `Arc`); share one per process.
 #[derive(Clone)]
 pub struct ImageUrlService {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     signer: CosSigner,
     cache: Arc<dyn UrlCache>,
     config: ServiceConfig,
@@ -395,6 +395,28 @@ impl ImageUrlService {
             Err(_) => Err(ServiceError::CacheUnavailable(format!(
                 "cleanup timed out after {deadline:?}"
             ))),
+        }
+    }
+
+    /// Counts a scheduled cleanup's outcome (the maintenance task's).
+    pub(crate) fn record_cleanup(&self, result: Result<usize>) {
+        let counters = &self.inner.counters;
+        bump(&counters.cleanup_runs);
+        counters.last_cleanup_at.store(
+            self.inner.clock.now().to_bits(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        match result {
+            Ok(removed) => {
+                counters
+                    .cleanup_removed
+                    .fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(removed, "expired cache entries removed");
+            }
+            Err(err) => {
+                bump(&counters.cleanup_failures);
+                tracing::warn!(error = %err, "cache cleanup failed");
+            }
         }
     }
 

@@ -34,6 +34,8 @@ pub struct ServiceStats {
     pub corrupt_entries: u64,
     /// Signings in progress now (single-flight entries); 0 when idle.
     pub signings_in_flight: usize,
+    /// What the maintenance task has done.
+    pub maintenance: MaintenanceStats,
     /// The breaker's state now.
     pub circuit: CircuitState,
     /// hits / requests.
@@ -46,6 +48,20 @@ pub struct ServiceStats {
     pub cache: CacheStats,
     /// The cache backend's name.
     pub cache_backend: &'static str,
+}
+
+/// The maintenance task's runs (see `ImageUrlService::spawn_maintenance`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct MaintenanceStats {
+    /// Scheduled cleanups run.
+    pub cleanup_runs: u64,
+    /// Of those, the ones that failed (the cache was unavailable).
+    pub cleanup_failures: u64,
+    /// Expired entries they removed.
+    pub entries_removed: u64,
+    /// When the last one ended, unix seconds.
+    pub last_cleanup_at: Option<f64>,
 }
 
 /// Response-time percentiles, microseconds.
@@ -74,6 +90,11 @@ pub(crate) struct Counters {
     pub(crate) cache_errors: AtomicU64,
     pub(crate) degraded: AtomicU64,
     pub(crate) corrupt_entries: AtomicU64,
+    pub(crate) cleanup_runs: AtomicU64,
+    pub(crate) cleanup_failures: AtomicU64,
+    pub(crate) cleanup_removed: AtomicU64,
+    /// `f64::to_bits` of the last cleanup's end; 0 before the first.
+    pub(crate) last_cleanup_at: AtomicU64,
     /// A histogram, not a list of samples: fixed memory, 3 significant digits, 1 µs–60 s.
     /// Recording takes the lock for a few nanoseconds.
     latency: Mutex<Histogram<u64>>,
@@ -91,6 +112,10 @@ impl Default for Counters {
             cache_errors: AtomicU64::new(0),
             degraded: AtomicU64::new(0),
             corrupt_entries: AtomicU64::new(0),
+            cleanup_runs: AtomicU64::new(0),
+            cleanup_failures: AtomicU64::new(0),
+            cleanup_removed: AtomicU64::new(0),
+            last_cleanup_at: AtomicU64::new(0),
             latency: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3)
                     .unwrap_or_else(|_| unreachable!("static histogram bounds are valid")),
@@ -149,6 +174,15 @@ impl Counters {
             degraded: load(&self.degraded),
             corrupt_entries: load(&self.corrupt_entries),
             signings_in_flight,
+            maintenance: MaintenanceStats {
+                cleanup_runs: load(&self.cleanup_runs),
+                cleanup_failures: load(&self.cleanup_failures),
+                entries_removed: load(&self.cleanup_removed),
+                last_cleanup_at: match load(&self.last_cleanup_at) {
+                    0 => None,
+                    bits => Some(f64::from_bits(bits)),
+                },
+            },
             circuit,
             hit_rate: ratio(hits),
             signings_saved: if requests == 0 {

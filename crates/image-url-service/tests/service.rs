@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cos_sign::{CosSigner, Credentials, Endpoint, ObjectKey};
-use image_url_service::{CircuitState, ImageUrlService, ServiceConfig, ServiceError, UrlOptions};
+use image_url_service::{
+    CircuitState, ImageUrlService, MaintenanceConfig, ServiceConfig, ServiceError, UrlOptions,
+};
 use url_cache::{CacheEntry, CacheError, CacheStats, Clock, ManualClock, MemoryCache, UrlCache};
 
 /// The start of a stable-URL window with the defaults (a multiple of 3600 − 900 s), so
@@ -769,6 +771,7 @@ impl UrlCache for TestCache {
         self.inner.expiring_within(within, limit).await
     }
     async fn remove_expired(&self, batch: usize) -> url_cache::Result<usize> {
+        self.fault().await?;
         self.inner.remove_expired(batch).await
     }
     async fn len(&self) -> url_cache::Result<usize> {
@@ -925,6 +928,8 @@ async fn dropping_the_last_handle_frees_the_service() {
     let (service, cache, _clock) = faulty_service(ServiceConfig::default());
     let weak = Arc::downgrade(&cache);
     drop(cache);
+    // A running maintenance task does not keep the service alive either.
+    let maintenance = service.spawn_maintenance(MaintenanceConfig::default());
     service
         .get_url(&key("a.jpg"), &UrlOptions::new())
         .await
@@ -936,6 +941,7 @@ async fn dropping_the_last_handle_frees_the_service() {
         weak.upgrade().is_none(),
         "the service and its cache were freed"
     );
+    maintenance.shutdown().await;
 }
 
 /// A paused or stuck cache (every call hangs) costs each request one deadline at most,
@@ -1067,4 +1073,80 @@ async fn stable_urls_are_the_default() {
             .unwrap();
         assert_eq!(from_a.url, from_b.url, "step {step}");
     }
+}
+
+/// Lets the maintenance task run once time has moved past a tick (paused time).
+async fn cleanup_runs_reach(service: &ImageUrlService, runs: u64) {
+    for _ in 0..1000 {
+        if service.stats().maintenance.cleanup_runs >= runs {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the maintenance task did not run");
+}
+
+#[tokio::test(start_paused = true)]
+async fn maintenance_cleans_up_on_schedule_and_stops_when_told() {
+    let s = setup();
+    for k in ["m1.jpg", "m2.jpg"] {
+        s.service
+            .get_url(&key(k), &UrlOptions::new())
+            .await
+            .unwrap();
+    }
+    let mut config = MaintenanceConfig::default();
+    config.cleanup_interval = Duration::from_secs(300);
+    let handle = s.service.spawn_maintenance(config.clone());
+    // Nothing before the first interval has passed.
+    tokio::task::yield_now().await;
+    assert_eq!(s.service.stats().maintenance.cleanup_runs, 0);
+    s.clock.advance(Duration::from_secs(4000)); // both entries expire
+    tokio::time::advance(Duration::from_secs(300)).await;
+    cleanup_runs_reach(&s.service, 1).await;
+    let stats = s.service.stats().maintenance;
+    assert_eq!(
+        (
+            stats.cleanup_runs,
+            stats.entries_removed,
+            stats.cleanup_failures
+        ),
+        (1, 2, 0)
+    );
+    assert_eq!(stats.last_cleanup_at, Some(T0 + 4000.0));
+    assert_eq!(s.cache.len().await.unwrap(), 0);
+    // Shut down: no more runs, however much time passes.
+    handle.shutdown().await;
+    tokio::time::advance(Duration::from_secs(3000)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(s.service.stats().maintenance.cleanup_runs, 1);
+    // Dropping the handle stops it too.
+    let handle = s.service.spawn_maintenance(config);
+    drop(handle);
+    tokio::time::advance(Duration::from_secs(3000)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(s.service.stats().maintenance.cleanup_runs, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_cleanup_is_counted_and_the_task_goes_on() {
+    let (service, cache, _clock) = faulty_service(ServiceConfig::default());
+    let mut config = MaintenanceConfig::default();
+    config.cleanup_interval = Duration::from_secs(60);
+    let handle = service.spawn_maintenance(config);
+    cache.set(HANGING);
+    // A cleanup that hangs ends at its own deadline (30 s), is counted as failed, and
+    // the next one runs on schedule.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    for _ in 0..10 {
+        tokio::time::advance(Duration::from_secs(10)).await;
+        tokio::task::yield_now().await;
+    }
+    cleanup_runs_reach(&service, 1).await;
+    assert_eq!(service.stats().maintenance.cleanup_failures, 1);
+    cache.set(HEALTHY);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    cleanup_runs_reach(&service, 2).await;
+    assert_eq!(service.stats().maintenance.cleanup_failures, 1);
+    handle.shutdown().await;
 }

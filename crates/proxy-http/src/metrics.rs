@@ -109,6 +109,21 @@ impl Metrics {
                     s.cache.corrupt,
                 ),
                 (
+                    "image_url_maintenance_cleanups_total",
+                    "Scheduled cleanups of expired cache entries run",
+                    s.maintenance.cleanup_runs,
+                ),
+                (
+                    "image_url_maintenance_cleanup_failures_total",
+                    "Scheduled cleanups that failed (cache unavailable)",
+                    s.maintenance.cleanup_failures,
+                ),
+                (
+                    "image_url_maintenance_removed_total",
+                    "Expired cache entries removed by scheduled cleanups",
+                    s.maintenance.entries_removed,
+                ),
+                (
                     "image_url_corrupt_urls_total",
                     "Cached URLs refused as not this service's for the key (host, path), replaced",
                     s.corrupt_entries,
