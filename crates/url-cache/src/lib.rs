@@ -35,6 +35,8 @@ mod memory;
 mod policy;
 mod redis;
 mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::CacheEntry;
@@ -52,7 +54,8 @@ pub const MAX_KEY_LEN: usize = 4096;
 
 /// A cache of presigned URLs, keyed by a string (an object key, possibly with a variant).
 ///
-/// Contract for every backend (checked by the shared conformance suite):
+/// Contract for every backend (checked by the conformance suite, exported as
+/// `url_cache::testing` behind the `testing` feature, which any backend can run):
 ///
 /// - **Expiry**: an entry is never returned at or after its `expires_at`, judged by the
 ///   backend's clock. A lookup that finds an expired entry drops it and counts `expired`.

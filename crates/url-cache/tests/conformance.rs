@@ -1,446 +1,91 @@
-//! One conformance suite for every backend: each test below runs against
-//! memory × {LRU, LFU, FIFO} and Redis × {LRU, LFU, FIFO}, the Redis ones against a real
-//! `redis-server` started on a free loopback port for that test alone.
+//! The exported conformance suite ([`url_cache::testing`]) against every backend and
+//! policy: memory × {LRU, LFU, FIFO} and Redis × {LRU, LFU, FIFO}, the Redis ones on one
+//! `redis-server` this file starts, each cache under a prefix of its own.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
+use async_trait::async_trait;
 use image_url_tests::RedisServer;
-use url_cache::{
-    CacheEntry, CacheError, Clock, EvictionPolicy, ManualClock, MemoryCache, RedisCache,
-    RedisConfig, UrlCache,
-};
+use url_cache::testing::{run_one, CacheFactory};
+use url_cache::{EvictionPolicy, ManualClock, MemoryCache, RedisCache, RedisConfig, UrlCache};
 
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Memory,
-    Redis,
-}
+struct Memory;
 
-struct Fixture {
-    cache: Arc<dyn UrlCache>,
-    clock: Arc<ManualClock>,
-    policy: EvictionPolicy,
-    _server: Option<RedisServer>,
-}
-
-impl Fixture {
-    async fn new(backend: Backend, policy: EvictionPolicy, capacity: usize) -> Self {
-        // Start at the real time: Redis expires hashes on its own clock.
-        let clock = Arc::new(ManualClock::new(url_cache::SystemClock.now().floor()));
-        match backend {
-            Backend::Memory => Fixture {
-                cache: Arc::new(
-                    MemoryCache::builder()
-                        .capacity(capacity)
-                        .policy(policy)
-                        .clock(clock.clone())
-                        .build(),
-                ),
-                clock,
-                policy,
-                _server: None,
-            },
-            Backend::Redis => {
-                let server = RedisServer::start();
-                let mut config = RedisConfig::new(server.url());
-                config.max_entries = capacity;
-                config.policy = policy;
-                config.pool_size = 4;
-                let cache = RedisCache::connect_with_clock(config, clock.clone())
-                    .await
-                    .expect("connect");
-                assert!(cache.is_healthy());
-                Fixture {
-                    cache: Arc::new(cache),
-                    clock,
-                    policy,
-                    _server: Some(server),
-                }
-            }
-        }
-    }
-
-    fn now(&self) -> f64 {
-        self.clock.now()
-    }
-
-    fn entry(&self, key: &str, ttl_secs: f64) -> CacheEntry {
-        let now = self.now();
-        CacheEntry::new(
-            key,
-            format!("https://b.example/{key}?q-signature=s"),
-            now + ttl_secs,
-            now,
+#[async_trait]
+impl CacheFactory for Memory {
+    async fn make(
+        &self,
+        capacity: usize,
+        policy: EvictionPolicy,
+        clock: Arc<ManualClock>,
+    ) -> Arc<dyn UrlCache> {
+        Arc::new(
+            MemoryCache::builder()
+                .capacity(capacity)
+                .policy(policy)
+                .clock(clock)
+                .build(),
         )
-        .with_mime_type("image/jpeg")
-    }
-
-    /// Moves the clock one second, so recency and insertion scores never tie.
-    fn tick(&self) {
-        self.clock.advance(Duration::from_secs(1));
-    }
-
-    async fn present(&self, keys: &[&str]) -> Vec<String> {
-        let found = self.cache.get_many(keys).await.unwrap();
-        keys.iter()
-            .zip(found)
-            .filter(|(_, e)| e.is_some())
-            .map(|(k, _)| k.to_string())
-            .collect()
     }
 }
 
-async fn put_get_delete(backend: Backend, policy: EvictionPolicy) {
-    let f = Fixture::new(backend, policy, 100).await;
-    let entry = f.entry("images/a.jpg", 3600.0);
-    f.cache.put(entry.clone()).await.unwrap();
-    let got = f.cache.get("images/a.jpg").await.unwrap().expect("hit");
-    assert_eq!(got.url, entry.url);
-    assert_eq!(got.expires_at, entry.expires_at);
-    assert_eq!(got.created_at, entry.created_at);
-    assert_eq!(got.mime_type.as_deref(), Some("image/jpeg"));
-    assert_eq!(got.image_key, "images/a.jpg");
-    assert_eq!(f.cache.len().await.unwrap(), 1);
-
-    // Replacing keeps one entry.
-    let newer = CacheEntry {
-        url: "https://b.example/new".into(),
-        ..f.entry("images/a.jpg", 7200.0)
-    };
-    f.cache.put(newer).await.unwrap();
-    let got = f.cache.get("images/a.jpg").await.unwrap().unwrap();
-    assert_eq!(got.url, "https://b.example/new");
-    assert_eq!(f.cache.len().await.unwrap(), 1);
-
-    assert!(f.cache.delete("images/a.jpg").await.unwrap());
-    assert!(!f.cache.delete("images/a.jpg").await.unwrap());
-    assert!(f.cache.get("images/a.jpg").await.unwrap().is_none());
-    assert_eq!(f.cache.len().await.unwrap(), 0);
-    assert!(f.cache.health_check().await.is_ok());
+/// One Redis for the whole file (each test binary is one process under nextest's
+/// process-per-test model, so this is one server per test there, shared in `cargo test`).
+fn redis() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
 }
 
-async fn peek_records_nothing(backend: Backend, policy: EvictionPolicy) {
-    let f = Fixture::new(backend, policy, 100).await;
-    f.cache.put(f.entry("k", 100.0)).await.unwrap();
-    let peeked = f.cache.peek("k").await.unwrap().unwrap();
-    assert_eq!(peeked.access_count, 0);
-    assert!(f.cache.peek("missing").await.unwrap().is_none());
-    assert_eq!(f.cache.stats().lookups(), 0);
-    assert_eq!(f.cache.get("k").await.unwrap().unwrap().access_count, 1);
-    f.clock.advance(Duration::from_secs(100));
-    assert!(
-        f.cache.peek("k").await.unwrap().is_none(),
-        "never shows an expired entry"
-    );
-}
+struct Redis;
 
-async fn expiry_follows_the_injected_clock(backend: Backend, policy: EvictionPolicy) {
-    let f = Fixture::new(backend, policy, 100).await;
-    f.cache.put(f.entry("k", 100.0)).await.unwrap();
-    f.clock.advance(Duration::from_millis(99_999));
-    assert!(
-        f.cache.get("k").await.unwrap().is_some(),
-        "alive 1 ms before expiry"
-    );
-    f.clock.advance(Duration::from_millis(1));
-    assert!(
-        f.cache.get("k").await.unwrap().is_none(),
-        "never served at expiry"
-    );
-    assert!(f.cache.get("k").await.unwrap().is_none());
-    let stats = f.cache.stats();
-    assert_eq!((stats.hits, stats.expired, stats.misses), (1, 1, 1));
-    // The expired entry was reclaimed by the lookup that found it.
-    assert_eq!(f.cache.len().await.unwrap(), 0);
-    // Putting an already expired entry stores nothing.
-    f.cache.put(f.entry("old", -1.0)).await.unwrap();
-    assert!(f.cache.get("old").await.unwrap().is_none());
-    assert_eq!(f.cache.len().await.unwrap(), 0);
-}
-
-async fn access_is_recorded(backend: Backend, policy: EvictionPolicy) {
-    let f = Fixture::new(backend, policy, 100).await;
-    f.cache.put(f.entry("k", 3600.0)).await.unwrap();
-    for expected in 1..=3u64 {
-        f.tick();
-        let got = f.cache.get("k").await.unwrap().unwrap();
-        assert_eq!(got.access_count, expected);
-        assert_eq!(got.last_accessed, f.now());
-    }
-}
-
-async fn eviction_order_follows_the_policy(backend: Backend, policy: EvictionPolicy) {
-    let f = Fixture::new(backend, policy, 3).await;
-    for key in ["a", "b", "c"] {
-        f.cache.put(f.entry(key, 3600.0)).await.unwrap();
-        f.tick();
-    }
-    // Reads: a twice, c once, b never; a is the most recent.
-    for key in ["a", "c", "a"] {
-        assert!(f.cache.get(key).await.unwrap().is_some());
-        f.tick();
-    }
-    f.cache.put(f.entry("d", 3600.0)).await.unwrap();
-    f.tick();
-    let (round_one, round_two): (&[&str], &[&str]) = match f.policy.name() {
-        // b is least recently and least frequently used; FIFO drops the first in, a.
-        "lru" | "lfu" => (&["a", "c", "d"], &["a", "c", "e"]),
-        "fifo" => (&["b", "c", "d"], &["c", "d", "e"]),
-        other => panic!("unknown policy {other}"),
-    };
-    assert_eq!(
-        f.present(&["a", "b", "c", "d"]).await,
-        round_one,
-        "{policy:?}"
-    );
-    assert_eq!(f.cache.len().await.unwrap(), 3);
-    assert_eq!(f.cache.stats().evictions, 1);
-
-    // Round two: everything present was just read once more (above); now c then a again.
-    // LRU: d is least recent. LFU: d has 1 read, c 3, a 4 — and the new entry e, with
-    // none, is not its own victim. FIFO: b is the oldest insertion.
-    f.tick();
-    for key in ["c", "a"] {
-        f.cache.get(key).await.unwrap();
-        f.tick();
-    }
-    f.cache.put(f.entry("e", 3600.0)).await.unwrap();
-    assert_eq!(
-        f.present(&["a", "b", "c", "d", "e"]).await,
-        round_two,
-        "{policy:?}"
-    );
-    assert_eq!(f.cache.stats().evictions, 2);
-}
-
-async fn capacity_always_holds(backend: Backend, policy: EvictionPolicy) {
-    let f = Fixture::new(backend, policy, 10).await;
-    for i in 0..50 {
-        f.cache
-            .put(f.entry(&format!("k{i}"), 3600.0))
+#[async_trait]
+impl CacheFactory for Redis {
+    async fn make(
+        &self,
+        capacity: usize,
+        policy: EvictionPolicy,
+        clock: Arc<ManualClock>,
+    ) -> Arc<dyn UrlCache> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let mut config = RedisConfig::new(redis().url());
+        config.max_entries = capacity;
+        config.policy = policy;
+        config.pool_size = 4;
+        config.key_prefix = format!("conformance-{}:", NEXT.fetch_add(1, Ordering::Relaxed));
+        let cache = RedisCache::connect_with_clock(config, clock)
             .await
-            .unwrap();
-        f.clock.advance(Duration::from_millis(10));
+            .expect("connect");
+        assert!(cache.is_healthy());
+        Arc::new(cache)
     }
-    assert_eq!(f.cache.len().await.unwrap(), 10);
-    assert_eq!(f.cache.stats().evictions, 40);
-    // The last one written is always kept.
-    assert!(f.cache.get("k49").await.unwrap().is_some());
-}
-
-async fn expiring_within_and_batched_cleanup(backend: Backend, policy: EvictionPolicy) {
-    let f = Fixture::new(backend, policy, 1000).await;
-    // 250 entries expiring 10..260 s from now, plus 5 long-lived ones.
-    for i in 0..250 {
-        f.cache
-            .put(f.entry(&format!("short/{i}"), 10.0 + i as f64))
-            .await
-            .unwrap();
-    }
-    for i in 0..5 {
-        f.cache
-            .put(f.entry(&format!("long/{i}"), 86_400.0))
-            .await
-            .unwrap();
-    }
-    let soon = f
-        .cache
-        .expiring_within(Duration::from_secs(20), 100)
-        .await
-        .unwrap();
-    let keys: Vec<String> = soon.iter().map(|e| e.image_key.clone()).collect();
-    assert_eq!(
-        keys,
-        (0..=10).map(|i| format!("short/{i}")).collect::<Vec<_>>()
-    );
-    let limited = f
-        .cache
-        .expiring_within(Duration::from_secs(1000), 7)
-        .await
-        .unwrap();
-    assert_eq!(limited.len(), 7);
-    assert_eq!(limited[0].image_key, "short/0");
-    assert!(limited
-        .windows(2)
-        .all(|w| w[0].expires_at <= w[1].expires_at));
-    // Looking does not count as access.
-    assert_eq!(f.cache.stats().lookups(), 0);
-
-    f.clock.advance(Duration::from_secs(300));
-    assert!(f
-        .cache
-        .expiring_within(Duration::from_secs(20), 100)
-        .await
-        .unwrap()
-        .is_empty());
-    assert_eq!(f.cache.remove_expired(100).await.unwrap(), 250);
-    assert_eq!(f.cache.len().await.unwrap(), 5);
-    assert_eq!(f.cache.remove_expired(100).await.unwrap(), 0);
-    assert!(f.cache.get("long/0").await.unwrap().is_some());
-}
-
-async fn stats_count_every_lookup(backend: Backend, policy: EvictionPolicy) {
-    let f = Fixture::new(backend, policy, 100).await;
-    f.cache.put(f.entry("a", 3600.0)).await.unwrap();
-    f.cache.put(f.entry("b", 10.0)).await.unwrap();
-    f.cache.get("a").await.unwrap();
-    f.cache.get("a").await.unwrap();
-    f.cache.get("nope").await.unwrap();
-    f.clock.advance(Duration::from_secs(11));
-    f.cache.get("b").await.unwrap();
-    let stats = f.cache.stats();
-    assert_eq!(
-        (stats.hits, stats.misses, stats.expired, stats.errors),
-        (2, 1, 1, 0)
-    );
-    assert_eq!(stats.hit_rate(), 0.5);
-}
-
-async fn get_many_keeps_order_and_reports_missing(backend: Backend, policy: EvictionPolicy) {
-    let f = Fixture::new(backend, policy, 100).await;
-    f.cache.put(f.entry("a", 3600.0)).await.unwrap();
-    f.cache.put(f.entry("c", 3600.0)).await.unwrap();
-    let found = f.cache.get_many(&["c", "missing", "a", "c"]).await.unwrap();
-    let keys: Vec<Option<&str>> = found
-        .iter()
-        .map(|e| e.as_ref().map(|e| e.image_key.as_str()))
-        .collect();
-    assert_eq!(keys, vec![Some("c"), None, Some("a"), Some("c")]);
-    assert_eq!(found[3].as_ref().unwrap().access_count, 2);
-    assert!(f.cache.get_many(&[]).await.unwrap().is_empty());
-    let stats = f.cache.stats();
-    assert_eq!((stats.hits, stats.misses), (3, 1));
-    // A missed key stays missing (no stub becomes visible) and is not counted in len.
-    assert_eq!(f.cache.len().await.unwrap(), 2);
-    assert!(f.cache.get("missing").await.unwrap().is_none());
-}
-
-async fn concurrent_tasks_on_the_same_keys(backend: Backend, policy: EvictionPolicy) {
-    let f = Fixture::new(backend, policy, 100).await;
-    let keys: Vec<String> = (0..8).map(|i| format!("hot/{i}")).collect();
-    for key in &keys {
-        f.cache.put(f.entry(key, 3600.0)).await.unwrap();
-    }
-    let mut tasks = Vec::new();
-    for t in 0..32 {
-        let cache = f.cache.clone();
-        let keys = keys.clone();
-        let template = f.entry("template", 3600.0);
-        tasks.push(tokio::spawn(async move {
-            let mut hits = 0u64;
-            for i in 0..50 {
-                let key = &keys[(t + i) % keys.len()];
-                if i % 10 == 9 {
-                    let entry = CacheEntry {
-                        image_key: key.clone(),
-                        ..template.clone()
-                    };
-                    cache.put(entry).await.unwrap();
-                } else if cache.get(key).await.unwrap().is_some() {
-                    hits += 1;
-                }
-            }
-            hits
-        }));
-    }
-    let mut hits = 0;
-    for task in tasks {
-        hits += task.await.unwrap();
-    }
-    // Every key stays present (capacity 100), so every read hits, and the counters agree.
-    assert_eq!(hits, 32 * 45);
-    let stats = f.cache.stats();
-    assert_eq!((stats.hits, stats.misses, stats.errors), (hits, 0, 0));
-    assert_eq!(f.cache.len().await.unwrap(), 8);
-}
-
-async fn python_json_entries_round_trip(backend: Backend, policy: EvictionPolicy) {
-    let f = Fixture::new(backend, policy, 100).await;
-    let now = f.now();
-    let json = format!(
-        r#"{{"url": "https://b.cos.ap-guangzhou.myqcloud.com/a.jpg?q-signature=abc", "expires_at": {}, "access_count": 7, "created_at": {}, "last_accessed": {}, "image_key": "legacy/a.jpg", "mime_type": "image/jpeg"}}"#,
-        now + 1800.25,
-        now - 100.0,
-        now - 50.5
-    );
-    let entry: CacheEntry = serde_json::from_str(&json).unwrap();
-    f.cache.put(entry.clone()).await.unwrap();
-    let got = f.cache.get("legacy/a.jpg").await.unwrap().unwrap();
-    assert_eq!(got.url, entry.url);
-    assert_eq!(got.expires_at, entry.expires_at);
-    assert_eq!(got.created_at, entry.created_at);
-    assert_eq!(got.access_count, 8);
-    assert_eq!(got.mime_type, entry.mime_type);
-    let back = serde_json::to_value(&got).unwrap();
-    let mut fields: Vec<&str> = back
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    fields.sort_unstable();
-    assert_eq!(
-        fields,
-        [
-            "access_count",
-            "created_at",
-            "expires_at",
-            "image_key",
-            "last_accessed",
-            "mime_type",
-            "url"
-        ]
-    );
-}
-
-async fn bad_input_is_a_typed_error(backend: Backend, policy: EvictionPolicy) {
-    let f = Fixture::new(backend, policy, 100).await;
-    let long = "x".repeat(5000);
-    for key in ["", "a\nb", long.as_str()] {
-        assert!(matches!(
-            f.cache.get(key).await,
-            Err(CacheError::InvalidInput(_))
-        ));
-        assert!(matches!(
-            f.cache.delete(key).await,
-            Err(CacheError::InvalidInput(_))
-        ));
-    }
-    let mut entry = f.entry("k", 3600.0);
-    entry.expires_at = f64::NAN;
-    let err = f.cache.put(entry).await.unwrap_err();
-    assert!(matches!(err, CacheError::InvalidInput(_)) && !err.is_retryable());
-    let mut entry = f.entry("k", 3600.0);
-    entry.url.clear();
-    assert!(f.cache.put(entry).await.is_err());
-    assert!(f.cache.get_many(&["ok", ""]).await.is_err());
 }
 
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         macro_rules! backend_suite {
-            ($module:ident, $backend:expr, $policy:expr) => {
+            ($module:ident, $factory:expr, $policy:expr) => {
                 mod $module {
                     use super::*;
                     $(
                         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                         async fn $test() {
-                            super::$test($backend, $policy).await;
+                            run_one(&$factory, $policy, stringify!($test)).await;
                         }
                     )*
                 }
             };
         }
-        backend_suite!(memory_lru, Backend::Memory, EvictionPolicy::lru());
-        backend_suite!(memory_lfu, Backend::Memory, EvictionPolicy::lfu());
-        backend_suite!(memory_fifo, Backend::Memory, EvictionPolicy::fifo());
-        backend_suite!(redis_lru, Backend::Redis, EvictionPolicy::lru());
-        backend_suite!(redis_lfu, Backend::Redis, EvictionPolicy::lfu());
-        backend_suite!(redis_fifo, Backend::Redis, EvictionPolicy::fifo());
+        backend_suite!(memory_lru, Memory, EvictionPolicy::lru());
+        backend_suite!(memory_lfu, Memory, EvictionPolicy::lfu());
+        backend_suite!(memory_fifo, Memory, EvictionPolicy::fifo());
+        backend_suite!(redis_lru, Redis, EvictionPolicy::lru());
+        backend_suite!(redis_lfu, Redis, EvictionPolicy::lfu());
+        backend_suite!(redis_fifo, Redis, EvictionPolicy::fifo());
     };
 }
 
+// Listed here so that each runs (and fails) as a test of its own.
 conformance!(
     put_get_delete,
     peek_records_nothing,
@@ -455,3 +100,15 @@ conformance!(
     python_json_entries_round_trip,
     bad_input_is_a_typed_error,
 );
+
+/// Every exported test is listed above.
+#[test]
+fn the_list_above_is_the_whole_suite() {
+    let listed = include_str!("conformance.rs");
+    for name in url_cache::testing::TESTS {
+        assert!(
+            listed.contains(&format!("    {name},")),
+            "{name} is not run here"
+        );
+    }
+}
