@@ -118,6 +118,8 @@ pub struct Cache {
     pub pool_size: usize,
     pub timeout_ms: u64,
     pub cleanup_interval_secs: u64,
+    pub namespace: String,
+    pub migrate_unnamespaced: bool,
 }
 
 /// `[proxy]`: fetching objects from COS in `?mode=proxy`.

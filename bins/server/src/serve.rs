@@ -56,6 +56,12 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
                 redis.pool_size = config.cache.pool_size;
                 redis.max_entries = config.cache.max_entries;
                 redis.policy = policy;
+                redis.namespace = match config.cache.namespace.as_str() {
+                    "auto" => Some(endpoint.authority().to_owned()),
+                    "" => None,
+                    custom => Some(custom.to_owned()),
+                };
+                redis.migrate_unnamespaced = config.cache.migrate_unnamespaced;
                 let cache = RedisCache::connect(redis).await.map_err(|e| {
                     format!("cache.redis_url from {}: {e}", config::source_of(&figment, "cache.redis_url"))
                 })?;

@@ -71,6 +71,15 @@ pub struct RedisConfig {
     pub health_check_interval: Duration,
     /// Prefix of entry keys (default `image:url:`).
     pub key_prefix: String,
+    /// What the entries belong to, e.g. the COS endpoint's host: keys become
+    /// `{key_prefix}{namespace}:{key}` (and the indexes follow), so two buckets sharing
+    /// one Redis never see each other's URLs. `None` (default): `{key_prefix}{key}`.
+    pub namespace: Option<String>,
+    /// With a namespace: on a miss, read the key where the layout without namespace
+    /// keeps it (`{key_prefix}{key}`, a hash or the original system's JSON string), move
+    /// it under the namespace and serve it (default true). One extra round trip per
+    /// miss; turn off once the old keys have expired.
+    pub migrate_unnamespaced: bool,
     /// Capacity, in entries (default 10 000).
     pub max_entries: usize,
     /// Eviction policy (default LRU).
@@ -99,6 +108,8 @@ impl Default for RedisConfig {
             command_buffer: 1024,
             health_check_interval: Duration::from_secs(30),
             key_prefix: "image:url:".into(),
+            namespace: None,
+            migrate_unnamespaced: true,
             max_entries: crate::DEFAULT_CAPACITY,
             policy: EvictionPolicy::default(),
         }
@@ -114,6 +125,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("key_prefix", &self.key_prefix)
+            .field("namespace", &self.namespace)
             .field("max_entries", &self.max_entries)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
@@ -149,6 +161,8 @@ struct Inner {
     prefix: String,
     expiry_index: String,
     policy_index: String,
+    /// With a namespace and migration on: where entries without namespace live.
+    unnamespaced: Option<Layout>,
     policy: EvictionPolicy,
     max_entries: usize,
     /// Connections (re)established, counted from fred's reconnection events.
@@ -264,7 +278,22 @@ impl RedisCache {
             config.health_check_interval,
             config.command_timeout,
         )));
-        let index = format!("{}-index", config.key_prefix.trim_end_matches(':'));
+        let base = Layout::new(&config.key_prefix);
+        let (layout, unnamespaced) = match &config.namespace {
+            Some(namespace) if !namespace.is_empty() => {
+                if namespace
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace())
+                {
+                    return Err(CacheError::InvalidInput(
+                        "the Redis namespace contains whitespace or a control character".into(),
+                    ));
+                }
+                let layout = Layout::new(&format!("{}{namespace}:", config.key_prefix));
+                (layout, config.migrate_unnamespaced.then_some(base))
+            }
+            _ => (base, None),
+        };
         Ok(RedisCache {
             inner: Arc::new(Inner {
                 pool,
@@ -272,9 +301,10 @@ impl RedisCache {
                 stats: StatsCounters::default(),
                 healthy,
                 command_timeout: config.command_timeout,
-                expiry_index: format!("{index}:expiry"),
-                policy_index: format!("{index}:policy"),
-                prefix: config.key_prefix,
+                expiry_index: layout.expiry_index,
+                policy_index: layout.policy_index,
+                prefix: layout.prefix,
+                unnamespaced,
                 policy: config.policy,
                 max_entries: config.max_entries.max(1),
                 reconnects,
@@ -388,7 +418,11 @@ impl RedisCache {
             }
         };
         if !fields.contains_key("url") {
-            // Absent, or only the stub a missed lookup leaves.
+            // Absent, or only the stub a missed lookup leaves; perhaps still where the
+            // layout without namespace kept it.
+            if let Some(old) = &self.inner.unnamespaced {
+                return self.migrate(old, key, now).await;
+            }
             self.inner.stats.miss(1);
             return Ok(None);
         }
@@ -442,6 +476,69 @@ impl RedisCache {
         self.store(entry.clone(), now).await?;
         self.inner.stats.hit(1);
         Ok(Some(entry))
+    }
+
+    /// Moves `key`'s entry from the layout without namespace to this one, if there is a
+    /// live one there; answers the lookup either way.
+    async fn migrate(&self, old: &Layout, key: &str, now: f64) -> Result<Option<CacheEntry>> {
+        let old_key = format!("{}{key}", old.prefix);
+        let client = self.inner.pool.next_connected();
+        let fields: Result<HashMap<String, String>> = self.run(client.hgetall(&old_key)).await;
+        let (found, entry) = match fields {
+            Ok(fields) => (
+                !fields.is_empty(),
+                fields
+                    .contains_key("url")
+                    .then(|| parse_entry(key, &fields).ok())
+                    .flatten(),
+            ),
+            // Not a hash: the original system's JSON string, or garbage.
+            Err(CacheError::Corrupt { .. }) => {
+                let json: Result<Option<String>> = self.run(client.get(&old_key)).await;
+                match json {
+                    Ok(json) => (
+                        true,
+                        json.and_then(|json| serde_json::from_str::<CacheEntry>(&json).ok()),
+                    ),
+                    Err(CacheError::Corrupt { .. }) => (true, None),
+                    Err(err) => return Err(err),
+                }
+            }
+            Err(err) => return Err(err),
+        };
+        if found && entry.is_none() {
+            self.inner.stats.corrupt();
+            tracing::warn!(
+                key,
+                "corrupt cache entry (layout without namespace) dropped"
+            );
+        }
+        if found {
+            // Whatever was there leaves the old layout, live or not.
+            let pipe = self.inner.pool.next_connected().pipeline();
+            let op = async {
+                let _: () = pipe.del(&old_key).await?;
+                let _: () = pipe.zrem(&old.expiry_index, key).await?;
+                let _: () = pipe.zrem(&old.policy_index, key).await?;
+                let _: Vec<Value> = pipe.all().await?;
+                Ok(())
+            };
+            self.run(op).await?;
+        }
+        match entry {
+            Some(mut entry) if !entry.is_expired(now) => {
+                entry.image_key = key.to_owned();
+                entry.access_count += 1;
+                entry.last_accessed = now;
+                self.store(entry.clone(), now).await?;
+                self.inner.stats.hit(1);
+                Ok(Some(entry))
+            }
+            _ => {
+                self.inner.stats.miss(1);
+                Ok(None)
+            }
+        }
     }
 
     /// A lookup found an entry it cannot read: count it, say so once (it is deleted, so
@@ -600,6 +697,26 @@ impl RedisCache {
         self.run(op).await?;
         self.inner.stats.evicted(popped.len() as u64);
         Ok(())
+    }
+}
+
+/// Where a layout keeps its entries and indexes.
+struct Layout {
+    prefix: String,
+    expiry_index: String,
+    policy_index: String,
+}
+
+impl Layout {
+    /// The index prefix is the entry prefix without its trailing `:` plus `-index`, so no
+    /// object key can collide with an index.
+    fn new(prefix: &str) -> Self {
+        let index = format!("{}-index", prefix.trim_end_matches(':'));
+        Layout {
+            prefix: prefix.to_owned(),
+            expiry_index: format!("{index}:expiry"),
+            policy_index: format!("{index}:policy"),
+        }
     }
 }
 

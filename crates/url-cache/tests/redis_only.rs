@@ -270,3 +270,73 @@ async fn wrong_types_and_malformed_hashes_are_corrupt_misses() {
     assert_eq!(cache.stats().corrupt, 5);
     assert_eq!(cache.stats().errors, 0);
 }
+
+/// Two buckets on one Redis prefix used to serve each other's URLs. With a namespace
+/// each sees only its own; entries of the layout without namespace (hashes, and the
+/// original system's JSON strings) move over on first read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_keep_buckets_apart_and_old_keys_move_over() {
+    let server = RedisServer::start();
+    let now = SystemClock.now();
+    let old = RedisCache::connect(RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    old.put(entry("a.jpg", now, 3600.0)).await.unwrap();
+    let raw = raw_client(&server).await;
+    let json = format!(
+        r#"{{"url": "https://b/j.jpg?q-signature=x", "expires_at": {}, "access_count": 2, "created_at": {now}, "last_accessed": {now}, "image_key": "j.jpg", "mime_type": null}}"#,
+        now + 1000.0
+    );
+    let _: () = raw
+        .set("image:url:j.jpg", json, None, None, false)
+        .await
+        .unwrap();
+    let namespaced = |namespace: &str| {
+        let mut config = RedisConfig::new(server.url());
+        config.namespace = Some(namespace.to_owned());
+        RedisCache::connect(config)
+    };
+    let bucket_a = namespaced("a-1250000000.cos.ap-guangzhou.myqcloud.com")
+        .await
+        .unwrap();
+    let bucket_b = namespaced("b-1250000000.cos.ap-guangzhou.myqcloud.com")
+        .await
+        .unwrap();
+
+    // First read in A moves the old entry under A's namespace.
+    let moved = bucket_a.get("a.jpg").await.unwrap().expect("migrated");
+    assert_eq!(moved.url, "https://b.example/a.jpg?q-signature=s");
+    let kind: String = raw
+        .r#type("image:url:a-1250000000.cos.ap-guangzhou.myqcloud.com:a.jpg")
+        .await
+        .unwrap();
+    assert_eq!(kind, "hash");
+    let gone: i64 = raw.exists("image:url:a.jpg").await.unwrap();
+    assert_eq!(gone, 0, "the old key is removed");
+    let old_index: Option<f64> = raw.zscore("image:url-index:expiry", "a.jpg").await.unwrap();
+    assert_eq!(old_index, None, "and its index members");
+    let new_index: Option<f64> = raw
+        .zscore(
+            "image:url:a-1250000000.cos.ap-guangzhou.myqcloud.com-index:expiry",
+            "a.jpg",
+        )
+        .await
+        .unwrap();
+    assert!(new_index.is_some());
+    assert_eq!(bucket_a.get("a.jpg").await.unwrap().unwrap().url, moved.url);
+    // The original system's JSON string moves too.
+    assert_eq!(
+        bucket_a.get("j.jpg").await.unwrap().expect("migrated").url,
+        "https://b/j.jpg?q-signature=x"
+    );
+
+    // B sees none of A's entries, old or new.
+    assert!(bucket_b.get("a.jpg").await.unwrap().is_none());
+    bucket_a.put(entry("x.jpg", now, 3600.0)).await.unwrap();
+    assert!(bucket_b.get("x.jpg").await.unwrap().is_none());
+    assert!(bucket_b.peek("x.jpg").await.unwrap().is_none());
+    assert_eq!(bucket_b.len().await.unwrap(), 0);
+    assert_eq!(bucket_a.len().await.unwrap(), 3);
+    let stats = bucket_a.stats();
+    assert_eq!((stats.hits, stats.misses, stats.errors), (3, 0, 0));
+}
