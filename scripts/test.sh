@@ -24,3 +24,16 @@ else
 fi
 # nextest does not run doctests; the examples in the docs are tests too.
 cargo test --workspace --doc --no-fail-fast
+
+# The examples embedders copy from are run too: a backend written outside url-cache passes
+# the exported conformance suite, and the batch presigner signs what it reads.
+cargo run -q -p url-cache --example instrumented_backend
+signed=$(printf 'images/a.jpg\nimages/b c.jpg\n' \
+  | COS_SECRET_ID=AKIDexample COS_SECRET_KEY=example-secret \
+    cargo run -q -p image-url-service --example presign_stdin -- examplebucket-1250000000 ap-guangzhou \
+  | grep -c '^https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/images/.*q-signature=')
+if [ "$signed" != 2 ]; then
+  echo "presign_stdin example: expected 2 signed URLs, got $signed" >&2
+  exit 1
+fi
+echo "examples: ok"

@@ -75,7 +75,7 @@ impl Stack {
                 .build()
                 .unwrap();
         let server = HttpServerHandle::start(
-            AppState::new(Ok(service), api),
+            AppState::new(service, api),
             "127.0.0.1:0".parse().unwrap(),
             2,
         )
@@ -458,7 +458,7 @@ async fn ops_endpoints() {
     // Not configured: URL endpoints and readiness answer 503, liveness 200.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let server = HttpServerHandle::start(
-        AppState::new(Err("COS credentials missing".into()), ApiConfig::default()),
+        AppState::unconfigured("COS credentials missing", ApiConfig::default()),
         "127.0.0.1:0".parse().unwrap(),
         1,
     )
@@ -605,7 +605,7 @@ fn server_for(
     api.proxy_read_timeout = read_timeout;
     api.proxy_timeout = total_timeout;
     HttpServerHandle::start(
-        AppState::new(Ok(service), api),
+        AppState::new(service, api),
         "127.0.0.1:0".parse().unwrap(),
         1,
     )

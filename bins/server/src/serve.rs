@@ -88,7 +88,10 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
         };
         let background = service.as_ref().ok().cloned();
         let api = api_config(&config, &figment)?;
-        let state = AppState::new(service, api);
+        let state = match service {
+            Ok(service) => AppState::new(service, api),
+            Err(why) => AppState::unconfigured(why, api),
+        };
         let server = HttpServerHandle::start_split(state, config.server.listen, admin_listen, workers).map_err(|e| {
             format!("server.listen {} (or server.admin_listen) from {}: {e}", config.server.listen, config::source_of(&figment, "server.listen"))
         })?;

@@ -116,8 +116,10 @@ async fn dispatch_key_route(
     }
 }
 
-/// JSON bodies: limited size (413 beyond), and errors rendered as problems.
-pub(crate) fn json_config(limit: usize) -> web::JsonConfig {
+/// The JSON extractor settings the routes expect: bodies of at most `limit` bytes (413
+/// beyond) and errors rendered as problems. Give it to the `App` the routes are mounted
+/// on (`App::new().app_data(json_config(limit)).configure(proxy_http::configure)`).
+pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(limit)
         .error_handler(move |err, _req| match err {

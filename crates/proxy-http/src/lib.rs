@@ -21,7 +21,7 @@
 //! ```no_run
 //! # async fn run(service: image_url_service::ImageUrlService) -> std::io::Result<()> {
 //! use proxy_http::{ApiConfig, AppState, HttpServerHandle};
-//! let state = AppState::new(Ok(service), ApiConfig::default());
+//! let state = AppState::new(service, ApiConfig::default());
 //! let server = HttpServerHandle::start(state, "127.0.0.1:0".parse().unwrap(), 1)?;
 //! println!("listening on {}", server.addr());
 //! server.stop(true).await;
@@ -153,9 +153,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// `service` is `Err(why)` when the server runs without COS credentials: URL
-    /// endpoints then answer 503 with `why`, ops endpoints still work.
-    pub fn new(service: Result<ImageUrlService, String>, config: ApiConfig) -> Self {
+    /// The state of a server in front of `service`.
+    pub fn new(service: ImageUrlService, config: ApiConfig) -> Self {
+        Self::build(Ok(service), config)
+    }
+
+    /// The state of a server that cannot sign yet (e.g. no COS credentials): URL
+    /// endpoints answer 503 with `why`; health, metrics and the OpenAPI document work.
+    pub fn unconfigured(why: impl Into<String>, config: ApiConfig) -> Self {
+        Self::build(Err(why.into()), config)
+    }
+
+    fn build(service: Result<ImageUrlService, String>, config: ApiConfig) -> Self {
         let upstream = proxy::client(&config);
         let limiter = rate_limit::ClientLimiter::new(&config.rate_limit);
         let proxy_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
@@ -197,6 +206,8 @@ impl AppState {
         &self.metrics
     }
 }
+
+pub use handlers::json_config;
 
 /// Registers every route on an actix `App`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
