@@ -5,36 +5,6 @@
 //! [`AccessPolicy::check_options`] to every request; a front end that hands out
 //! links verifies them with [`AccessPolicy::verify_link`] and makes them with
 //! [`LinkSigner`].
-//!
-//! ## Signed links
-//!
-//! A link authorises one key with one set of URL options until `exp` (unix seconds).
-//! `sig` is the lowercase hex HMAC-SHA256, keyed with a link secret, of the message
-//!
-//! ```text
-//! {key}\n{exp}[\ncontent_disposition={value}][\ncontent_type={value}][\nprocess={value}]
-//! ```
-//!
-//! where `key` is the object key (without a leading `/`), `exp` the decimal expiry as
-//! it appears in the link, and each URL option that is set follows on its own line, in
-//! this (alphabetical) order, with its value as given (keys and values never contain
-//! control characters, so the lines cannot be confused). The host is not signed, so a
-//! link survives a change of domain; the mode (redirect or proxy) is not signed, so one
-//! link serves both.
-//!
-//! ```
-//! use cos_sign::ObjectKey;
-//! use image_url_service::{AccessPolicy, LinkError, LinkSigner, UrlOptions};
-//! let signer = LinkSigner::new("a link secret of 16+ bytes")?;
-//! let key = ObjectKey::new("images/a.jpg")?;
-//! let options = UrlOptions::new().process("imageMogr2/thumbnail/200x");
-//! let sig = signer.sign(&key, &options, 1_700_003_600);
-//! let policy = AccessPolicy::builder().link_secrets(["a link secret of 16+ bytes"]).build()?;
-//! assert_eq!(policy.verify_link(&key, &options, Some("1700003600"), Some(&sig), 1_700_000_000), Ok(()));
-//! assert_eq!(policy.verify_link(&key, &options, Some("1700003600"), Some(&sig), 1_700_003_600), Err(LinkError::Expired));
-//! assert_eq!(policy.verify_link(&key, &UrlOptions::new(), Some("1700003600"), Some(&sig), 1_700_000_000), Err(LinkError::Invalid));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
 
 use cos_sign::ObjectKey;
 use hmac::{Hmac, Mac};
@@ -59,7 +29,38 @@ pub enum LinkError {
     Expired,
 }
 
-/// Makes signed links (see the [module documentation](self) for the format).
+/// Makes signed links: the Rust implementation of the format below (docs/security.md
+/// has the same in Python and JavaScript).
+///
+/// # Signed links
+///
+/// A link authorises one key with one set of URL options until `exp` (unix seconds).
+/// `sig` is the lowercase hex HMAC-SHA256, keyed with a link secret, of the message
+///
+/// ```text
+/// {key}\n{exp}[\ncontent_disposition={value}][\ncontent_type={value}][\nprocess={value}]
+/// ```
+///
+/// where `key` is the object key (without a leading `/`), `exp` the decimal expiry as
+/// it appears in the link, and each URL option that is set follows on its own line, in
+/// this (alphabetical) order, with its value as given (keys and values never contain
+/// control characters, so the lines cannot be confused). The host is not signed, so a
+/// link survives a change of domain; the mode (redirect or proxy) is not signed, so one
+/// link serves both.
+///
+/// ```
+/// use cos_sign::ObjectKey;
+/// use image_url_service::{AccessPolicy, LinkError, LinkSigner, UrlOptions};
+/// let signer = LinkSigner::new("a link secret of 16+ bytes")?;
+/// let key = ObjectKey::new("images/a.jpg")?;
+/// let options = UrlOptions::new().process("imageMogr2/thumbnail/200x");
+/// let sig = signer.sign(&key, &options, 1_700_003_600);
+/// let policy = AccessPolicy::builder().link_secrets(["a link secret of 16+ bytes"]).build()?;
+/// assert_eq!(policy.verify_link(&key, &options, Some("1700003600"), Some(&sig), 1_700_000_000), Ok(()));
+/// assert_eq!(policy.verify_link(&key, &options, Some("1700003600"), Some(&sig), 1_700_003_600), Err(LinkError::Expired));
+/// assert_eq!(policy.verify_link(&key, &UrlOptions::new(), Some("1700003600"), Some(&sig), 1_700_000_000), Err(LinkError::Invalid));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct LinkSigner {
     mac: HmacSha256,
