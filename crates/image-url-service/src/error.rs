@@ -9,7 +9,7 @@
 pub enum ServiceError {
     /// The object key is not valid (empty, too long, control characters, ...).
     #[error("invalid image key: {0}")]
-    InvalidKey(cos_sign::Error),
+    InvalidKey(#[source] cos_sign::Error),
     /// The URL options cannot be signed (e.g. a bad image-processing rule).
     #[error("invalid URL options: {0}")]
     InvalidOptions(String),
@@ -38,7 +38,7 @@ pub enum ServiceError {
     CacheUnavailable(String),
     /// Signing failed for another reason.
     #[error("signing failed: {0}")]
-    Signing(cos_sign::Error),
+    Signing(#[source] cos_sign::Error),
     /// A bug or a runtime shutting down (e.g. a signing task that ended without an
     /// answer).
     #[error("internal error: {0}")]

@@ -113,11 +113,16 @@ pub trait UrlCache: Send + Sync + Debug {
         Ok(self.len().await? == 0)
     }
 
-    /// `Ok` when the backend answers now.
-    async fn health_check(&self) -> Result<()>;
+    /// `Ok` when the backend answers now. The default asks for [`UrlCache::len`].
+    async fn health_check(&self) -> Result<()> {
+        self.len().await.map(|_| ())
+    }
 
-    /// Counters since creation.
-    fn stats(&self) -> CacheStats;
+    /// Counters since creation. The default reports none: a backend that keeps them
+    /// (see [`StatsCounters`]) should say so, the conformance suite checks them.
+    fn stats(&self) -> CacheStats {
+        CacheStats::default()
+    }
 
     /// How many times the backend has (re)established its connection since it was
     /// created. A change tells a circuit breaker that the backend is back, so it can
@@ -127,8 +132,11 @@ pub trait UrlCache: Send + Sync + Debug {
         0
     }
 
-    /// A short backend name for logs and metrics (`"memory"`, `"redis"`).
-    fn backend(&self) -> &'static str;
+    /// A short backend name for logs and metrics (`"memory"`, `"redis"`; default
+    /// `"custom"`).
+    fn backend(&self) -> &'static str {
+        "custom"
+    }
 }
 
 /// Checks a cache key against the contract's rules.
