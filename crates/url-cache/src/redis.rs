@@ -75,7 +75,7 @@ pub struct RedisConfig {
     /// `{key_prefix}{namespace}:{key}` (and the indexes follow), so two buckets sharing
     /// one Redis never see each other's URLs. `None` (default): `{key_prefix}{key}`.
     pub namespace: Option<String>,
-    /// With a namespace: on a miss, read the key where the layout without namespace
+    /// With a namespace: on a single-key miss, read the key where the layout without namespace
     /// keeps it (`{key_prefix}{key}`, a hash or the original system's JSON string), move
     /// it under the namespace and serve it (default true). One extra round trip per
     /// miss; turn off once the old keys have expired.
@@ -394,6 +394,7 @@ impl RedisCache {
         key: &str,
         replies: &mut std::vec::IntoIter<Result<Value, FredError>>,
         now: f64,
+        migrate: bool,
     ) -> Result<Option<CacheEntry>> {
         let hash = replies.next();
         let count = replies.next();
@@ -420,7 +421,7 @@ impl RedisCache {
         if !fields.contains_key("url") {
             // Absent, or only the stub a missed lookup leaves; perhaps still where the
             // layout without namespace kept it.
-            if let Some(old) = &self.inner.unnamespaced {
+            if let Some(old) = self.inner.unnamespaced.as_ref().filter(|_| migrate) {
                 return self.migrate(old, key, now).await;
             }
             self.inner.stats.miss(1);
@@ -827,6 +828,10 @@ impl UrlCache for RedisCache {
             return Ok(Vec::new());
         }
         let now = self.inner.clock.now();
+        // Moving entries from the layout without namespace costs a round trip per miss:
+        // worth it for a single lookup, not for a batch, whose misses are signed anew
+        // (the old entries then simply expire).
+        let migrate = keys.len() == 1;
         let pipe = self.inner.pool.next_connected().pipeline();
         for key in keys {
             self.queue_lookup(&pipe, key, now)
@@ -847,7 +852,7 @@ impl UrlCache for RedisCache {
         let mut replies = replies.into_iter();
         let mut found = Vec::with_capacity(keys.len());
         for key in keys {
-            found.push(self.finish_lookup(key, &mut replies, now).await?);
+            found.push(self.finish_lookup(key, &mut replies, now, migrate).await?);
         }
         Ok(found)
     }

@@ -303,7 +303,10 @@ async fn namespaces_keep_buckets_apart_and_old_keys_move_over() {
         .await
         .unwrap();
 
-    // First read in A moves the old entry under A's namespace.
+    // A batch does not migrate (a round trip per miss is too dear there)...
+    let batch = bucket_a.get_many(&["a.jpg", "none.jpg"]).await.unwrap();
+    assert!(batch.iter().all(Option::is_none));
+    // ...a single read in A moves the old entry under A's namespace.
     let moved = bucket_a.get("a.jpg").await.unwrap().expect("migrated");
     assert_eq!(moved.url, "https://b.example/a.jpg?q-signature=s");
     let kind: String = raw
@@ -338,5 +341,5 @@ async fn namespaces_keep_buckets_apart_and_old_keys_move_over() {
     assert_eq!(bucket_b.len().await.unwrap(), 0);
     assert_eq!(bucket_a.len().await.unwrap(), 3);
     let stats = bucket_a.stats();
-    assert_eq!((stats.hits, stats.misses, stats.errors), (3, 0, 0));
+    assert_eq!((stats.hits, stats.misses, stats.errors), (3, 2, 0));
 }
