@@ -33,17 +33,37 @@ const CONTENT_SECURITY_POLICY: &str =
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox";
 
 /// The origin client: no redirects followed, connect and read timeouts (the total one is
-/// set per request), rustls with ring.
+/// set per request), TLS by rustls with ring and the platform's roots, configured here
+/// rather than by installing a process-wide default provider (a library must not).
 pub(crate) fn client(config: &ApiConfig) -> reqwest::Client {
-    // Several servers may build clients in one process: installing twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(config.proxy_connect_timeout)
         .read_timeout(config.proxy_read_timeout)
         .pool_max_idle_per_host(64)
+        .tls_backend_preconfigured(tls_config())
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .expect("a client with a preconfigured rustls backend builds")
+}
+
+/// rustls with ring and the platform verifier (the system's roots). Without usable
+/// roots, a configuration that trusts nothing: HTTPS origins then fail to verify,
+/// visibly, and plain HTTP origins still work.
+fn tls_config() -> rustls::ClientConfig {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions");
+    match builder.clone().with_platform_verifier() {
+        Ok(builder) => builder.with_no_client_auth(),
+        Err(err) => {
+            tracing::error!(error = %err, "no usable certificate roots: HTTPS origins will fail");
+            builder
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        }
+    }
 }
 
 pub(crate) async fn stream(
@@ -226,4 +246,22 @@ fn describe(err: reqwest::Error) -> ApiError {
     } else {
         format!("{err}")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A library must not change process-wide state: building the origin client
+    /// installs no default crypto provider (each test runs in a process of its own
+    /// under nextest; under `cargo test` another test may have installed one).
+    #[test]
+    fn the_origin_client_installs_no_global_crypto_provider() {
+        let before = rustls::crypto::CryptoProvider::get_default().is_some();
+        let _client = client(&ApiConfig::default());
+        assert_eq!(
+            rustls::crypto::CryptoProvider::get_default().is_some(),
+            before
+        );
+    }
 }
