@@ -168,11 +168,15 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        // The request id is filled in by the request-id middleware, which rewrites every
-        // problem body on its way out (an error has no access to the request here).
-        let problem = self.problem(crate::request_id::PLACEHOLDER);
+        // The id of the request being handled (see `request_id`); without the middleware
+        // a fresh one, sent in the header too.
+        let (id, fresh) = crate::request_id::current_or_new();
+        let problem = self.problem(id.to_str().unwrap_or(""));
         let mut response = HttpResponse::build(self.status_code());
         response.content_type("application/problem+json");
+        if fresh {
+            response.insert_header((crate::request_id::REQUEST_ID, id));
+        }
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }

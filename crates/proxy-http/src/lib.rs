@@ -316,6 +316,42 @@ impl HttpServerHandle {
 mod tests {
     use super::*;
 
+    /// Mounted in an application's own `App`, without [`request_id::RequestContext`],
+    /// the routes still answer problems whose body carries the id of the header.
+    #[actix_web::test]
+    async fn problems_carry_a_request_id_without_the_middleware() {
+        use actix_web::test;
+        let state = AppState::unconfigured("COS credentials missing", ApiConfig::default());
+        let app = test::init_service(
+            App::new()
+                .app_data(web::Data::new(state))
+                .app_data(json_config(1024))
+                .configure(configure),
+        )
+        .await;
+        for request in [
+            test::TestRequest::get().uri("/api/v1/images/a.jpg/proxy"),
+            test::TestRequest::get().uri("/nowhere"),
+            test::TestRequest::post()
+                .uri("/api/v1/images/batch/urls")
+                .insert_header(("content-type", "application/json"))
+                .set_payload("{"),
+        ] {
+            let response = test::call_service(&app, request.to_request()).await;
+            assert!(response.status().is_client_error() || response.status().is_server_error());
+            let header = response
+                .headers()
+                .get(request_id::REQUEST_ID_HEADER)
+                .expect("an X-Request-Id header")
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let body: serde_json::Value = test::read_body_json(response).await;
+            assert_eq!(body["request_id"], header.as_str(), "{body}");
+            assert!(!header.is_empty());
+        }
+    }
+
     #[test]
     fn debug_never_shows_admin_tokens() {
         let config = ApiConfig::default().admin_tokens(["secret-admin-token-0123"]);

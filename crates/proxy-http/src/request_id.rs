@@ -3,10 +3,15 @@
 //! [`RequestContext`] is written as a plain `Transform` rather than with
 //! `middleware::from_fn`: on the redirect endpoint the whole request costs a few
 //! microseconds, and `from_fn` boxes two futures and the response body per request. Here
-//! the future is a small pinned wrapper, the body is passed through untouched
-//! (`EitherBody::Left`) unless it is a problem body that needs its request id, and nothing
-//! is allocated but the id itself.
+//! the future is a small pinned wrapper, the body is passed through untouched, and
+//! nothing is allocated but the id itself.
+//!
+//! Problem bodies carry the id because the middleware makes it the thread's current
+//! request id while the handler runs (a guard around each poll), and [`crate::ApiError`]
+//! reads it where it renders the body. Mounted without this middleware, the routes still
+//! answer with a fresh id in the body and in `X-Request-Id`.
 
+use std::cell::RefCell;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -14,9 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use actix_web::body::{EitherBody, MessageBody};
+use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
-use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use tracing::instrument::Instrumented;
 use tracing::Instrument;
 
@@ -25,13 +30,39 @@ use crate::metrics::{Metrics, WorkerMetrics};
 /// The header carrying the request id, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
-/// Stands in for the request id in problem bodies until the middleware fills it in.
-pub(crate) const PLACEHOLDER: &str = "\u{1}request-id\u{1}";
+thread_local! {
+    /// The id of the request whose handler this thread is polling now (actix runs a
+    /// request on one worker thread), set by the middleware around each poll.
+    static CURRENT: RefCell<Option<HeaderValue>> = const { RefCell::new(None) };
+}
 
-/// How serde_json writes [`PLACEHOLDER`] (control characters become `\u0001`).
-const PLACEHOLDER_IN_JSON: &str = r"\u0001request-id\u0001";
+/// The id of the request being handled on this thread, and whether it is a fresh one
+/// (no middleware around the handler: the caller must send it in `X-Request-Id`).
+pub(crate) fn current_or_new() -> (HeaderValue, bool) {
+    match CURRENT.with(|current| current.borrow().clone()) {
+        Some(id) => (id, false),
+        None => (new_id(), true),
+    }
+}
+
+/// Makes `id` the thread's current request id until dropped, then restores the one
+/// before (so nested or interleaved requests never see each other's).
+struct Current(Option<HeaderValue>);
+
+impl Current {
+    fn enter(id: &HeaderValue) -> Self {
+        Current(CURRENT.with(|current| current.replace(Some(id.clone()))))
+    }
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        CURRENT.with(|current| *current.borrow_mut() = previous);
+    }
+}
 
 /// A fresh id: 12 hex digits fixed per process, a dash, and a per-process counter.
 fn new_id() -> HeaderValue {
@@ -92,7 +123,7 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody,
 {
-    type Response = ServiceResponse<EitherBody<B, String>>;
+    type Response = ServiceResponse<B>;
     type Error = actix_web::Error;
     type Transform = RequestContextService<S>;
     type InitError = ();
@@ -120,7 +151,7 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody,
 {
-    type Response = ServiceResponse<EitherBody<B, String>>;
+    type Response = ServiceResponse<B>;
     type Error = actix_web::Error;
     type Future = RequestContextFuture<S::Future>;
 
@@ -136,8 +167,13 @@ where
             .unwrap_or_else(new_id);
         // `accepted` and `new_id` only let ASCII through.
         let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or(""));
+        // The inner service may answer (or fail) right inside `call`.
+        let inner = {
+            let _current = Current::enter(&id);
+            self.service.call(req)
+        };
         RequestContextFuture {
-            inner: self.service.call(req).instrument(span),
+            inner: inner.instrument(span),
             started,
             id: Some(id),
             metrics: Rc::clone(&self.metrics),
@@ -162,11 +198,15 @@ where
     F: Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
     B: MessageBody,
 {
-    type Output = Result<ServiceResponse<EitherBody<B, String>>, actix_web::Error>;
+    type Output = Result<ServiceResponse<B>, actix_web::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = match this.inner.poll(cx) {
+        let polled = {
+            let _current = this.id.as_ref().map(Current::enter);
+            this.inner.poll(cx)
+        };
+        let response = match polled {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(response) => response?,
         };
@@ -177,13 +217,12 @@ where
 
 /// Everything done once the handler has answered.
 fn finish<B: MessageBody>(
-    response: ServiceResponse<B>,
+    mut response: ServiceResponse<B>,
     id: HeaderValue,
     started: Instant,
     metrics: &WorkerMetrics,
-) -> ServiceResponse<EitherBody<B, String>> {
+) -> ServiceResponse<B> {
     let id_text = id.to_str().unwrap_or("");
-    let mut response = fill_problem(response, id_text);
     let request = response.request();
     // Key routes are matched by hand and named here the same way; the others ask the
     // router (a small allocation, off the hot path).
@@ -208,33 +247,6 @@ fn finish<B: MessageBody>(
     );
     response.headers_mut().insert(REQUEST_ID, id);
     response
-}
-
-/// Replaces the placeholder in problem+json bodies (small, held in memory) with the id;
-/// every other body passes through untouched.
-fn fill_problem<B: MessageBody>(
-    response: ServiceResponse<B>,
-    id: &str,
-) -> ServiceResponse<EitherBody<B, String>> {
-    let is_problem = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if !is_problem {
-        return response.map_into_left_body();
-    }
-    let (request, response) = response.into_parts();
-    let (head, body) = response.into_parts();
-    match body.try_into_bytes() {
-        Ok(bytes) => {
-            // The id is plain ASCII (see `accepted`), so it needs no escaping in JSON.
-            let text = String::from_utf8_lossy(&bytes).replace(PLACEHOLDER_IN_JSON, id);
-            ServiceResponse::new(request, head.set_body(text)).map_into_right_body()
-        }
-        // Problem bodies are built in memory by `ApiError`; a streamed one is left as is
-        // (the id is still in the header).
-        Err(body) => ServiceResponse::new(request, head.set_body(body)).map_into_left_body(),
-    }
 }
 
 #[cfg(test)]
