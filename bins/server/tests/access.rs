@@ -4,9 +4,9 @@
 
 use std::process::Command;
 
-use common::{server, start, Running};
-use cos_sign::{unix_now, Credentials};
-use dev_origin::{DevOrigin, OriginConfig};
+use common::{origin, problem_type, serve_for, server, start, Running};
+use cos_sign::unix_now;
+use dev_origin::DevOrigin;
 use reqwest::{redirect, StatusCode};
 use serde_json::{json, Value};
 
@@ -36,21 +36,10 @@ impl Stack {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, b"jpeg").unwrap();
         }
-        let origin = DevOrigin::start(
-            OriginConfig::new(dir.path(), Credentials::new("AKIDaccess", "access-secret")),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+        let origin = origin(dir.path(), "AKIDaccess", "access-secret").await;
         let secrets = serde_json::to_string(link_secrets).unwrap();
         let server = start(
-            server()
-                .arg("serve")
-                .env("COS_SECRET_ID", "AKIDaccess")
-                .env("COS_SECRET_KEY", "access-secret")
-                .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
-                .env("IMAGE_URL_COS__SCHEME", "http")
-                .env("IMAGE_URL_SERVER__WORKERS", "1")
+            serve_for(&origin, "AKIDaccess", "access-secret")
                 .env("IMAGE_URL_ACCESS__ALLOWED_PREFIXES", r#"["images/"]"#)
                 .env(
                     "IMAGE_URL_ACCESS__DENIED_PREFIXES",
@@ -111,21 +100,6 @@ fn exp_and_sig(link: &str) -> (u64, String) {
         .collect();
     let get = |name: &str| pairs.iter().find(|(k, _)| k == name).unwrap().1.clone();
     (get("exp").parse().unwrap(), get("sig"))
-}
-
-/// The problem type of a problem+json answer with `status`.
-async fn problem_type(res: reqwest::Response, status: u16) -> String {
-    assert_eq!(res.status().as_u16(), status);
-    assert_eq!(res.headers()["content-type"], "application/problem+json");
-    assert!(res.headers().contains_key("x-request-id"));
-    let body: Value = res.json().await.unwrap();
-    body["type"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

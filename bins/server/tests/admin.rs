@@ -2,27 +2,13 @@
 //! any case, bodies read only after the token is checked, 413 for oversized bodies, and
 //! a server that refuses to start with a short token.
 
-use common::{server, start};
+use common::{problem_type, server, start};
 use reqwest::StatusCode;
-use serde_json::Value;
 
 mod common;
 
 const NEW_TOKEN: &str = "the-new-admin-token-0123";
 const OLD_TOKEN: &str = "the-old-admin-token-0123";
-
-async fn problem_type(res: reqwest::Response, status: u16) -> String {
-    assert_eq!(res.status().as_u16(), status);
-    assert_eq!(res.headers()["content-type"], "application/problem+json");
-    let body: Value = res.json().await.unwrap();
-    body["type"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_rotate_and_bodies_wait_for_the_token() {

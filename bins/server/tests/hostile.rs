@@ -2,9 +2,7 @@
 //! encodings, header injection, odd methods. Never a 5xx, never a redirect to or a fetch
 //! from another host, never a header split, never a new metrics series per attacker.
 
-use common::{server, start};
-use cos_sign::Credentials;
-use dev_origin::{DevOrigin, OriginConfig};
+use common::{origin, serve_for, server, start};
 use reqwest::redirect;
 
 mod common;
@@ -43,24 +41,8 @@ async fn hostile_keys_never_reach_another_host_or_a_5xx() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.jpg"), b"jpeg").unwrap();
-    let origin = DevOrigin::start(
-        OriginConfig::new(
-            dir.path(),
-            Credentials::new("AKIDhostile", "hostile-secret"),
-        ),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let running = start(
-        server()
-            .arg("serve")
-            .env("COS_SECRET_ID", "AKIDhostile")
-            .env("COS_SECRET_KEY", "hostile-secret")
-            .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
-            .env("IMAGE_URL_COS__SCHEME", "http")
-            .env("IMAGE_URL_SERVER__WORKERS", "1"),
-    );
+    let origin = origin(dir.path(), "AKIDhostile", "hostile-secret").await;
+    let running = start(&mut serve_for(&origin, "AKIDhostile", "hostile-secret"));
     let http = reqwest::Client::builder()
         .redirect(redirect::Policy::none())
         .build()

@@ -2,7 +2,7 @@
 //! `Retry-After`, clients told apart by forwarding headers only behind trusted proxies,
 //! and a refused configuration for a bad CIDR.
 
-use common::{server, start};
+use common::{origin, serve_for, server, start};
 use serde_json::Value;
 
 mod common;
@@ -102,21 +102,9 @@ async fn proxy_mode_caps_object_size_and_concurrent_streams() {
     // Far more than loopback socket buffers hold, so an unread stream stays open.
     sparse("held.jpg", 64 << 20);
     sparse("large.jpg", 200 << 20);
-    let credentials = cos_sign::Credentials::new("AKIDcaps", "caps-secret");
-    let origin = dev_origin::DevOrigin::start(
-        dev_origin::OriginConfig::new(dir.path(), credentials),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let origin = origin(dir.path(), "AKIDcaps", "caps-secret").await;
     let running = start(
-        server()
-            .arg("serve")
-            .env("COS_SECRET_ID", "AKIDcaps")
-            .env("COS_SECRET_KEY", "caps-secret")
-            .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
-            .env("IMAGE_URL_COS__SCHEME", "http")
-            .env("IMAGE_URL_SERVER__WORKERS", "1")
+        serve_for(&origin, "AKIDcaps", "caps-secret")
             .env(
                 "IMAGE_URL_PROXY__MAX_OBJECT_BYTES",
                 (100u64 << 20).to_string(),

@@ -5,10 +5,8 @@
 //! origin, which verifies every signature) runs in the test process and serves a sparse
 //! file, so no disk space is needed.
 
-use common::{server, start};
+use common::{origin, serve_for, start};
 
-use cos_sign::Credentials;
-use dev_origin::{DevOrigin, OriginConfig};
 use futures::StreamExt;
 
 mod common;
@@ -22,22 +20,9 @@ async fn proxy_mode_streams_1_gib_with_flat_server_memory() {
         .unwrap()
         .set_len(SIZE)
         .unwrap();
-    let credentials = Credentials::new("AKIDproxytest", "proxy-test-secret");
-    let origin = DevOrigin::start(
-        OriginConfig::new(dir.path(), credentials),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-
+    let origin = origin(dir.path(), "AKIDproxytest", "proxy-test-secret").await;
     let running = start(
-        server()
-            .arg("serve")
-            .env("COS_SECRET_ID", "AKIDproxytest")
-            .env("COS_SECRET_KEY", "proxy-test-secret")
-            .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
-            .env("IMAGE_URL_COS__SCHEME", "http")
-            .env("IMAGE_URL_SERVER__WORKERS", "1")
+        serve_for(&origin, "AKIDproxytest", "proxy-test-secret")
             .env("IMAGE_URL_PROXY__MAX_OBJECT_BYTES", (2 * SIZE).to_string()),
     );
     let pid = running.process.id();

@@ -8,9 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use common::{server, start, Running};
-use cos_sign::Credentials;
-use dev_origin::{DevOrigin, OriginConfig};
+use common::{origin, serve_for, start, Running};
+use dev_origin::DevOrigin;
 use image_url_tests::RedisServer;
 use reqwest::{redirect, StatusCode};
 use serde_json::Value;
@@ -37,22 +36,10 @@ impl Stack {
         for i in 0..20 {
             std::fs::write(dir.path().join(format!("img{i}.jpg")), b"jpeg").unwrap();
         }
-        let credentials = Credentials::new("AKIDoutage", "outage-secret");
-        let origin = DevOrigin::start(
-            OriginConfig::new(dir.path(), credentials),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+        let origin = origin(dir.path(), "AKIDoutage", "outage-secret").await;
         let redis = RedisServer::start();
         let running = start(
-            server()
-                .arg("serve")
-                .env("COS_SECRET_ID", "AKIDoutage")
-                .env("COS_SECRET_KEY", "outage-secret")
-                .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
-                .env("IMAGE_URL_COS__SCHEME", "http")
-                .env("IMAGE_URL_SERVER__WORKERS", "1")
+            serve_for(&origin, "AKIDoutage", "outage-secret")
                 .env("IMAGE_URL_SERVER__ADMIN_TOKEN", TOKEN)
                 .env("IMAGE_URL_CACHE__BACKEND", "redis")
                 .env("IMAGE_URL_CACHE__REDIS_URL", redis.url())

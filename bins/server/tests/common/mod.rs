@@ -101,3 +101,46 @@ pub fn start(command: &mut Command) -> Running {
         log,
     }
 }
+
+/// A dev origin serving `dir`, accepting signatures made with (`secret_id`, `secret_key`).
+pub async fn origin(
+    dir: &std::path::Path,
+    secret_id: &str,
+    secret_key: &str,
+) -> dev_origin::DevOrigin {
+    let credentials = cos_sign::Credentials::new(secret_id, secret_key);
+    dev_origin::DevOrigin::start(
+        dev_origin::OriginConfig::new(dir, credentials),
+        "127.0.0.1:0".parse().expect("a socket address"),
+    )
+    .await
+    .expect("start the dev origin")
+}
+
+/// `serve` on one worker, signing with (`secret_id`, `secret_key`) for `origin` over
+/// plain HTTP; add settings with `.env(...)` and pass it to [`start`].
+pub fn serve_for(origin: &dev_origin::DevOrigin, secret_id: &str, secret_key: &str) -> Command {
+    let mut command = server();
+    command
+        .arg("serve")
+        .env("COS_SECRET_ID", secret_id)
+        .env("COS_SECRET_KEY", secret_key)
+        .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
+        .env("IMAGE_URL_COS__SCHEME", "http")
+        .env("IMAGE_URL_SERVER__WORKERS", "1");
+    command
+}
+
+/// The problem type (the last segment of `type`) of a problem+json answer with
+/// `status`, which carries a request id.
+pub async fn problem_type(res: reqwest::Response, status: u16) -> String {
+    assert_eq!(res.status().as_u16(), status);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    assert!(res.headers().contains_key("x-request-id"));
+    let body: serde_json::Value = res.json().await.expect("a JSON problem body");
+    body["type"]
+        .as_str()
+        .and_then(|kind| kind.rsplit('/').next())
+        .expect("a problem type")
+        .to_owned()
+}
