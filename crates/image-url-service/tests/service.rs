@@ -360,13 +360,9 @@ async fn a_failing_cache_degrades_opens_the_breaker_and_recovers() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_cache_costs_one_deadline_then_nothing() {
-    let clock = Arc::new(ManualClock::new(T0));
     // Every call hangs far past the deadline.
-    let service = ImageUrlService::builder(signer(), Arc::new(HangingCache))
-        .config(config(|c| c.breaker_threshold = 1))
-        .clock(clock)
-        .build()
-        .unwrap();
+    let (service, cache, _clock) = faulty_service(config(|c| c.breaker_threshold = 1));
+    cache.set(HANGING);
     let started = tokio::time::Instant::now();
     let answer = service
         .get_url(&key("a.jpg"), &UrlOptions::new())
@@ -385,48 +381,6 @@ async fn a_hanging_cache_costs_one_deadline_then_nothing() {
     );
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(service.stats().cache_errors, 1);
-}
-
-/// A cache whose every call hangs for an hour (with paused time, instantly skipped).
-#[derive(Debug)]
-struct HangingCache;
-
-#[async_trait]
-impl UrlCache for HangingCache {
-    async fn get(&self, _: &str) -> url_cache::Result<Option<CacheEntry>> {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        Ok(None)
-    }
-    async fn peek(&self, _: &str) -> url_cache::Result<Option<CacheEntry>> {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        Ok(None)
-    }
-    async fn put(&self, _: CacheEntry) -> url_cache::Result<()> {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        Ok(())
-    }
-    async fn delete(&self, _: &str) -> url_cache::Result<bool> {
-        Ok(false)
-    }
-    async fn expiring_within(&self, _: Duration, _: usize) -> url_cache::Result<Vec<CacheEntry>> {
-        Ok(Vec::new())
-    }
-    async fn remove_expired(&self, _: usize) -> url_cache::Result<usize> {
-        Ok(0)
-    }
-    async fn len(&self) -> url_cache::Result<usize> {
-        Ok(0)
-    }
-    async fn health_check(&self) -> url_cache::Result<()> {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        Ok(())
-    }
-    fn stats(&self) -> CacheStats {
-        CacheStats::default()
-    }
-    fn backend(&self) -> &'static str {
-        "hanging"
-    }
 }
 
 #[tokio::test]
