@@ -147,7 +147,7 @@ pub struct AppState {
     config: ApiConfig,
     upstream: reqwest::Client,
     metrics: Metrics,
-    resigns: proxy::ResignLimiter,
+    resigns: rate_limit::KeyedLimiter<String>,
     limiter: rate_limit::ClientLimiter,
     proxy_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -177,7 +177,7 @@ impl AppState {
             config,
             upstream,
             metrics: Metrics::new(),
-            resigns: proxy::ResignLimiter::default(),
+            resigns: proxy::resign_limiter(),
         }
     }
 

@@ -97,7 +97,10 @@ pub(crate) async fn stream(
             // entry): re-sign once and retry. Never right after a fresh signing (that
             // would not help), and at most once per key per minute, so that clients
             // cannot make every request re-sign and rewrite the cache.
-            403 if attempt == 0 && answer.from_cache && state.resigns.allow(key.as_str()) => {
+            403 if attempt == 0
+                && answer.from_cache
+                && state.resigns.check(&key.as_str().to_owned()).is_ok() =>
+            {
                 tracing::info!(key = %key, "origin refused the cached URL; re-signing once");
                 answer = service.refresh(key, options).await?;
             }
@@ -136,36 +139,9 @@ async fn origin_denies_access(response: reqwest::Response) -> bool {
         .any(|w| w == b"<Code>AccessDenied</Code>")
 }
 
-/// Remembers when each key was last re-signed because the origin refused its URL.
-/// Bounded: entries older than the interval are dropped when it fills up, and while it
-/// is full of recent ones nothing more is re-signed.
-#[derive(Debug, Default)]
-pub(crate) struct ResignLimiter {
-    last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-}
-
-impl ResignLimiter {
-    const INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
-    const MAX_KEYS: usize = 10_000;
-
-    /// Whether `key` may be re-signed now (and if so, records that it is).
-    pub(crate) fn allow(&self, key: &str) -> bool {
-        let now = std::time::Instant::now();
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = last.get(key) {
-            if now.duration_since(*at) < Self::INTERVAL {
-                return false;
-            }
-        }
-        if last.len() >= Self::MAX_KEYS {
-            last.retain(|_, at| now.duration_since(*at) < Self::INTERVAL);
-            if last.len() >= Self::MAX_KEYS {
-                return false;
-            }
-        }
-        last.insert(key.to_owned(), now);
-        true
-    }
+/// At most one re-sign per object key per minute after an origin 403.
+pub(crate) fn resign_limiter() -> crate::rate_limit::KeyedLimiter<String> {
+    crate::rate_limit::KeyedLimiter::new(governor::Quota::per_minute(std::num::NonZeroU32::MIN))
 }
 
 fn render(

@@ -1,4 +1,5 @@
-//! Per-client rate limits on the public endpoints (governor's GCRA, one state per client).
+//! Rate limits per key (governor's GCRA): per client on the public endpoints, and per
+//! object key for re-signs after an origin refusal.
 //!
 //! A client is its peer address, or, when the peer is one of the trusted proxies, the
 //! nearest address in `X-Forwarded-For` (or `Forwarded: for=`) that is not itself a
@@ -6,6 +7,7 @@
 //! State of clients that are back to a full burst is dropped every few seconds, so the
 //! memory held follows the clients active in the last seconds, not every client ever seen.
 
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,11 +20,10 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use ipnet::IpNet;
 
-/// governor's keyed limiter over client addresses.
-type Limiter<C> =
-    RateLimiter<IpAddr, DashMapStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+/// governor's keyed limiter.
+type Limiter<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
-/// How often idle clients' state is dropped.
+/// How often the state of idle keys is dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// Rate-limit settings.
@@ -38,15 +39,72 @@ pub struct RateLimitConfig {
     pub trusted_proxies: Vec<IpNet>,
 }
 
-/// The limiter; `None` inside when off.
+/// A GCRA limit per key (governor), whose idle keys' state is dropped every
+/// [`PRUNE_EVERY`]: memory follows the keys active in the last seconds, not every key
+/// ever seen. Used for clients and for re-signs per object key.
 #[derive(Debug)]
-pub(crate) struct ClientLimiter<C: Clock = DefaultClock> {
-    limiter: Option<Limiter<C>>,
+pub(crate) struct KeyedLimiter<K: Hash + Eq + Clone, C: Clock = DefaultClock> {
+    limiter: Limiter<K, C>,
     clock: C,
-    trusted: Vec<IpNet>,
     /// Nanoseconds since the clock's start at the last pruning.
     last_pruned: AtomicU64,
     start: C::Instant,
+}
+
+impl<K: Hash + Eq + Clone> KeyedLimiter<K, DefaultClock> {
+    pub(crate) fn new(quota: Quota) -> Self {
+        Self::with_clock(quota, DefaultClock::default())
+    }
+}
+
+impl<K: Hash + Eq + Clone, C: Clock + Clone> KeyedLimiter<K, C> {
+    pub(crate) fn with_clock(quota: Quota, clock: C) -> Self {
+        KeyedLimiter {
+            limiter: RateLimiter::dashmap_with_clock(quota, clock.clone()),
+            start: clock.now(),
+            clock,
+            last_pruned: AtomicU64::new(0),
+        }
+    }
+
+    /// `Err(retry_after)` when `key` is over its rate.
+    pub(crate) fn check(&self, key: &K) -> Result<(), Duration> {
+        self.prune_now_and_then();
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Drops the state of keys back to a full burst, at most every [`PRUNE_EVERY`]
+    /// (one caller does it; the rest go on).
+    fn prune_now_and_then(&self) {
+        let now = self.clock.now().duration_since(self.start).as_u64();
+        let last = self.last_pruned.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < PRUNE_EVERY.as_nanos() as u64 {
+            return;
+        }
+        if self
+            .last_pruned
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+    }
+
+    /// Keys holding state now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+/// The per-client limit of the public endpoints; `None` inside when off.
+#[derive(Debug)]
+pub(crate) struct ClientLimiter<C: Clock = DefaultClock> {
+    limiter: Option<KeyedLimiter<IpAddr, C>>,
+    trusted: Vec<IpNet>,
 }
 
 impl ClientLimiter<DefaultClock> {
@@ -59,17 +117,11 @@ impl<C: Clock + Clone> ClientLimiter<C> {
     pub(crate) fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
         let limiter = NonZeroU32::new(config.requests_per_second).map(|rate| {
             let burst = NonZeroU32::new(config.burst).unwrap_or(rate);
-            RateLimiter::dashmap_with_clock(
-                Quota::per_second(rate).allow_burst(burst),
-                clock.clone(),
-            )
+            KeyedLimiter::with_clock(Quota::per_second(rate).allow_burst(burst), clock)
         });
         ClientLimiter {
             limiter,
-            start: clock.now(),
-            clock,
             trusted: config.trusted_proxies.clone(),
-            last_pruned: AtomicU64::new(0),
         }
     }
 
@@ -80,37 +132,16 @@ impl<C: Clock + Clone> ClientLimiter<C> {
 
     /// `Err(retry_after)` when `client` is over its rate.
     pub(crate) fn check(&self, client: IpAddr) -> Result<(), Duration> {
-        let Some(limiter) = &self.limiter else {
-            return Ok(());
-        };
-        self.prune_now_and_then(limiter);
-        limiter
-            .check_key(&client)
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
-    }
-
-    /// Drops the state of clients back to a full burst, at most every [`PRUNE_EVERY`]
-    /// (one caller does it; the rest go on).
-    fn prune_now_and_then(&self, limiter: &Limiter<C>) {
-        let now = self.clock.now().duration_since(self.start).as_u64();
-        let last = self.last_pruned.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < PRUNE_EVERY.as_nanos() as u64 {
-            return;
-        }
-        if self
-            .last_pruned
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+        match &self.limiter {
+            Some(limiter) => limiter.check(&client),
+            None => Ok(()),
         }
     }
 
     /// Clients holding state now.
     #[cfg(test)]
     fn clients(&self) -> usize {
-        self.limiter.as_ref().map_or(0, Limiter::len)
+        self.limiter.as_ref().map_or(0, KeyedLimiter::len)
     }
 
     /// The client a request counts against.
