@@ -264,6 +264,13 @@ impl AccessPolicy {
         Ok(())
     }
 
+    /// [`AccessPolicy::check_key`] and [`AccessPolicy::check_options`] together: what
+    /// every single-key request must pass.
+    pub fn check(&self, key: &ObjectKey, options: &UrlOptions) -> Result<(), ServiceError> {
+        self.check_key(key)?;
+        self.check_options(options)
+    }
+
     /// `Err(InvalidOptions)` for a content type, disposition or processing rule the
     /// policy does not allow. The disposition must be `inline` or `attachment`, with at
     /// most a plain filename: use [`AccessPolicy::normalize_options`] first to turn a

@@ -223,12 +223,7 @@ impl ImageUrlService {
     pub async fn get_url(&self, key: &ObjectKey, options: &UrlOptions) -> Result<ImageUrl> {
         let started = Instant::now();
         bump(&self.inner.counters.requests);
-        let result = match self
-            .inner
-            .access
-            .check_key(key)
-            .and_then(|()| self.inner.access.check_options(options))
-        {
+        let result = match self.inner.access.check(key, options) {
             Ok(()) => self.resolve(key, options, None).await,
             Err(err) => Err(err),
         };
@@ -327,8 +322,7 @@ impl ImageUrlService {
     /// What the cache holds for `key` (without counting an access). Never fails because
     /// of the cache: `cache_available` says whether it answered.
     pub async fn status(&self, key: &ObjectKey, options: &UrlOptions) -> Result<UrlStatus> {
-        self.inner.access.check_key(key)?;
-        self.inner.access.check_options(options)?;
+        self.inner.access.check(key, options)?;
         let cache_key = options.cache_key(key)?;
         let now = self.inner.clock.now();
         let (entry, available) = match self.cache_call(self.inner.cache.peek(&cache_key)).await {
@@ -402,15 +396,14 @@ impl ImageUrlService {
     pub(crate) fn record_cleanup(&self, result: Result<usize>) {
         let counters = &self.inner.counters;
         bump(&counters.cleanup_runs);
-        counters.last_cleanup_at.store(
-            self.inner.clock.now().to_bits(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        counters
+            .last_cleanup_at
+            .store(self.inner.clock.now().to_bits(), Ordering::Relaxed);
         match result {
             Ok(removed) => {
                 counters
                     .cleanup_removed
-                    .fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(removed as u64, Ordering::Relaxed);
                 tracing::debug!(removed, "expired cache entries removed");
             }
             Err(err) => {

@@ -209,6 +209,13 @@ fn public_options(
     Ok(access.normalize_options(options)?)
 }
 
+/// The URL options of an admin request (no link needed), normalised.
+fn admin_options(service: &ImageUrlService, req: &HttpRequest) -> Result<UrlOptions, ApiError> {
+    Ok(service
+        .access()
+        .normalize_options(url_options(&query_pairs(req))?)?)
+}
+
 fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
     url::form_urlencoded::parse(req.query_string().as_bytes())
         .into_owned()
@@ -355,9 +362,7 @@ pub(crate) async fn refresh(
     require_admin(&req, &state)?;
     let key = key_from_path(&req, "/refresh")?;
     let service = state.service()?;
-    let options = service
-        .access()
-        .normalize_options(url_options(&query_pairs(&req))?)?;
+    let options = admin_options(service, &req)?;
     let answer = service.refresh(&key, &options).await?;
     Ok(HttpResponse::Ok().json(answer))
 }
@@ -534,9 +539,7 @@ pub(crate) async fn preload(
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
     let service = state.service()?;
-    let options = service
-        .access()
-        .normalize_options(url_options(&query_pairs(&req))?)?;
+    let options = admin_options(service, &req)?;
     let body: KeysBody = read_json(payload, state.config.max_body_bytes).await?;
     let keys = body.keys;
     let max = state.config.max_preload_keys;
