@@ -4,10 +4,10 @@
 
 use std::process::Command;
 
-use common::{origin, problem_type, serve_for, server, start, Running};
+use common::{http, origin, problem_type, serve_for, server, start, Running};
 use cos_sign::unix_now;
 use dev_origin::DevOrigin;
-use reqwest::{redirect, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 mod common;
@@ -24,7 +24,6 @@ struct Stack {
 
 impl Stack {
     async fn start(link_secrets: &[&str]) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         for path in [
             "images/a.jpg",
@@ -47,10 +46,7 @@ impl Stack {
                 )
                 .env("IMAGE_URL_ACCESS__LINK_SECRETS", secrets),
         );
-        let http = reqwest::Client::builder()
-            .redirect(redirect::Policy::none())
-            .build()
-            .unwrap();
+        let http = http();
         Stack {
             origin,
             server,

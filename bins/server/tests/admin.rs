@@ -2,7 +2,7 @@
 //! any case, bodies read only after the token is checked, 413 for oversized bodies, and
 //! a server that refuses to start with a short token.
 
-use common::{problem_type, server, start};
+use common::{http, problem_type, serve_signing, server, start};
 use reqwest::StatusCode;
 
 mod common;
@@ -12,20 +12,15 @@ const OLD_TOKEN: &str = "the-old-admin-token-0123";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_rotate_and_bodies_wait_for_the_token() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let running = start(
-        server()
-            .arg("serve")
-            .env("COS_SECRET_ID", "AKIDadmin")
-            .env("COS_SECRET_KEY", "admin-secret")
-            .env("IMAGE_URL_SERVER__WORKERS", "1")
+        serve_signing("AKIDadmin", "admin-secret")
             .env("IMAGE_URL_SERVER__ADMIN_TOKEN", OLD_TOKEN)
             .env(
                 "IMAGE_URL_SERVER__ADMIN_TOKENS",
                 format!(r#"["{NEW_TOKEN}"]"#),
             ),
     );
-    let http = reqwest::Client::new();
+    let http = http();
     let stats = format!("{}/api/v1/images/stats", running.base);
     for authorization in [
         format!("Bearer {NEW_TOKEN}"),
@@ -130,14 +125,9 @@ fn a_short_admin_token_stops_the_server_with_one_line() {
 /// endpoints, metrics and the OpenAPI document live on the private port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_can_live_on_a_private_port() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let admin_port = image_url_tests::free_port();
     let running = start(
-        server()
-            .arg("serve")
-            .env("COS_SECRET_ID", "AKIDadmin")
-            .env("COS_SECRET_KEY", "admin-secret")
-            .env("IMAGE_URL_SERVER__WORKERS", "1")
+        serve_signing("AKIDadmin", "admin-secret")
             .env("IMAGE_URL_SERVER__ADMIN_TOKEN", NEW_TOKEN)
             .env(
                 "IMAGE_URL_SERVER__ADMIN_LISTEN",
@@ -145,10 +135,7 @@ async fn admin_endpoints_can_live_on_a_private_port() {
             ),
     );
     let admin = format!("http://127.0.0.1:{admin_port}");
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = http();
     let status = |base: &str, method: reqwest::Method, path: &str| {
         http.request(method, format!("{base}{path}"))
             .bearer_auth(NEW_TOKEN)

@@ -2,8 +2,7 @@
 //! encodings, header injection, odd methods. Never a 5xx, never a redirect to or a fetch
 //! from another host, never a header split, never a new metrics series per attacker.
 
-use common::{origin, serve_for, server, start};
-use reqwest::redirect;
+use common::{http, metrics, origin, serve_for, serve_signing, server, start};
 
 mod common;
 
@@ -38,15 +37,11 @@ const HOSTILE_KEYS: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_keys_never_reach_another_host_or_a_5xx() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.jpg"), b"jpeg").unwrap();
     let origin = origin(dir.path(), "AKIDhostile", "hostile-secret").await;
     let running = start(&mut serve_for(&origin, "AKIDhostile", "hostile-secret"));
-    let http = reqwest::Client::builder()
-        .redirect(redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = http();
     let own_origin = format!("http://{}/", origin.addr());
     let long = "a".repeat(5000);
     let keys = HOSTILE_KEYS.iter().copied().chain([long.as_str()]);
@@ -98,9 +93,8 @@ async fn hostile_keys_never_reach_another_host_or_a_5xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_methods_share_one_metrics_series() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let running = start(server().arg("serve").env("IMAGE_URL_SERVER__WORKERS", "1"));
-    let http = reqwest::Client::new();
+    let http = http();
     for i in 0..50 {
         let method = reqwest::Method::from_bytes(format!("ODD{i}").as_bytes()).unwrap();
         let res = http
@@ -113,14 +107,7 @@ async fn odd_methods_share_one_metrics_series() {
             .unwrap();
         assert!(res.status().is_client_error(), "{}", res.status());
     }
-    let metrics = http
-        .get(format!("{}/metrics", running.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&http, &running.base).await;
     assert!(!metrics.contains("ODD"), "{metrics}");
     assert!(
         metrics.contains(r#"image_url_http_requests_total{method="other",route="/api/v1/images/{key}/proxy",status="405"} 50"#),
@@ -135,14 +122,8 @@ async fn odd_methods_share_one_metrics_series() {
 async fn slow_greedy_and_idle_connections() {
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let running = start(
-        server()
-            .arg("serve")
-            .env("COS_SECRET_ID", "AKIDslow")
-            .env("COS_SECRET_KEY", "slow-secret")
-            .env("IMAGE_URL_SERVER__WORKERS", "1")
-            .env("IMAGE_URL_SERVER__HEADER_TIMEOUT_MS", "1000"),
+        serve_signing("AKIDslow", "slow-secret").env("IMAGE_URL_SERVER__HEADER_TIMEOUT_MS", "1000"),
     );
     let addr = running.base.trim_start_matches("http://").to_owned();
 
@@ -170,10 +151,7 @@ async fn slow_greedy_and_idle_connections() {
     for _ in 0..300 {
         idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = http();
     let res = http
         .get(format!("{}/api/v1/images/a.jpg/proxy", running.base))
         .send()

@@ -2,7 +2,7 @@
 //! `Retry-After`, clients told apart by forwarding headers only behind trusted proxies,
 //! and a refused configuration for a bad CIDR.
 
-use common::{origin, serve_for, server, start};
+use common::{http, origin, serve_for, serve_signing, server, start};
 use serde_json::Value;
 
 mod common;
@@ -17,18 +17,10 @@ async fn get(http: &reqwest::Client, url: &str, forwarded_for: Option<&str>) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_over_their_rate_get_429_with_retry_after() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = http();
     for (trusted, separate_clients) in [("[]", false), (r#"["127.0.0.1"]"#, true)] {
         let running = start(
-            server()
-                .arg("serve")
-                .env("COS_SECRET_ID", "AKIDlimits")
-                .env("COS_SECRET_KEY", "limits-secret")
-                .env("IMAGE_URL_SERVER__WORKERS", "1")
+            serve_signing("AKIDlimits", "limits-secret")
                 // A burst of three, then one a second: four local requests take a few
                 // milliseconds, far less than the second a refill needs.
                 .env("IMAGE_URL_LIMITS__REQUESTS_PER_SECOND", "1")
@@ -90,7 +82,6 @@ fn a_bad_trusted_proxy_stops_the_server_with_one_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_caps_object_size_and_concurrent_streams() {
     use std::time::{Duration, Instant};
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let sparse = |name: &str, len: u64| {
         std::fs::File::create(dir.path().join(name))
@@ -111,7 +102,7 @@ async fn proxy_mode_caps_object_size_and_concurrent_streams() {
             )
             .env("IMAGE_URL_PROXY__MAX_CONCURRENT", "1"),
     );
-    let http = reqwest::Client::new();
+    let http = http();
     let url = |key: &str| format!("{}/api/v1/images/{key}/proxy?mode=proxy", running.base);
     let res = http.get(url("small.jpg")).send().await.unwrap();
     assert_eq!(res.status(), 200);
@@ -122,11 +113,7 @@ async fn proxy_mode_caps_object_size_and_concurrent_streams() {
     assert_eq!(res.headers()["content-type"], "application/problem+json");
 
     // One stream held open (its client reads nothing): the next request gets 503.
-    let held = reqwest::Client::new()
-        .get(url("held.jpg"))
-        .send()
-        .await
-        .unwrap();
+    let held = common::http().get(url("held.jpg")).send().await.unwrap();
     assert_eq!(held.status(), 200);
     let res = http.get(url("small.jpg")).send().await.unwrap();
     assert_eq!(res.status(), 503);

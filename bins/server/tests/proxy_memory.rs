@@ -5,7 +5,7 @@
 //! origin, which verifies every signature) runs in the test process and serves a sparse
 //! file, so no disk space is needed.
 
-use common::{origin, serve_for, start};
+use common::{http, origin, serve_for, start};
 
 use futures::StreamExt;
 
@@ -28,9 +28,7 @@ async fn proxy_mode_streams_1_gib_with_flat_server_memory() {
     let pid = running.process.id();
     let base = running.base.clone();
 
-    // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
+    let http = http();
     assert_eq!(
         http.get(format!("{base}/livez"))
             .send()

@@ -8,10 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use common::{origin, serve_for, start, Running};
+use common::{http, metrics, origin, serve_for, start, Running};
 use dev_origin::DevOrigin;
 use image_url_tests::RedisServer;
-use reqwest::{redirect, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 mod common;
@@ -31,7 +31,6 @@ impl Stack {
     /// The server on a Redis cache with a `timeout_ms` cache deadline, signing for a
     /// dev origin that serves `img{0..20}.jpg`.
     async fn start(timeout_ms: u64) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         for i in 0..20 {
             std::fs::write(dir.path().join(format!("img{i}.jpg")), b"jpeg").unwrap();
@@ -47,10 +46,7 @@ impl Stack {
                 .env("IMAGE_URL_CACHE__TIMEOUT_MS", timeout_ms.to_string()),
         );
         let base = running.base.clone();
-        let http = reqwest::Client::builder()
-            .redirect(redirect::Policy::none())
-            .build()
-            .unwrap();
+        let http = http();
         Stack {
             redis,
             origin,
@@ -245,15 +241,7 @@ async fn wrong_types_and_foreign_urls_in_redis_are_misses_not_outages() {
     assert_eq!(stats["cache_errors"], 0, "{stats}");
     assert_eq!(stats["cache"]["corrupt"], 10, "{stats}");
     assert_eq!(stats["corrupt_entries"], 1, "{stats}");
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&s.http, &s.base).await;
     assert!(
         metrics.contains("\nimage_url_cache_corrupt_total 10\n"),
         "{metrics}"

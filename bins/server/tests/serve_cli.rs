@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use common::{server, start, Running};
+use common::{http, server, start, Running};
 
 mod common;
 
@@ -67,9 +67,7 @@ async fn starts_on_the_embedded_default_says_what_is_missing_and_stops_on_sigter
             .env("IMAGE_URL_SERVER__WORKERS", "1")
             .env("RUST_LOG", "info"),
     );
-    // reqwest is built with `rustls-no-provider` (for the proxy's TLS): pick ring first.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
+    let http = http();
     let base = running.base.clone();
     let live = http.get(format!("{base}/livez")).send().await.unwrap();
     assert_eq!(live.status(), 200);

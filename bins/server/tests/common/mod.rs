@@ -120,13 +120,21 @@ pub async fn origin(
 /// `serve` on one worker, signing with (`secret_id`, `secret_key`) for `origin` over
 /// plain HTTP; add settings with `.env(...)` and pass it to [`start`].
 pub fn serve_for(origin: &dev_origin::DevOrigin, secret_id: &str, secret_key: &str) -> Command {
+    let mut command = serve_signing(secret_id, secret_key);
+    command
+        .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
+        .env("IMAGE_URL_COS__SCHEME", "http");
+    command
+}
+
+/// `serve` on one worker, signing with (`secret_id`, `secret_key`) for the default
+/// bucket (no origin behind it: for tests of what the server answers itself).
+pub fn serve_signing(secret_id: &str, secret_key: &str) -> Command {
     let mut command = server();
     command
         .arg("serve")
         .env("COS_SECRET_ID", secret_id)
         .env("COS_SECRET_KEY", secret_key)
-        .env("IMAGE_URL_COS__DOMAIN", origin.addr().to_string())
-        .env("IMAGE_URL_COS__SCHEME", "http")
         .env("IMAGE_URL_SERVER__WORKERS", "1");
     command
 }
@@ -143,4 +151,27 @@ pub async fn problem_type(res: reqwest::Response, status: u16) -> String {
         .and_then(|kind| kind.rsplit('/').next())
         .expect("a problem type")
         .to_owned()
+}
+
+/// An HTTP client for the tests: redirects are not followed (the tests look at the 302s
+/// themselves). reqwest is built with `rustls-no-provider`, so the ring provider is
+/// installed for the test process first (the server under test needs none).
+pub fn http() -> reqwest::Client {
+    // Installing twice is refused harmlessly: the first one stays.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a plain HTTP client builds")
+}
+
+/// `GET {base}/metrics` as text.
+pub async fn metrics(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("the metrics endpoint answers")
+        .text()
+        .await
+        .expect("a text body")
 }
