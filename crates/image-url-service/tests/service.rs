@@ -60,6 +60,14 @@ fn config(change: impl FnOnce(&mut ServiceConfig)) -> ServiceConfig {
     config
 }
 
+/// A plain request for `k` (no options) that must succeed.
+async fn url_for(service: &ImageUrlService, k: &str) -> image_url_service::ImageUrl {
+    service
+        .get_url(&key(k), &UrlOptions::new())
+        .await
+        .expect("a URL")
+}
+
 fn setup() -> Setup {
     setup_with(ServiceConfig::default(), |c| c)
 }
@@ -113,11 +121,7 @@ async fn hit_miss_and_pre_refresh_boundaries() {
 async fn a_client_never_gets_less_than_the_threshold() {
     let s = setup();
     for _ in 0..200 {
-        let answer = s
-            .service
-            .get_url(&key("b.png"), &UrlOptions::new())
-            .await
-            .unwrap();
+        let answer = url_for(&s.service, "b.png").await;
         assert!(
             answer.ttl_remaining > Duration::from_secs(900),
             "{:?}",
@@ -147,12 +151,7 @@ async fn one_signing_for_a_thousand_concurrent_requests() {
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let service = s.service.clone();
-            tokio::spawn(async move {
-                service
-                    .get_url(&key("hot.jpg"), &UrlOptions::new())
-                    .await
-                    .unwrap()
-            })
+            tokio::spawn(async move { url_for(&service, "hot.jpg").await })
         })
         .collect();
     // Readiness, not time: let the spawned tasks run until all have looked up.
@@ -230,10 +229,7 @@ async fn sts_credentials_bound_the_url_lifetime() {
     .clock(clock.clone())
     .build()
     .unwrap();
-    let answer = service
-        .get_url(&key("a.jpg"), &UrlOptions::new())
-        .await
-        .unwrap();
+    let answer = url_for(&service, "a.jpg").await;
     assert_eq!(answer.expires_at, T0 + 1800.0);
     // The stable window starts at T0; the credentials end it early.
     assert!(answer
@@ -309,10 +305,7 @@ async fn a_failing_cache_degrades_opens_the_breaker_and_recovers() {
     let service = service_over(mock, clock.clone(), config);
 
     // Every request is answered, degraded; two cache failures open the breaker.
-    let first = service
-        .get_url(&key("a.jpg"), &UrlOptions::new())
-        .await
-        .unwrap();
+    let first = url_for(&service, "a.jpg").await;
     assert!(first.degraded && !first.from_cache);
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -321,10 +314,7 @@ async fn a_failing_cache_degrades_opens_the_breaker_and_recovers() {
     );
     assert_eq!(service.stats().circuit, CircuitState::Open);
     for _ in 0..20 {
-        let answer = service
-            .get_url(&key("a.jpg"), &UrlOptions::new())
-            .await
-            .unwrap();
+        let answer = url_for(&service, "a.jpg").await;
         assert!(answer.degraded);
         assert!(answer
             .url
@@ -350,10 +340,7 @@ async fn a_failing_cache_degrades_opens_the_breaker_and_recovers() {
     healthy.store(true, Ordering::SeqCst);
     clock.advance(Duration::from_secs(10));
     assert_eq!(service.stats().circuit, CircuitState::HalfOpen);
-    let answer = service
-        .get_url(&key("a.jpg"), &UrlOptions::new())
-        .await
-        .unwrap();
+    let answer = url_for(&service, "a.jpg").await;
     assert!(!answer.degraded);
     assert_eq!(service.stats().circuit, CircuitState::Closed);
 }
@@ -364,21 +351,12 @@ async fn a_hanging_cache_costs_one_deadline_then_nothing() {
     let (service, cache, _clock) = faulty_service(config(|c| c.breaker_threshold = 1));
     cache.set(HANGING);
     let started = tokio::time::Instant::now();
-    let answer = service
-        .get_url(&key("a.jpg"), &UrlOptions::new())
-        .await
-        .unwrap();
+    let answer = url_for(&service, "a.jpg").await;
     assert!(answer.degraded);
     // One 50 ms deadline (the get); the breaker then skips the re-check and the put.
     assert_eq!(started.elapsed(), Duration::from_millis(50));
     let started = tokio::time::Instant::now();
-    assert!(
-        service
-            .get_url(&key("a.jpg"), &UrlOptions::new())
-            .await
-            .unwrap()
-            .degraded
-    );
+    assert!(url_for(&service, "a.jpg").await.degraded);
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(service.stats().cache_errors, 1);
 }
@@ -452,26 +430,14 @@ async fn stable_windows_give_identical_urls_across_replicas_and_degradation() {
     let dead_clock = Arc::new(ManualClock::new(T0));
     let c = service_over(dead, dead_clock.clone(), config);
 
-    let from_a = a
-        .service
-        .get_url(&key("s.jpg"), &UrlOptions::new())
-        .await
-        .unwrap();
+    let from_a = url_for(&a.service, "s.jpg").await;
     for step in [0u64, 100, 199] {
         a.clock.set(T0 + step as f64);
         b.clock.set(T0 + step as f64);
         dead_clock.set(T0 + step as f64);
-        let cached = a
-            .service
-            .get_url(&key("s.jpg"), &UrlOptions::new())
-            .await
-            .unwrap();
-        let fresh = b
-            .service
-            .get_url(&key("s.jpg"), &UrlOptions::new())
-            .await
-            .unwrap();
-        let degraded = c.get_url(&key("s.jpg"), &UrlOptions::new()).await.unwrap();
+        let cached = url_for(&a.service, "s.jpg").await;
+        let fresh = url_for(&b.service, "s.jpg").await;
+        let degraded = url_for(&c, "s.jpg").await;
         assert!(degraded.degraded);
         assert_eq!(cached.url, from_a.url);
         assert_eq!(fresh.url, from_a.url, "another replica, same window");
@@ -481,13 +447,7 @@ async fn stable_windows_give_identical_urls_across_replicas_and_degradation() {
     assert_eq!(from_a.expires_at, T0 - 300.0 + 3600.0);
     // Next window: a new URL.
     dead_clock.set(T0 + 400.0);
-    assert_ne!(
-        c.get_url(&key("s.jpg"), &UrlOptions::new())
-            .await
-            .unwrap()
-            .url,
-        from_a.url
-    );
+    assert_ne!(url_for(&c, "s.jpg").await.url, from_a.url);
 }
 
 #[tokio::test]
@@ -496,11 +456,7 @@ async fn variants_status_refresh_preload_and_cleanup() {
     let thumb = UrlOptions::new()
         .process("imageMogr2/thumbnail/200x")
         .content_type("image/webp");
-    let plain = s
-        .service
-        .get_url(&key("v.jpg"), &UrlOptions::new())
-        .await
-        .unwrap();
+    let plain = url_for(&s.service, "v.jpg").await;
     let small = s.service.get_url(&key("v.jpg"), &thumb).await.unwrap();
     assert_ne!(plain.url, small.url);
     assert!(
@@ -545,14 +501,7 @@ async fn variants_status_refresh_preload_and_cleanup() {
     assert_eq!(s.service.stats().signings, 3, "re-signed");
     // Same credentials, same stable window: the same bytes, so browsers keep their copy.
     assert_eq!(refreshed.url, plain.url);
-    assert_eq!(
-        s.service
-            .get_url(&key("v.jpg"), &UrlOptions::new())
-            .await
-            .unwrap()
-            .url,
-        refreshed.url
-    );
+    assert_eq!(url_for(&s.service, "v.jpg").await.url, refreshed.url);
 
     let report = s
         .service
@@ -783,13 +732,7 @@ async fn settle(service: &ImageUrlService) {
 async fn an_abandoned_probe_does_not_wedge_the_breaker() {
     let (service, cache, clock) = faulty_service(config(|c| c.breaker_threshold = 1));
     cache.set(FAILING);
-    assert!(
-        service
-            .get_url(&key("a.jpg"), &UrlOptions::new())
-            .await
-            .unwrap()
-            .degraded
-    );
+    assert!(url_for(&service, "a.jpg").await.degraded);
     assert_eq!(service.stats().circuit, CircuitState::Open);
     clock.advance(Duration::from_secs(10));
     // The probe goes to a hanging cache and its client goes away.
@@ -797,20 +740,11 @@ async fn an_abandoned_probe_does_not_wedge_the_breaker() {
     poll_once_and_drop(service.get_url(&key("a.jpg"), &UrlOptions::new())).await;
     // The cache is healthy again: the next request probes, succeeds and closes it.
     cache.set(HEALTHY);
-    let answer = service
-        .get_url(&key("a.jpg"), &UrlOptions::new())
-        .await
-        .unwrap();
+    let answer = url_for(&service, "a.jpg").await;
     assert!(!answer.degraded);
     assert_eq!(service.stats().circuit, CircuitState::Closed);
     settle(&service).await;
-    assert!(
-        service
-            .get_url(&key("a.jpg"), &UrlOptions::new())
-            .await
-            .unwrap()
-            .from_cache
-    );
+    assert!(url_for(&service, "a.jpg").await.from_cache);
 }
 
 /// Regression: a flight whose callers all went away stayed in the map, parked; the map
@@ -858,20 +792,11 @@ async fn futures_dropped_at_any_await_leave_nothing_behind() {
     cache.set(HEALTHY);
     clock.advance(Duration::from_secs(11));
     settle(&service).await;
-    let answer = service
-        .get_url(&key("g.jpg"), &UrlOptions::new())
-        .await
-        .unwrap();
+    let answer = url_for(&service, "g.jpg").await;
     assert!(!answer.degraded, "the cache is used again");
     assert_eq!(service.stats().circuit, CircuitState::Closed);
     settle(&service).await;
-    assert!(
-        service
-            .get_url(&key("g.jpg"), &UrlOptions::new())
-            .await
-            .unwrap()
-            .from_cache
-    );
+    assert!(url_for(&service, "g.jpg").await.from_cache);
     assert_eq!(service.stats().signings_in_flight, 0);
 }
 
@@ -884,10 +809,7 @@ async fn dropping_the_last_handle_frees_the_service() {
     drop(cache);
     // A running maintenance task does not keep the service alive either.
     let maintenance = service.spawn_maintenance(MaintenanceConfig::default());
-    service
-        .get_url(&key("a.jpg"), &UrlOptions::new())
-        .await
-        .unwrap();
+    url_for(&service, "a.jpg").await;
     poll_once_and_drop(service.get_url(&key("b.jpg"), &UrlOptions::new())).await;
     settle(&service).await;
     drop(service);
@@ -1015,16 +937,8 @@ async fn stable_urls_are_the_default() {
     for step in [0u64, 600, 1200] {
         a.clock.set(T0 + 100.0 + step as f64);
         b.clock.set(T0 + 1500.0 + step as f64 / 2.0);
-        let from_a = a
-            .service
-            .get_url(&key("x.jpg"), &UrlOptions::new())
-            .await
-            .unwrap();
-        let from_b = b
-            .service
-            .get_url(&key("x.jpg"), &UrlOptions::new())
-            .await
-            .unwrap();
+        let from_a = url_for(&a.service, "x.jpg").await;
+        let from_b = url_for(&b.service, "x.jpg").await;
         assert_eq!(from_a.url, from_b.url, "step {step}");
     }
 }
