@@ -407,7 +407,10 @@ impl RedisCache {
                 Err(err) => return self.drop_corrupt(key, err.details()).await,
             },
             Some(Err(err)) if is_wrong_type(&err) => {
-                return self.legacy_get(key, now).await;
+                // The original system's JSON string (or garbage) under the entry key.
+                return self
+                    .adopt(&self.entry_key(key), None, key, now, false)
+                    .await;
             }
             Some(Err(err)) => {
                 self.inner.stats.error();
@@ -422,7 +425,8 @@ impl RedisCache {
             // Absent, or only the stub a missed lookup leaves; perhaps still where the
             // layout without namespace kept it.
             if let Some(old) = self.inner.unnamespaced.as_ref().filter(|_| migrate) {
-                return self.migrate(old, key, now).await;
+                let old_key = format!("{}{key}", old.prefix);
+                return self.adopt(&old_key, Some(old), key, now, true).await;
             }
             self.inner.stats.miss(1);
             return Ok(None);
@@ -445,48 +449,27 @@ impl RedisCache {
         Ok(Some(entry))
     }
 
-    /// Reads an entry the original system stored as a JSON string, and rewrites it in
-    /// this layout. Any other type, or a string that is not such a record, is corrupt.
-    async fn legacy_get(&self, key: &str, now: f64) -> Result<Option<CacheEntry>> {
+    /// Moves an entry kept in an older form into this layout and answers the lookup:
+    /// at `raw_key` either a hash of the layout without namespace (whose index members
+    /// are in `old_indexes`) or the original system's JSON string (`hash` false: the key
+    /// is known not to hold a hash). Whatever is there leaves; a live entry is stored
+    /// here and is a hit, an expired one counts `expired`, an unreadable one `corrupt`.
+    async fn adopt(
+        &self,
+        raw_key: &str,
+        old_indexes: Option<&Layout>,
+        key: &str,
+        now: f64,
+        hash: bool,
+    ) -> Result<Option<CacheEntry>> {
         let client = self.inner.pool.next_connected();
-        let json: Option<String> = match self.run(client.get(self.entry_key(key))).await {
-            Ok(json) => json,
-            Err(CacheError::Corrupt { reason, .. }) => {
-                return self.drop_corrupt(key, &reason).await;
-            }
-            Err(err) => return Err(err),
+        let fields: Option<Result<HashMap<String, String>>> = if hash {
+            Some(self.run(client.hgetall(raw_key)).await)
+        } else {
+            None
         };
-        let Some(json) = json else {
-            self.inner.stats.miss(1);
-            return Ok(None);
-        };
-        let mut entry: CacheEntry = match serde_json::from_str(&json) {
-            Ok(entry) => entry,
-            Err(err) => return self.drop_corrupt(key, &err.to_string()).await,
-        };
-        if entry.is_expired(now) {
-            self.inner.stats.expired(1);
-            self.delete_or_log(key).await;
-            return Ok(None);
-        }
-        entry.image_key = key.to_owned();
-        entry.access_count += 1;
-        entry.last_accessed = now;
-        let client = self.inner.pool.next_connected();
-        let _: i64 = self.run(client.del(self.entry_key(key))).await?;
-        self.store(entry.clone(), now).await?;
-        self.inner.stats.hit(1);
-        Ok(Some(entry))
-    }
-
-    /// Moves `key`'s entry from the layout without namespace to this one, if there is a
-    /// live one there; answers the lookup either way.
-    async fn migrate(&self, old: &Layout, key: &str, now: f64) -> Result<Option<CacheEntry>> {
-        let old_key = format!("{}{key}", old.prefix);
-        let client = self.inner.pool.next_connected();
-        let fields: Result<HashMap<String, String>> = self.run(client.hgetall(&old_key)).await;
         let (found, entry) = match fields {
-            Ok(fields) => (
+            Some(Ok(fields)) => (
                 !fields.is_empty(),
                 fields
                     .contains_key("url")
@@ -494,50 +477,52 @@ impl RedisCache {
                     .flatten(),
             ),
             // Not a hash: the original system's JSON string, or garbage.
-            Err(CacheError::Corrupt { .. }) => {
-                let json: Result<Option<String>> = self.run(client.get(&old_key)).await;
+            None | Some(Err(CacheError::Corrupt { .. })) => {
+                let json: Result<Option<String>> = self.run(client.get(raw_key)).await;
                 match json {
                     Ok(json) => (
-                        true,
+                        json.is_some(),
                         json.and_then(|json| serde_json::from_str::<CacheEntry>(&json).ok()),
                     ),
                     Err(CacheError::Corrupt { .. }) => (true, None),
                     Err(err) => return Err(err),
                 }
             }
-            Err(err) => return Err(err),
+            Some(Err(err)) => return Err(err),
         };
-        if found && entry.is_none() {
-            self.inner.stats.corrupt();
-            tracing::warn!(
-                key,
-                "corrupt cache entry (layout without namespace) dropped"
-            );
+        if !found {
+            self.inner.stats.miss(1);
+            return Ok(None);
         }
-        if found {
-            // Whatever was there leaves the old layout, live or not.
-            let pipe = self.inner.pool.next_connected().pipeline();
-            let op = async {
-                let _: () = pipe.del(&old_key).await?;
+        let pipe = self.inner.pool.next_connected().pipeline();
+        let op = async {
+            let _: () = pipe.del(raw_key).await?;
+            if let Some(old) = old_indexes {
                 let _: () = pipe.zrem(&old.expiry_index, key).await?;
                 let _: () = pipe.zrem(&old.policy_index, key).await?;
-                let _: Vec<Value> = pipe.all().await?;
-                Ok(())
-            };
-            self.run(op).await?;
-        }
+            }
+            let _: Vec<Value> = pipe.all().await?;
+            Ok(())
+        };
+        self.run(op).await?;
         match entry {
-            Some(mut entry) if !entry.is_expired(now) => {
+            None => {
+                self.inner.stats.corrupt();
+                self.inner.stats.miss(1);
+                tracing::warn!(key, "corrupt cache entry (an older form) dropped");
+                Ok(None)
+            }
+            Some(entry) if entry.is_expired(now) => {
+                self.inner.stats.expired(1);
+                Ok(None)
+            }
+            Some(mut entry) => {
                 entry.image_key = key.to_owned();
                 entry.access_count += 1;
                 entry.last_accessed = now;
                 self.store(entry.clone(), now).await?;
                 self.inner.stats.hit(1);
                 Ok(Some(entry))
-            }
-            _ => {
-                self.inner.stats.miss(1);
-                Ok(None)
             }
         }
     }
