@@ -83,6 +83,13 @@ pub struct Cos {
     pub region: String,
     pub domain: String,
     pub scheme: String,
+    pub credentials: String,
+    pub role: String,
+    pub metadata_url: String,
+    pub sts_endpoint: String,
+    pub command: Vec<String>,
+    pub profile: String,
+    pub profile_file: String,
 }
 
 impl std::fmt::Debug for Cos {
@@ -93,6 +100,13 @@ impl std::fmt::Debug for Cos {
             .field("region", &self.region)
             .field("domain", &self.domain)
             .field("scheme", &self.scheme)
+            .field("credentials", &self.credentials)
+            .field("role", &self.role)
+            .field("metadata_url", &self.metadata_url)
+            .field("sts_endpoint", &self.sts_endpoint)
+            .field("command", &self.command.first())
+            .field("profile", &self.profile)
+            .field("profile_file", &self.profile_file)
             .finish_non_exhaustive()
     }
 }

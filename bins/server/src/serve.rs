@@ -4,6 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cos_credentials::{
+    CommandProvider, CredentialsCache, CvmRoleProvider, EnvProvider, ProfileProvider,
+    ProvideCredentials, RefreshConfig, WebIdentityProvider,
+};
 use cos_sign::{CosSigner, Credentials, Endpoint};
 use figment::Figment;
 use image_url_service::{AccessPolicy, ImageUrlService, MaintenanceConfig, ServiceConfig};
@@ -74,14 +78,24 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
                 ))
             }
         };
-        let service = match credentials(&config) {
-            Ok(credentials) => ImageUrlService::builder(CosSigner::new(credentials, endpoint), cache)
-                .config(service_config)
-                .access(access)
-                .build()
-                .map(Ok)
-                .map_err(|e| e.to_string())?,
-            Err(missing) => {
+        let service = match signing_source(&config, &figment).await? {
+            SigningSource::Fixed(credentials) => {
+                ImageUrlService::builder(CosSigner::new(credentials, endpoint), cache)
+                    .config(service_config)
+                    .access(access)
+                    .build()
+                    .map(Ok)
+                    .map_err(|e| e.to_string())?
+            }
+            SigningSource::Rotating(credentials) => {
+                ImageUrlService::builder_with_credentials(endpoint, credentials, cache)
+                    .config(service_config)
+                    .access(access)
+                    .build()
+                    .map(Ok)
+                    .map_err(|e| e.to_string())?
+            }
+            SigningSource::Missing(missing) => {
                 tracing::warn!("{missing}; URL endpoints answer 503 until it is set");
                 Err(missing)
             }
@@ -116,26 +130,92 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
     })
 }
 
-fn credentials(config: &Config) -> Result<Credentials, String> {
-    let mut missing = Vec::new();
-    if config.cos.secret_id.is_empty() {
-        missing.push("cos.secret_id (or COS_SECRET_ID)");
+/// What the service signs with.
+enum SigningSource {
+    /// Credentials that do not change while the process runs (the configuration, or
+    /// environment variables, which a running process cannot see change).
+    Fixed(Credentials),
+    /// A provider's credentials, refreshed in the background.
+    Rotating(CredentialsCache),
+    /// Nothing configured: the URL endpoints answer 503 with this message.
+    Missing(String),
+}
+
+const MISSING: &str = "COS credentials missing: set cos.secret_id and cos.secret_key (or COS_SECRET_ID and COS_SECRET_KEY, or TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY), or choose another cos.credentials source";
+
+/// `[cos] credentials`: the source of the signing credentials.
+async fn signing_source(config: &Config, figment: &Figment) -> Result<SigningSource, String> {
+    let cos = &config.cos;
+    let at = |key: &str| config::source_of(figment, key);
+    let kind = match cos.credentials.as_str() {
+        "" if !cos.secret_id.is_empty() => "static",
+        "" => "env",
+        other => other,
+    };
+    let provider: Box<dyn ProvideCredentials> = match kind {
+        "static" => {
+            if cos.secret_id.is_empty() || cos.secret_key.is_empty() {
+                return Ok(SigningSource::Missing(MISSING.to_owned()));
+            }
+            let credentials = Credentials::new(&cos.secret_id, &cos.secret_key);
+            return Ok(SigningSource::Fixed(if cos.security_token.is_empty() {
+                credentials
+            } else {
+                credentials.with_session_token(&cos.security_token, None)
+            }));
+        }
+        "env" => {
+            return Ok(match EnvProvider::new().load().await {
+                Ok(credentials) => SigningSource::Fixed(credentials),
+                Err(_) => SigningSource::Missing(MISSING.to_owned()),
+            })
+        }
+        "profile" => {
+            let mut profile = ProfileProvider::new().profile(&cos.profile);
+            if !cos.profile_file.is_empty() {
+                profile = profile.path(&cos.profile_file);
+            }
+            Box::new(profile)
+        }
+        "cvm-role" => Box::new(
+            CvmRoleProvider::new()
+                .metadata_url(&cos.metadata_url)
+                .role(&cos.role),
+        ),
+        "web-identity" => {
+            let provider = WebIdentityProvider::new();
+            Box::new(match cos.sts_endpoint.as_str() {
+                "" => provider,
+                endpoint => provider
+                    .sts_endpoint(endpoint)
+                    .map_err(|e| format!("cos.sts_endpoint from {}: {e}", at("cos.sts_endpoint")))?,
+            })
+        }
+        "command" => Box::new(
+            CommandProvider::new(cos.command.iter().cloned())
+                .map_err(|e| format!("cos.command from {}: {e}", at("cos.command")))?,
+        ),
+        other => {
+            return Err(format!(
+                "cos.credentials from {}: {other:?} is not static, env, profile, cvm-role, web-identity or command",
+                at("cos.credentials")
+            ))
+        }
+    };
+    let credentials = CredentialsCache::spawn(provider, RefreshConfig::default());
+    // Give the first load a moment so that the first requests find credentials; if it
+    // fails, serve anyway (503 until a retry succeeds: /readyz says why).
+    match tokio::time::timeout(Duration::from_secs(10), credentials.ready()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(source = kind, error = %err, "no COS credentials yet; retrying in the background")
+        }
+        Err(_) => tracing::warn!(
+            source = kind,
+            "the first COS credentials load is slow; retrying in the background"
+        ),
     }
-    if config.cos.secret_key.is_empty() {
-        missing.push("cos.secret_key (or COS_SECRET_KEY)");
-    }
-    if !missing.is_empty() {
-        return Err(format!(
-            "COS credentials missing: set {}",
-            missing.join(" and ")
-        ));
-    }
-    let credentials = Credentials::new(&config.cos.secret_id, &config.cos.secret_key);
-    Ok(if config.cos.security_token.is_empty() {
-        credentials
-    } else {
-        credentials.with_session_token(&config.cos.security_token, None)
-    })
+    Ok(SigningSource::Rotating(credentials))
 }
 
 fn endpoint(config: &Config, figment: &Figment) -> Result<Endpoint, String> {

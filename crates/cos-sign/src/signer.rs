@@ -267,21 +267,7 @@ impl CosSigner {
     /// # Ok::<(), cos_sign::Error>(())
     /// ```
     pub fn presigned_window(&self, key: &ObjectKey, url: &str) -> Option<SigningWindow> {
-        let rest = url.strip_prefix(self.endpoint.scheme().as_str())?;
-        let rest = rest.strip_prefix("://")?;
-        let rest = rest.strip_prefix(self.endpoint.authority())?;
-        let rest = rest.strip_prefix('/')?;
-        let rest = crate::encode::strip_path(rest, key.as_str())?;
-        let rest = rest.strip_prefix("?q-sign-algorithm=sha1&q-ak=")?;
-        let (_ak, rest) = rest.split_once('&')?;
-        let rest = rest.strip_prefix("q-sign-time=")?;
-        let (start, rest) = leading_number(rest)?;
-        let rest = rest.strip_prefix("%3B")?;
-        let (end, rest) = leading_number(rest)?;
-        if !(rest.is_empty() || rest.starts_with('&')) {
-            return None;
-        }
-        SigningWindow::new(start, end).ok()
+        self.endpoint.presigned_window(key, url)
     }
 
     /// The `Authorization` header value for a request to `key` during `window`.
@@ -526,17 +512,6 @@ fn signed_params(
 }
 
 /// The decimal number at the start of `s` (1 to 18 digits) and what follows it.
-fn leading_number(s: &str) -> Option<(i64, &str)> {
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 || digits > 18 {
-        return None;
-    }
-    let value = s[..digits]
-        .bytes()
-        .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
-    Some((value, &s[digits..]))
-}
-
 fn invalid_param(name: &str, reason: &'static str) -> Error {
     Error::InvalidParameter {
         name: name.to_owned(),

@@ -26,7 +26,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use actix_files::NamedFile;
 use actix_web::http::header::{self, HeaderValue};
@@ -43,6 +43,10 @@ pub struct OriginConfig {
     pub dir: PathBuf,
     /// Credentials whose signatures are accepted (with their STS token, if any).
     pub credentials: Credentials,
+    /// More credentials accepted beside `credentials`, and changeable while the origin
+    /// runs: a test that rotates temporary credentials adds each new set here. As at
+    /// COS, a request made with credentials past their expiry is refused.
+    pub more_credentials: CredentialSet,
     /// The bucket name reported in error bodies.
     pub bucket: String,
     /// "Now" in unix seconds, for signature windows (default: the system clock).
@@ -58,6 +62,7 @@ impl OriginConfig {
         OriginConfig {
             dir: dir.into(),
             credentials,
+            more_credentials: CredentialSet::default(),
             bucket: "local-1250000000".into(),
             clock: Arc::new(cos_sign::unix_now),
             max_put_bytes: 5 << 30,
@@ -75,6 +80,55 @@ impl fmt::Debug for OriginConfig {
     }
 }
 
+/// Credentials an origin accepts, shared with whoever issues them (a fake metadata or
+/// STS server in tests). Cheap to clone: clones share one set.
+#[derive(Clone, Default)]
+pub struct CredentialSet(Arc<RwLock<Vec<Credentials>>>);
+
+impl CredentialSet {
+    /// Accepts `credentials` from now on.
+    pub fn add(&self, credentials: Credentials) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(credentials);
+    }
+
+    /// The credentials with `secret_id`, if accepted.
+    pub fn find(&self, secret_id: &str) -> Option<Credentials> {
+        let set = self.0.read().unwrap_or_else(|p| p.into_inner());
+        set.iter()
+            .rev()
+            .find(|c| c.secret_id() == secret_id)
+            .cloned()
+    }
+
+    /// How many are accepted.
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for CredentialSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CredentialSet({} credentials)", self.len())
+    }
+}
+
+/// The `q-ak` a request is signed with, from its query or its `Authorization` header.
+fn access_key<'a>(query: &'a str, authorization: Option<&'a str>) -> Option<&'a str> {
+    [Some(query), authorization]
+        .into_iter()
+        .flatten()
+        .flat_map(|fields| fields.split('&'))
+        .find_map(|field| field.strip_prefix("q-ak="))
+}
+
 /// A running origin. Dropping it does not stop the server; call [`DevOrigin::stop`].
 #[derive(Debug)]
 pub struct DevOrigin {
@@ -86,6 +140,7 @@ pub struct DevOrigin {
 struct State {
     root: PathBuf,
     credentials: Credentials,
+    more_credentials: CredentialSet,
     bucket: String,
     clock: Arc<dyn Fn() -> i64 + Send + Sync>,
     max_put_bytes: u64,
@@ -124,6 +179,7 @@ impl DevOrigin {
         let state = web::Data::new(State {
             root,
             credentials: config.credentials,
+            more_credentials: config.more_credentials,
             bucket: config.bucket,
             clock: config.clock,
             max_put_bytes: config.max_put_bytes,
@@ -202,7 +258,31 @@ async fn handle(req: HttpRequest, payload: web::Payload, state: web::Data<State>
         query: &query,
         headers: &header_refs,
     };
-    let verified = match cos_sign::verify(&state.credentials, &request, (state.clock)()) {
+    let now = (state.clock)();
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let credentials = match access_key(&query, authorization) {
+        Some(ak) if ak != state.credentials.secret_id() => state
+            .more_credentials
+            .find(ak)
+            .unwrap_or_else(|| state.credentials.clone()),
+        _ => state.credentials.clone(),
+    };
+    if credentials
+        .expires_at()
+        .is_some_and(|at| at.unix_timestamp() <= now)
+    {
+        return cos_error(
+            StatusCode::FORBIDDEN,
+            "ExpiredToken",
+            "The provided token has expired.",
+            &path,
+            &state.bucket,
+        );
+    }
+    let verified = match cos_sign::verify(&credentials, &request, now) {
         Ok(verified) => verified,
         Err(rejection) => {
             let message = match &rejection {

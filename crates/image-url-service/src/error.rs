@@ -26,9 +26,14 @@ pub enum ServiceError {
         max: usize,
     },
     /// The STS credentials have expired; no valid URL can be signed until they are
-    /// replaced.
+    /// replaced. Not retryable: the same request fails until an operator (or a
+    /// recovering provider) supplies new credentials.
     #[error("the COS credentials have expired")]
     CredentialsExpired,
+    /// No credentials have been loaded yet (the provider has not answered, or failed:
+    /// the message says why, without secrets). Loading is retried in the background.
+    #[error("no COS credentials loaded: {0}")]
+    CredentialsUnavailable(String),
     /// The service configuration is inconsistent.
     #[error("invalid service configuration: {0}")]
     InvalidConfig(String),
@@ -61,7 +66,7 @@ impl ServiceError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ServiceError::CredentialsExpired | ServiceError::CacheUnavailable(_)
+            ServiceError::CredentialsUnavailable(_) | ServiceError::CacheUnavailable(_)
         )
     }
 }

@@ -59,11 +59,13 @@ mod error;
 mod maintenance;
 mod options;
 mod service;
+mod signers;
 mod stats;
 
 pub use access::{AccessPolicy, AccessPolicyBuilder, LinkError, LinkSigner, MIN_SECRET_LEN};
 pub use breaker::CircuitState;
 pub use config::ServiceConfig;
+pub use cos_credentials::{CredentialsCache, CredentialsStatus};
 pub use error::{Result, ServiceError};
 pub use maintenance::{MaintenanceConfig, MaintenanceHandle};
 pub use options::{ImageUrl, UrlOptions, UrlStatus};

@@ -5,13 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cos_sign::{CosSigner, ObjectKey, SigningWindow};
+use cos_credentials::CredentialsCache;
+use cos_sign::{CosSigner, Endpoint, ObjectKey, SigningWindow};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use url_cache::{CacheEntry, CacheError, Clock, SystemClock, UrlCache, DEFAULT_CLEANUP_BATCH};
 
 use crate::breaker::{Breaker, BreakerSettings, Permit};
+use crate::signers::Signers;
 use crate::stats::{bump, Counters};
 use crate::{
     AccessPolicy, ImageUrl, Result, ServiceConfig, ServiceError, ServiceStats, UrlOptions,
@@ -25,7 +27,7 @@ pub struct ImageUrlService {
 }
 
 pub(crate) struct Inner {
-    signer: CosSigner,
+    signers: Signers,
     cache: Arc<dyn UrlCache>,
     config: ServiceConfig,
     clock: Arc<dyn Clock>,
@@ -83,7 +85,7 @@ impl Drop for FlightGuard {
 impl std::fmt::Debug for ImageUrlService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImageUrlService")
-            .field("signer", &self.inner.signer)
+            .field("signers", &self.inner.signers)
             .field("cache", &self.inner.cache)
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
@@ -93,7 +95,7 @@ impl std::fmt::Debug for ImageUrlService {
 /// Builds an [`ImageUrlService`].
 #[derive(Debug)]
 pub struct ImageUrlServiceBuilder {
-    signer: CosSigner,
+    signers: Signers,
     cache: Arc<dyn UrlCache>,
     config: ServiceConfig,
     clock: Arc<dyn Clock>,
@@ -135,7 +137,7 @@ impl ImageUrlServiceBuilder {
         );
         Ok(ImageUrlService {
             inner: Arc::new(Inner {
-                signer: self.signer,
+                signers: self.signers,
                 cache: self.cache,
                 config: self.config,
                 clock: self.clock,
@@ -193,8 +195,26 @@ pub struct PreloadReport {
 impl ImageUrlService {
     /// A builder for a service signing with `signer` and caching in `cache`.
     pub fn builder(signer: CosSigner, cache: Arc<dyn UrlCache>) -> ImageUrlServiceBuilder {
+        Self::builder_with(Signers::fixed(signer), cache)
+    }
+
+    /// A builder for a service signing for `endpoint` with whatever `credentials` holds
+    /// at each moment: rotations take effect on the next signature, without a restart
+    /// and without blocking readers, and every URL ends before the credentials that
+    /// signed it expire. Until the first credentials load, URL requests fail with
+    /// [`ServiceError::CredentialsUnavailable`]; once they have expired without
+    /// replacement, with [`ServiceError::CredentialsExpired`].
+    pub fn builder_with_credentials(
+        endpoint: Endpoint,
+        credentials: CredentialsCache,
+        cache: Arc<dyn UrlCache>,
+    ) -> ImageUrlServiceBuilder {
+        Self::builder_with(Signers::rotating(endpoint, credentials), cache)
+    }
+
+    fn builder_with(signers: Signers, cache: Arc<dyn UrlCache>) -> ImageUrlServiceBuilder {
         ImageUrlServiceBuilder {
-            signer,
+            signers,
             cache,
             config: ServiceConfig::default(),
             clock: Arc::new(SystemClock),
@@ -421,12 +441,15 @@ impl ImageUrlService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len();
-        self.inner.counters.snapshot(
-            self.inner.breaker.state(),
-            flights,
-            self.inner.cache.stats(),
-            self.inner.cache.backend(),
-        )
+        ServiceStats {
+            credentials: self.inner.signers.status(),
+            ..self.inner.counters.snapshot(
+                self.inner.breaker.state(),
+                flights,
+                self.inner.cache.stats(),
+                self.inner.cache.backend(),
+            )
+        }
     }
 
     /// Whether the cache answers now (bypassing the breaker), for readiness probes.
@@ -518,7 +541,12 @@ impl ImageUrlService {
     /// entry's bookkeeping) must have more than the pre-refresh threshold left, and with
     /// stable windows it must be the current window's.
     fn judge(&self, key: &ObjectKey, entry: &CacheEntry, now: f64) -> Verdict {
-        let Some(window) = self.inner.signer.presigned_window(key, &entry.url) else {
+        let Some(window) = self
+            .inner
+            .signers
+            .endpoint()
+            .presigned_window(key, &entry.url)
+        else {
             return Verdict::Corrupt;
         };
         let expires_at = window.end() as f64;
@@ -617,7 +645,9 @@ impl ImageUrlService {
             SigningWindow::aligned(now, align.as_secs() as i64, ttl)
         }
         .map_err(ServiceError::Signing)?;
-        let window = match self.inner.signer.credentials().expires_at() {
+        let current = self.inner.signers.current();
+        let signer = current.signer(self.inner.signers.source())?;
+        let window = match signer.credentials().expires_at() {
             Some(expiry) => {
                 let expiry = expiry.unix_timestamp();
                 if expiry <= now {
@@ -631,9 +661,7 @@ impl ImageUrlService {
             }
             None => window,
         };
-        let url = self
-            .inner
-            .signer
+        let url = signer
             .presign_url(key, window, &options.presign_options()?)
             .map_err(|err| match err {
                 cos_sign::Error::InvalidParameter { .. }

@@ -48,6 +48,9 @@ pub struct ServiceStats {
     pub cache: CacheStats,
     /// The cache backend's name.
     pub cache_backend: &'static str,
+    /// Where the signing credentials come from and how their refreshing goes (`None`
+    /// for fixed credentials given to [`ImageUrlService::builder`](crate::ImageUrlService::builder)).
+    pub credentials: Option<cos_credentials::CredentialsStatus>,
 }
 
 /// The maintenance task's runs (see `ImageUrlService::spawn_maintenance`).
@@ -164,6 +167,7 @@ impl Counters {
             }
         };
         ServiceStats {
+            credentials: None,
             requests,
             hits,
             misses: load(&self.misses),

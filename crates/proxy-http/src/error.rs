@@ -111,6 +111,11 @@ impl ApiError {
                 "credentials-expired",
                 "Credentials expired",
             ),
+            ApiError::Service(ServiceError::CredentialsUnavailable(_)) => (
+                S::SERVICE_UNAVAILABLE,
+                "credentials-unavailable",
+                "Credentials unavailable",
+            ),
             ApiError::Service(ServiceError::CacheUnavailable(_)) => (
                 S::SERVICE_UNAVAILABLE,
                 "cache-unavailable",
@@ -135,7 +140,14 @@ impl ApiError {
             kind: format!("https://image-url.dev/problems/{}", self.classify().1),
             title: self.classify().2,
             status: self.status_code().as_u16(),
-            detail: self.to_string(),
+            detail: match self {
+                // The provider's failure names internal endpoints: it goes to the log and
+                // to /readyz, not to every client.
+                ApiError::Service(ServiceError::CredentialsUnavailable(_)) => {
+                    "no COS credentials are loaded yet; the server keeps trying".to_owned()
+                }
+                other => other.to_string(),
+            },
             request_id: request_id.to_owned(),
         }
     }

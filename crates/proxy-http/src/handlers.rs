@@ -573,10 +573,32 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, A
     let service = state.service()?;
     let cache_ok = service.cache_healthy().await;
     let stats = service.stats();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "status": if cache_ok { "ready" } else { "degraded" },
+    // Credentials from a provider: ready while valid ones are held (a failing refresh
+    // with valid credentials is degraded, not down); not ready before the first load
+    // and after expiry, since every URL request would fail.
+    let now = cos_sign::unix_now();
+    let credentials_valid = stats.credentials.as_ref().is_none_or(|c| c.valid_at(now));
+    let refresh_failing = stats
+        .credentials
+        .as_ref()
+        .is_some_and(|c| c.consecutive_failures > 0);
+    let status = if !credentials_valid {
+        "unavailable"
+    } else if !cache_ok || refresh_failing {
+        "degraded"
+    } else {
+        "ready"
+    };
+    let body = serde_json::json!({
+        "status": status,
         "cache": { "backend": stats.cache_backend, "reachable": cache_ok, "circuit": stats.circuit },
-    })))
+        "credentials": stats.credentials,
+    });
+    Ok(if credentials_valid {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    })
 }
 
 /// `GET /metrics`: Prometheus text.

@@ -41,29 +41,9 @@ pub(crate) fn client(config: &ApiConfig) -> reqwest::Client {
         .connect_timeout(config.proxy_connect_timeout)
         .read_timeout(config.proxy_read_timeout)
         .pool_max_idle_per_host(64)
-        .tls_backend_preconfigured(tls_config())
+        .tls_backend_preconfigured(cos_credentials::rustls_config())
         .build()
         .expect("a client with a preconfigured rustls backend builds")
-}
-
-/// rustls with ring and the platform verifier (the system's roots). Without usable
-/// roots, a configuration that trusts nothing: HTTPS origins then fail to verify,
-/// visibly, and plain HTTP origins still work.
-fn tls_config() -> rustls::ClientConfig {
-    use rustls_platform_verifier::BuilderVerifierExt;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions");
-    match builder.clone().with_platform_verifier() {
-        Ok(builder) => builder.with_no_client_auth(),
-        Err(err) => {
-            tracing::error!(error = %err, "no usable certificate roots: HTTPS origins will fail");
-            builder
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        }
-    }
 }
 
 pub(crate) async fn stream(
