@@ -3,6 +3,8 @@
 //! End-to-end tests live in `tests/tests/`; crates' own tests use these helpers as a
 //! dev-dependency.
 
+pub mod fake_tencent;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -65,7 +65,21 @@ impl ProvideCredentials for WebIdentityProvider {
     }
 
     async fn load(&self) -> Result<Credentials> {
-        let ctx = context(&self.vars, self.client.clone(), self.sts_endpoint.clone());
+        // TKE's pod identity webhook and Tencent's SDKs name the token file
+        // `TKE_WEB_IDENTITY_TOKEN_FILE`; reqsign reads `TKE_IDENTITY_TOKEN_FILE` or the
+        // `TENCENTCLOUD_` form. Hand the SDK name over under the latter.
+        let mut vars = self.vars.clone();
+        if let Some(file) = vars.get("TKE_WEB_IDENTITY_TOKEN_FILE") {
+            if vars.get("TENCENTCLOUD_WEB_IDENTITY_TOKEN_FILE").is_none() {
+                let mut all = reqsign_core::Env::vars(&vars);
+                all.insert("TENCENTCLOUD_WEB_IDENTITY_TOKEN_FILE".into(), file);
+                vars = Vars::Fixed {
+                    vars: all,
+                    home: vars.home(),
+                };
+            }
+        }
+        let ctx = context(&vars, self.client.clone(), self.sts_endpoint.clone());
         let loaded = reqsign_tencent_cos::AssumeRoleWithWebIdentityCredentialProvider::new()
             .provide_credential(&ctx)
             .await
