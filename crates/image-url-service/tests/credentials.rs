@@ -31,11 +31,15 @@ impl ProvideCredentials for Switch {
     }
 
     async fn load(&self) -> cos_credentials::Result<Credentials> {
-        self.0.lock().unwrap().clone().map_err(|why| CredentialsError::Unavailable {
-            source_name: "switch",
-            reason: why.into(),
-            cause: None,
-        })
+        self.0
+            .lock()
+            .unwrap()
+            .clone()
+            .map_err(|why| CredentialsError::Unavailable {
+                source_name: "switch",
+                reason: why.into(),
+                cause: None,
+            })
     }
 }
 
@@ -89,8 +93,13 @@ async fn until_holding(credentials: &CredentialsCache, id: &str) {
     .expect("the refresher picks up the new credentials");
 }
 
-async fn get(service: &ImageUrlService, k: &str) -> image_url_service::Result<image_url_service::ImageUrl> {
-    service.get_url(&ObjectKey::new(k).unwrap(), &UrlOptions::new()).await
+async fn get(
+    service: &ImageUrlService,
+    k: &str,
+) -> image_url_service::Result<image_url_service::ImageUrl> {
+    service
+        .get_url(&ObjectKey::new(k).unwrap(), &UrlOptions::new())
+        .await
 }
 
 #[tokio::test]
@@ -99,7 +108,11 @@ async fn urls_end_with_their_credentials_and_rotation_needs_no_restart() {
     s.credentials.ready().await.unwrap();
     let first = get(&s.service, "a.jpg").await.unwrap();
     assert!(first.url.contains("q-ak=AKIDone"), "{}", first.url);
-    assert_eq!(first.expires_at, T0 + 2000.0, "capped at the credentials' expiry");
+    assert_eq!(
+        first.expires_at,
+        T0 + 2000.0,
+        "capped at the credentials' expiry"
+    );
 
     s.provider.set(Ok(temporary("AKIDtwo", 7200)));
     until_holding(&s.credentials, "AKIDtwo").await;
@@ -108,7 +121,11 @@ async fn urls_end_with_their_credentials_and_rotation_needs_no_restart() {
     assert!(cached.from_cache && cached.url == first.url, "{cached:?}");
     // New keys are signed with the new credentials at once.
     let other = get(&s.service, "b.jpg").await.unwrap();
-    assert!(other.url.contains("q-ak=AKIDtwo") && other.expires_at == T0 + 3600.0, "{}", other.url);
+    assert!(
+        other.url.contains("q-ak=AKIDtwo") && other.expires_at == T0 + 3600.0,
+        "{}",
+        other.url
+    );
 
     // Inside the threshold (900 s) of the old URL: re-signed with the new credentials.
     s.clock.advance(Duration::from_secs(1200));
@@ -146,12 +163,18 @@ async fn expired_credentials_fail_without_retry_and_missing_ones_say_why() {
     assert!(never.credentials.ready().await.is_err());
     let err = get(&never.service, "a.jpg").await.unwrap_err();
     match &err {
-        ServiceError::CredentialsUnavailable(why) => assert!(why.contains("no role bound"), "{why}"),
+        ServiceError::CredentialsUnavailable(why) => {
+            assert!(why.contains("no role bound"), "{why}")
+        }
         other => panic!("{other}"),
     }
     assert!(err.is_retryable());
     // It recovers on its own once the provider answers.
     never.provider.set(Ok(temporary("AKIDlate", 3600)));
     until_holding(&never.credentials, "AKIDlate").await;
-    assert!(get(&never.service, "a.jpg").await.unwrap().url.contains("q-ak=AKIDlate"));
+    assert!(get(&never.service, "a.jpg")
+        .await
+        .unwrap()
+        .url
+        .contains("q-ak=AKIDlate"));
 }

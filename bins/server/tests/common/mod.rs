@@ -12,7 +12,14 @@ use std::time::Duration;
 /// The server binary, with no COS credentials inherited from the environment.
 pub fn server() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_image-url-server"));
-    for var in ["COS_SECRET_ID", "COS_SECRET_KEY", "COS_SECURITY_TOKEN"] {
+    for var in [
+        "COS_SECRET_ID",
+        "COS_SECRET_KEY",
+        "COS_SECURITY_TOKEN",
+        "TENCENTCLOUD_SECRET_ID",
+        "TENCENTCLOUD_SECRET_KEY",
+        "TENCENTCLOUD_TOKEN",
+    ] {
         cmd.env_remove(var);
     }
     cmd
