@@ -36,4 +36,12 @@ if [ "$signed" != 2 ]; then
   echo "presign_stdin example: expected 2 signed URLs, got $signed" >&2
   exit 1
 fi
+# The service in an axum app, with credentials from the environment: one request, a 302
+# to a presigned URL.
+answer=$(TENCENTCLOUD_SECRET_ID=AKIDexample TENCENTCLOUD_SECRET_KEY=example-secret \
+  cargo run -q -p image-url-service --example axum_app -- examplebucket-1250000000 ap-guangzhou --once)
+if ! printf '%s\n' "$answer" | grep -q '^location: https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/a.jpg?q-sign-algorithm=sha1&q-ak=AKIDexample&'; then
+  echo "axum_app example: expected a 302 to a presigned URL, got: $answer" >&2
+  exit 1
+fi
 echo "examples: ok"
