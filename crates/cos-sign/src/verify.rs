@@ -19,6 +19,7 @@ pub struct VerifyRequest<'a> {
 
 /// What a valid signature covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Verified {
     /// The signing window.
     pub window: SigningWindow,

@@ -94,6 +94,7 @@ pub fn unix_now() -> i64 {
 
 /// The HTTP methods COS signs. The method is part of the signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Method {
     /// Download (the default).
     #[default]

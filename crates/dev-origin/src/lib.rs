@@ -38,6 +38,7 @@ use tokio::io::AsyncWriteExt;
 
 /// Where the origin reads objects from and whose signatures it accepts.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct OriginConfig {
     /// The directory served as the bucket.
     pub dir: PathBuf,

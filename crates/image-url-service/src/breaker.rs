@@ -9,6 +9,7 @@ use url_cache::Clock;
 /// The breaker's state, as reported in statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum CircuitState {
     /// The cache is used.
     Closed,

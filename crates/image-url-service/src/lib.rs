@@ -61,6 +61,7 @@ mod options;
 mod service;
 mod signers;
 mod stats;
+mod unix_time;
 
 pub use access::{AccessPolicy, AccessPolicyBuilder, LinkError, LinkSigner, MIN_SECRET_LEN};
 pub use breaker::CircuitState;

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use cos_sign::{ObjectKey, PresignOptions};
 use serde::Serialize;
@@ -175,17 +175,20 @@ fn push_escaped(out: &mut String, s: &str, special: &[u8]) {
     }
 }
 
-/// A presigned URL with what the caller needs to know about it.
+/// A presigned URL with what the caller needs to know about it. Serialized with times as
+/// float Unix seconds and durations as float seconds, the original system's JSON.
 #[derive(Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ImageUrl {
     /// The object key.
     pub key: String,
     /// The presigned URL. A bearer credential: never log it.
     pub url: String,
-    /// When the URL stops working, unix seconds.
-    pub expires_at: f64,
+    /// When the URL stops working.
+    #[serde(serialize_with = "crate::unix_time::serialize_time")]
+    pub expires_at: SystemTime,
     /// Time left at the moment of the answer.
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(serialize_with = "crate::unix_time::serialize_secs")]
     pub ttl_remaining: Duration,
     /// Served from the cache.
     pub from_cache: bool,
@@ -195,13 +198,6 @@ pub struct ImageUrl {
     pub refreshed: bool,
     /// The object's MIME type, guessed from its extension.
     pub mime_type: Option<String>,
-}
-
-fn serialize_secs<S: serde::Serializer>(
-    d: &Duration,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 impl std::fmt::Debug for ImageUrl {
@@ -220,23 +216,28 @@ impl std::fmt::Debug for ImageUrl {
 }
 
 /// What the cache knows about a key (`ImageUrlService::status`). No URL: status is
-/// for dashboards and must not hand out credentials.
+/// for dashboards and must not hand out credentials. Serialized like [`ImageUrl`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct UrlStatus {
     /// The object key.
     pub key: String,
     /// Whether a live URL is cached.
     pub cached: bool,
     /// When the cached URL expires.
-    pub expires_at: Option<f64>,
-    /// Time the cached URL has left, seconds.
-    pub ttl_remaining: Option<f64>,
+    #[serde(serialize_with = "crate::unix_time::serialize_opt_time")]
+    pub expires_at: Option<SystemTime>,
+    /// Time the cached URL has left.
+    #[serde(serialize_with = "crate::unix_time::serialize_opt_secs")]
+    pub ttl_remaining: Option<Duration>,
     /// How often the cached URL was served.
     pub access_count: Option<u64>,
     /// When the cached URL was created.
-    pub created_at: Option<f64>,
+    #[serde(serialize_with = "crate::unix_time::serialize_opt_time")]
+    pub created_at: Option<SystemTime>,
     /// When it was last served.
-    pub last_accessed: Option<f64>,
+    #[serde(serialize_with = "crate::unix_time::serialize_opt_time")]
+    pub last_accessed: Option<SystemTime>,
     /// Whether the next request would re-sign (inside the pre-refresh threshold).
     pub needs_refresh: bool,
     /// Whether the cache answered (false: unknown, the cache is failing).

@@ -15,6 +15,7 @@ use url_cache::{CacheEntry, CacheError, Clock, SystemClock, UrlCache, DEFAULT_CL
 use crate::breaker::{Breaker, BreakerSettings, Permit};
 use crate::signers::Signers;
 use crate::stats::{bump, Counters};
+use crate::unix_time::from_unix_secs;
 use crate::{
     AccessPolicy, ImageUrl, Result, ServiceConfig, ServiceError, ServiceStats, UrlOptions,
     UrlStatus,
@@ -172,6 +173,7 @@ enum Lookup {
 
 /// One key's answer in a batch.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct BatchItem {
     /// The key as given.
     pub key: String,
@@ -181,6 +183,7 @@ pub struct BatchItem {
 
 /// What `preload` did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct PreloadReport {
     /// Distinct keys asked for.
     pub requested: usize,
@@ -354,11 +357,11 @@ impl ImageUrlService {
         Ok(UrlStatus {
             key: key.as_str().to_owned(),
             cached: entry.is_some(),
-            expires_at: entry.as_ref().map(|e| e.expires_at),
-            ttl_remaining: entry.as_ref().map(|e| e.remaining(now).as_secs_f64()),
+            expires_at: entry.as_ref().map(|e| from_unix_secs(e.expires_at)),
+            ttl_remaining: entry.as_ref().map(|e| e.remaining(now)),
             access_count: entry.as_ref().map(|e| e.access_count),
-            created_at: entry.as_ref().map(|e| e.created_at),
-            last_accessed: entry.as_ref().map(|e| e.last_accessed),
+            created_at: entry.as_ref().map(|e| from_unix_secs(e.created_at)),
+            last_accessed: entry.as_ref().map(|e| from_unix_secs(e.last_accessed)),
             needs_refresh: entry
                 .as_ref()
                 .is_none_or(|e| e.needs_refresh(now, threshold)),
@@ -810,7 +813,7 @@ fn answer(
     ImageUrl {
         key: key.as_str().to_owned(),
         url,
-        expires_at,
+        expires_at: from_unix_secs(expires_at),
         ttl_remaining: Duration::try_from_secs_f64(expires_at - now).unwrap_or(Duration::ZERO),
         from_cache: false,
         degraded: false,

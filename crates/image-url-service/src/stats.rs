@@ -12,6 +12,7 @@ use crate::CircuitState;
 
 /// A snapshot of the service's counters since it started.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ServiceStats {
     /// URL requests (each key of a batch counts once).
     pub requests: u64,
@@ -69,6 +70,7 @@ pub struct MaintenanceStats {
 
 /// Response-time percentiles, microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct LatencyPercentiles {
     /// Median.
     pub p50: u64,

@@ -11,6 +11,11 @@ use image_url_service::{ImageUrlService, ServiceError, UrlOptions};
 use time::OffsetDateTime;
 use url_cache::{ManualClock, MemoryCache};
 
+/// `secs` Unix seconds as the API's time.
+fn at(secs: f64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs_f64(secs)
+}
+
 /// A multiple of the default stable window (3600 − 900 s).
 const T0: f64 = 1_699_998_300.0;
 
@@ -110,7 +115,7 @@ async fn urls_end_with_their_credentials_and_rotation_needs_no_restart() {
     assert!(first.url.contains("q-ak=AKIDone"), "{}", first.url);
     assert_eq!(
         first.expires_at,
-        T0 + 2000.0,
+        at(T0 + 2000.0),
         "capped at the credentials' expiry"
     );
 
@@ -122,7 +127,7 @@ async fn urls_end_with_their_credentials_and_rotation_needs_no_restart() {
     // New keys are signed with the new credentials at once.
     let other = get(&s.service, "b.jpg").await.unwrap();
     assert!(
-        other.url.contains("q-ak=AKIDtwo") && other.expires_at == T0 + 3600.0,
+        other.url.contains("q-ak=AKIDtwo") && other.expires_at == at(T0 + 3600.0),
         "{}",
         other.url
     );
@@ -131,7 +136,7 @@ async fn urls_end_with_their_credentials_and_rotation_needs_no_restart() {
     s.clock.advance(Duration::from_secs(1200));
     let renewed = get(&s.service, "a.jpg").await.unwrap();
     assert!(renewed.url.contains("q-ak=AKIDtwo"), "{}", renewed.url);
-    assert!(renewed.expires_at <= T0 + 7200.0);
+    assert!(renewed.expires_at <= at(T0 + 7200.0));
     assert_eq!(s.service.stats().credentials.unwrap().rotations, 1);
 }
 

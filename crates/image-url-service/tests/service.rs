@@ -17,6 +17,11 @@ use url_cache::{CacheEntry, CacheError, CacheStats, Clock, ManualClock, MemoryCa
 /// where a test looks for it.
 const T0: f64 = 1_699_998_300.0;
 
+/// `secs` Unix seconds as the API's time.
+fn at(secs: f64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs_f64(secs)
+}
+
 fn signer() -> CosSigner {
     CosSigner::new(
         Credentials::new("AKIDtest", "secret"),
@@ -78,7 +83,7 @@ async fn hit_miss_and_pre_refresh_boundaries() {
     let opts = UrlOptions::new();
     let first = s.service.get_url(&key("a.jpg"), &opts).await.unwrap();
     assert!(!first.from_cache && !first.refreshed && !first.degraded);
-    assert_eq!(first.expires_at, T0 + 3600.0);
+    assert_eq!(first.expires_at, at(T0 + 3600.0));
     assert_eq!(first.mime_type.as_deref(), Some("image/jpeg"));
 
     // 901 s left: still served from the cache, same URL.
@@ -93,7 +98,7 @@ async fn hit_miss_and_pre_refresh_boundaries() {
     let fresh = s.service.get_url(&key("a.jpg"), &opts).await.unwrap();
     assert!(!fresh.from_cache && fresh.refreshed);
     assert_ne!(fresh.url, first.url);
-    assert_eq!(fresh.expires_at, T0 + 2700.0 + 3600.0);
+    assert_eq!(fresh.expires_at, at(T0 + 2700.0 + 3600.0));
     // ...and the fresh one is what the cache serves now.
     let again = s.service.get_url(&key("a.jpg"), &opts).await.unwrap();
     assert!(again.from_cache);
@@ -230,7 +235,7 @@ async fn sts_credentials_bound_the_url_lifetime() {
     .build()
     .unwrap();
     let answer = url_for(&service, "a.jpg").await;
-    assert_eq!(answer.expires_at, T0 + 1800.0);
+    assert_eq!(answer.expires_at, at(T0 + 1800.0));
     // The stable window starts at T0; the credentials end it early.
     assert!(answer
         .url
@@ -444,7 +449,7 @@ async fn stable_windows_give_identical_urls_across_replicas_and_degradation() {
         assert_eq!(degraded.url, from_a.url, "a dead cache, same window");
     }
     // T0 is 300 s past a 600 s boundary: the window started at T0 - 300.
-    assert_eq!(from_a.expires_at, T0 - 300.0 + 3600.0);
+    assert_eq!(from_a.expires_at, at(T0 - 300.0 + 3600.0));
     // Next window: a new URL.
     dead_clock.set(T0 + 400.0);
     assert_ne!(url_for(&c, "s.jpg").await.url, from_a.url);

@@ -160,6 +160,7 @@ fn retry_after_secs(wait: &std::time::Duration) -> u64 {
 
 /// RFC 9457 problem details.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[non_exhaustive]
 pub struct Problem {
     /// A URI naming the problem type.
     #[serde(rename = "type")]

@@ -6,7 +6,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use cos_sign::unix_now;
 use cos_sign::ObjectKey;
-use image_url_service::{ImageUrl, ImageUrlService, ServiceError, UrlOptions};
+use image_url_service::{ImageUrlService, ServiceError, UrlOptions};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -281,7 +281,7 @@ pub(crate) async fn proxy_or_redirect(
         None | Some("redirect") => {
             let answer = service.get_url(&key, &options).await?;
             let cache_control = redirect_cache_control(
-                &answer,
+                answer.ttl_remaining,
                 service.config().pre_refresh,
                 state.config.max_redirect_age,
             );
@@ -309,15 +309,11 @@ pub(crate) async fn proxy_or_redirect(
 /// follows a cached redirect to a URL that is about to expire); `no-store` when less than
 /// a minute would be left.
 pub(crate) fn redirect_cache_control(
-    answer: &ImageUrl,
+    ttl_remaining: std::time::Duration,
     pre_refresh: std::time::Duration,
     max: std::time::Duration,
 ) -> header::HeaderValue {
-    let usable = answer
-        .ttl_remaining
-        .saturating_sub(pre_refresh)
-        .min(max)
-        .as_secs();
+    let usable = ttl_remaining.saturating_sub(pre_refresh).min(max).as_secs();
     if usable < 60 {
         return header::HeaderValue::from_static("no-store");
     }
@@ -489,7 +485,10 @@ async fn batch(
             let value = match item.result {
                 Ok(url) => serde_json::json!({
                     "url": url.url,
-                    "expires_at": url.expires_at,
+                    "expires_at": url
+                        .expires_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
                     "ttl_remaining": url.ttl_remaining.as_secs_f64(),
                     "from_cache": url.from_cache,
                     "degraded": url.degraded,
@@ -622,17 +621,8 @@ mod tests {
 
     use super::*;
 
-    fn with_ttl(secs: u64) -> ImageUrl {
-        ImageUrl {
-            key: "a.jpg".into(),
-            url: "https://b-1250000000.cos.ap-guangzhou.myqcloud.com/a.jpg".into(),
-            expires_at: 0.0,
-            ttl_remaining: Duration::from_secs(secs),
-            from_cache: true,
-            degraded: false,
-            refreshed: false,
-            mime_type: None,
-        }
+    fn with_ttl(secs: u64) -> Duration {
+        Duration::from_secs(secs)
     }
 
     #[test]
@@ -648,12 +638,12 @@ mod tests {
         ];
         for (ttl, expected) in cases {
             assert_eq!(
-                redirect_cache_control(&with_ttl(ttl), pre_refresh, max),
+                redirect_cache_control(with_ttl(ttl), pre_refresh, max),
                 expected,
                 "ttl {ttl}"
             );
         }
-        let unbounded = redirect_cache_control(&with_ttl(u64::MAX), Duration::ZERO, Duration::MAX);
+        let unbounded = redirect_cache_control(with_ttl(u64::MAX), Duration::ZERO, Duration::MAX);
         assert_eq!(unbounded, format!("private, max-age={}", u64::MAX).as_str());
     }
 }

@@ -144,6 +144,8 @@ impl Metrics {
                 CircuitState::Closed => 0,
                 CircuitState::HalfOpen => 1,
                 CircuitState::Open => 2,
+                // A state added later: reported as open until it has a number.
+                _ => 2,
             };
             let _ = writeln!(
                 text,

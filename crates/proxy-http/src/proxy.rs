@@ -149,7 +149,7 @@ fn render(
     builder.insert_header((
         header::CACHE_CONTROL,
         crate::handlers::redirect_cache_control(
-            answer,
+            answer.ttl_remaining,
             service.config().pre_refresh,
             state.config.max_redirect_age,
         ),

@@ -9,6 +9,7 @@ use serde::Serialize;
 /// Every `get` (and every key of a `get_many`) counts exactly one of `hits`, `misses`
 /// or `expired`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Lookups that returned a live entry.
     pub hits: u64,
