@@ -39,7 +39,12 @@ fn fill_memory(policy: EvictionPolicy) -> Arc<MemoryCache> {
     );
     let now = SystemClock.now();
     for key in keys() {
-        let entry = CacheEntry::new(&key, url_450(&key), now + 3600.0, now);
+        let entry = CacheEntry::new(
+            &key,
+            url_450(&key),
+            now + std::time::Duration::from_secs(3600),
+            now,
+        );
         cache.put(entry).now_or_never().unwrap().unwrap();
     }
     cache
@@ -74,7 +79,17 @@ fn bench_memory(c: &mut Criterion) {
     let now = SystemClock.now();
     let plain: std::collections::HashMap<String, CacheEntry> = keys
         .iter()
-        .map(|k| (k.clone(), CacheEntry::new(k, url_450(k), now + 3600.0, now)))
+        .map(|k| {
+            (
+                k.clone(),
+                CacheEntry::new(
+                    k,
+                    url_450(k),
+                    now + std::time::Duration::from_secs(3600),
+                    now,
+                ),
+            )
+        })
         .collect();
     let mut i = 0usize;
     group.bench_function("baseline: std HashMap get + clone", |b| {
@@ -146,7 +161,12 @@ fn bench_redis(c: &mut Criterion) {
     rt.block_on(async {
         for key in keys.iter().take(1000) {
             cache
-                .put(CacheEntry::new(key, url_450(key), now + 3600.0, now))
+                .put(CacheEntry::new(
+                    key,
+                    url_450(key),
+                    now + std::time::Duration::from_secs(3600),
+                    now,
+                ))
                 .await
                 .unwrap();
         }

@@ -53,8 +53,13 @@ fn main() {
                 "https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/{key}?q-signature="
             );
             url.extend(std::iter::repeat_n('0', URL_LEN - url.len()));
-            let entry = CacheEntry::new(key, url, 4_000_000_000.0, 1_700_000_000.0)
-                .with_mime_type("image/jpeg");
+            let entry = CacheEntry::new(
+                key,
+                url,
+                url_cache::from_unix_secs(4_000_000_000.0),
+                url_cache::from_unix_secs(1_700_000_000.0),
+            )
+            .with_mime_type("image/jpeg");
             cache.put(entry).now_or_never().unwrap().unwrap();
         }
         let used = LIVE.load(Ordering::Relaxed) - before;

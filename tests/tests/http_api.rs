@@ -35,7 +35,7 @@ impl Stack {
         let _ = rustls::crypto::ring::default_provider().install_default();
         // The start of the current stable-URL window (default 3600 − 900 s), so that
         // URLs signed now run the whole TTL and the tests' time steps stay in one window.
-        let now = (SystemClock.now() / 2700.0).floor() * 2700.0;
+        let now = (SystemClock.now_unix() / 2700.0).floor() * 2700.0;
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("photos")).unwrap();
         std::fs::write(dir.path().join("photos/cat 1.jpg"), vec![42u8; 10_000]).unwrap();
@@ -49,7 +49,7 @@ impl Stack {
             .await
             .unwrap();
 
-        let service_clock = Arc::new(ManualClock::new(now));
+        let service_clock = Arc::new(ManualClock::from_unix_secs(now));
         let (cache, redis_server): (Arc<dyn UrlCache>, _) = if redis {
             let server = RedisServer::start();
             let cache = RedisCache::connect_with_clock(

@@ -142,7 +142,7 @@ impl Breaker {
                 until,
                 reconnects: seen,
             } => {
-                if self.clock.now() < until && reconnects() <= seen {
+                if self.clock.now_unix() < until && reconnects() <= seen {
                     return None;
                 }
                 true
@@ -207,7 +207,7 @@ impl Breaker {
 
     fn open(&self, state: &mut State, reconnects: u64) {
         state.mode = Mode::Open {
-            until: self.clock.now() + self.settings.cool_down.as_secs_f64(),
+            until: self.clock.now_unix() + self.settings.cool_down.as_secs_f64(),
             reconnects,
         };
         state.consecutive_failures = 0;
@@ -218,7 +218,7 @@ impl Breaker {
     pub(crate) fn state(&self) -> CircuitState {
         match self.lock().mode {
             Mode::Closed => CircuitState::Closed,
-            Mode::Open { until, .. } if self.clock.now() >= until => CircuitState::HalfOpen,
+            Mode::Open { until, .. } if self.clock.now_unix() >= until => CircuitState::HalfOpen,
             Mode::Open { .. } => CircuitState::Open,
             Mode::HalfOpen { .. } => CircuitState::HalfOpen,
         }
@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn opens_after_threshold_then_probes_once() {
-        let clock = Arc::new(ManualClock::new(1000.0));
+        let clock = Arc::new(ManualClock::from_unix_secs(1000.0));
         let breaker = breaker(3, 64, clock.clone());
         for _ in 0..2 {
             assert!(!breaker.try_acquire(no_reconnects).unwrap().failed(0));
@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_success_resets_the_consecutive_count() {
-        let clock = Arc::new(ManualClock::new(0.0));
+        let clock = Arc::new(ManualClock::from_unix_secs(0.0));
         let breaker = breaker(2, 64, clock);
         breaker.try_acquire(no_reconnects).unwrap().failed(0);
         breaker.try_acquire(no_reconnects).unwrap().succeeded();
@@ -284,7 +284,7 @@ mod tests {
     /// so the breaker stayed closed while half the calls paid the deadline.
     #[test]
     fn intermittent_failures_open_it_by_ratio() {
-        let clock = Arc::new(ManualClock::new(0.0));
+        let clock = Arc::new(ManualClock::from_unix_secs(0.0));
         let breaker = breaker(3, 20, clock);
         let mut opened_at = None;
         for call in 1..=40 {
@@ -303,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_few_failures_in_a_full_window_do_not_open_it() {
-        let clock = Arc::new(ManualClock::new(0.0));
+        let clock = Arc::new(ManualClock::from_unix_secs(0.0));
         let breaker = breaker(3, 20, clock);
         for call in 0..200 {
             let permit = breaker.try_acquire(no_reconnects).unwrap();
@@ -320,7 +320,7 @@ mod tests {
     /// `probing: true` forever, and the cache was never used again.
     #[test]
     fn a_dropped_probe_hands_the_probe_back() {
-        let clock = Arc::new(ManualClock::new(0.0));
+        let clock = Arc::new(ManualClock::from_unix_secs(0.0));
         let breaker = breaker(1, 64, clock.clone());
         breaker.try_acquire(no_reconnects).unwrap().failed(0);
         clock.advance(Duration::from_secs(10));
@@ -335,7 +335,7 @@ mod tests {
 
     #[test]
     fn a_reconnection_ends_the_cool_down() {
-        let clock = Arc::new(ManualClock::new(0.0));
+        let clock = Arc::new(ManualClock::from_unix_secs(0.0));
         let breaker = breaker(1, 64, clock);
         breaker.try_acquire(|| 3).unwrap().failed(3);
         assert!(breaker.try_acquire(|| 3).is_none(), "no new connection yet");

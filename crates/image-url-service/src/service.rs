@@ -15,11 +15,11 @@ use url_cache::{CacheEntry, CacheError, Clock, SystemClock, UrlCache, DEFAULT_CL
 use crate::breaker::{Breaker, BreakerSettings, Permit};
 use crate::signers::Signers;
 use crate::stats::{bump, Counters};
-use crate::unix_time::from_unix_secs;
 use crate::{
     AccessPolicy, ImageUrl, Result, ServiceConfig, ServiceError, ServiceStats, UrlOptions,
     UrlStatus,
 };
+use url_cache::from_unix_secs;
 
 /// Cache-first presigned URLs. Cheap to clone (an `Arc`); share one per process.
 #[derive(Clone)]
@@ -347,7 +347,7 @@ impl ImageUrlService {
     pub async fn status(&self, key: &ObjectKey, options: &UrlOptions) -> Result<UrlStatus> {
         self.inner.access.check(key, options)?;
         let cache_key = options.cache_key(key)?;
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.now_unix();
         let (entry, available) = match self.cache_call(self.inner.cache.peek(&cache_key)).await {
             Some(Ok(entry)) => (entry, true),
             Some(Err(_)) | None => (None, false),
@@ -357,14 +357,14 @@ impl ImageUrlService {
         Ok(UrlStatus {
             key: key.as_str().to_owned(),
             cached: entry.is_some(),
-            expires_at: entry.as_ref().map(|e| from_unix_secs(e.expires_at)),
-            ttl_remaining: entry.as_ref().map(|e| e.remaining(now)),
+            expires_at: entry.as_ref().map(|e| e.expires_at),
+            ttl_remaining: entry.as_ref().map(|e| e.remaining(from_unix_secs(now))),
             access_count: entry.as_ref().map(|e| e.access_count),
-            created_at: entry.as_ref().map(|e| from_unix_secs(e.created_at)),
-            last_accessed: entry.as_ref().map(|e| from_unix_secs(e.last_accessed)),
+            created_at: entry.as_ref().map(|e| e.created_at),
+            last_accessed: entry.as_ref().map(|e| e.last_accessed),
             needs_refresh: entry
                 .as_ref()
-                .is_none_or(|e| e.needs_refresh(now, threshold)),
+                .is_none_or(|e| e.needs_refresh(from_unix_secs(now), threshold)),
             cache_available: available,
         })
     }
@@ -421,7 +421,7 @@ impl ImageUrlService {
         bump(&counters.cleanup_runs);
         counters
             .last_cleanup_at
-            .store(self.inner.clock.now().to_bits(), Ordering::Relaxed);
+            .store(self.inner.clock.now_unix().to_bits(), Ordering::Relaxed);
         match result {
             Ok(removed) => {
                 counters
@@ -490,7 +490,7 @@ impl ImageUrlService {
             };
             match lookup {
                 Lookup::Found(entry) => {
-                    let now = self.inner.clock.now();
+                    let now = self.inner.clock.now_unix();
                     match self.judge(key, &entry, now) {
                         Verdict::Fresh { expires_at } => {
                             bump(&counters.hits);
@@ -531,7 +531,7 @@ impl ImageUrlService {
         if degraded {
             bump(&counters.degraded);
         }
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.now_unix();
         Ok(ImageUrl {
             degraded,
             refreshed,
@@ -575,7 +575,7 @@ impl ImageUrlService {
         cache_key: String,
         options: &UrlOptions,
     ) -> Result<Signed> {
-        let joined_at = self.inner.clock.now();
+        let joined_at = self.inner.clock.now_unix();
         let (answer, started) = {
             let mut flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
             match flights.get(&cache_key) {
@@ -617,7 +617,7 @@ impl ImageUrlService {
         // A flight lives for one signing and one cache write, so its answer is fresh; but
         // if it was signed before we asked and is already inside the threshold (a stalled
         // runtime, a jump of the clock), sign anew rather than hand it out.
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.now_unix();
         if signed.signed_at < joined_at
             && signed.expires_at - now <= self.inner.config.pre_refresh.as_secs_f64()
         {
@@ -632,14 +632,14 @@ impl ImageUrlService {
         Ok(Signed {
             url,
             expires_at,
-            signed_at: self.inner.clock.now(),
+            signed_at: self.inner.clock.now_unix(),
         })
     }
 
     /// Signs `key` for the configured window, clamped to the credentials' lifetime.
     fn sign(&self, key: &ObjectKey, options: &UrlOptions) -> Result<(String, f64)> {
         let config = &self.inner.config;
-        let now = self.inner.clock.now().floor() as i64;
+        let now = self.inner.clock.now_unix().floor() as i64;
         let ttl = config.ttl.as_secs() as i64;
         let align = config.effective_align();
         let window = if align.is_zero() {
@@ -784,8 +784,8 @@ async fn fly(
             let mut entry = CacheEntry::new(
                 guard.cache_key.clone(),
                 signed.url.clone(),
-                signed.expires_at,
-                signed.signed_at,
+                from_unix_secs(signed.expires_at),
+                from_unix_secs(signed.signed_at),
             );
             entry.mime_type = mime_type(&key);
             Some(entry)

@@ -69,7 +69,7 @@ fn setup(first: Result<Credentials, &'static str>) -> Setup {
     refresh.retry_min = Duration::from_millis(5);
     refresh.retry_max = Duration::from_millis(20);
     let credentials = CredentialsCache::spawn(provider.clone(), refresh);
-    let clock = Arc::new(ManualClock::new(T0));
+    let clock = Arc::new(ManualClock::from_unix_secs(T0));
     let cache = Arc::new(MemoryCache::builder().clock(clock.clone()).build());
     let service = ImageUrlService::builder_with_credentials(
         Endpoint::bucket("examplebucket-1250000000", "ap-guangzhou").unwrap(),

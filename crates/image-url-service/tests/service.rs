@@ -43,7 +43,7 @@ fn setup_with(
     config: ServiceConfig,
     wrap: impl FnOnce(Arc<dyn UrlCache>) -> Arc<dyn UrlCache>,
 ) -> Setup {
-    let clock = Arc::new(ManualClock::new(T0));
+    let clock = Arc::new(ManualClock::from_unix_secs(T0));
     let memory: Arc<dyn UrlCache> = Arc::new(MemoryCache::builder().clock(clock.clone()).build());
     let cache = wrap(memory);
     let service = ImageUrlService::builder(signer(), cache.clone())
@@ -184,7 +184,7 @@ async fn one_signing_for_a_thousand_concurrent_requests() {
 async fn errors_are_shared_not_cached() {
     // Expired STS credentials: every concurrent request gets the error, and once the
     // credentials are valid the next request succeeds (nothing cached the failure).
-    let clock = Arc::new(ManualClock::new(T0));
+    let clock = Arc::new(ManualClock::from_unix_secs(T0));
     let expired = Credentials::new("AKIDtest", "secret").with_session_token(
         "token",
         Some(time::OffsetDateTime::from_unix_timestamp(T0 as i64 - 1).unwrap()),
@@ -222,7 +222,7 @@ async fn errors_are_shared_not_cached() {
 
 #[tokio::test]
 async fn sts_credentials_bound_the_url_lifetime() {
-    let clock = Arc::new(ManualClock::new(T0));
+    let clock = Arc::new(ManualClock::from_unix_secs(T0));
     let creds = Credentials::new("AKIDtest", "secret").with_session_token(
         "token",
         Some(time::OffsetDateTime::from_unix_timestamp(T0 as i64 + 1800).unwrap()),
@@ -280,7 +280,7 @@ fn service_over(
 
 #[tokio::test]
 async fn a_failing_cache_degrades_opens_the_breaker_and_recovers() {
-    let clock = Arc::new(ManualClock::new(T0));
+    let clock = Arc::new(ManualClock::from_unix_secs(T0));
     let healthy = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
     let mut mock = MockCache::new();
@@ -432,14 +432,14 @@ async fn stable_windows_give_identical_urls_across_replicas_and_degradation() {
         .returning(|_| Err(CacheError::Unavailable("down".into())));
     dead.expect_stats().returning(CacheStats::default);
     dead.expect_backend().return_const("mock");
-    let dead_clock = Arc::new(ManualClock::new(T0));
+    let dead_clock = Arc::new(ManualClock::from_unix_secs(T0));
     let c = service_over(dead, dead_clock.clone(), config);
 
     let from_a = url_for(&a.service, "s.jpg").await;
     for step in [0u64, 100, 199] {
-        a.clock.set(T0 + step as f64);
-        b.clock.set(T0 + step as f64);
-        dead_clock.set(T0 + step as f64);
+        a.clock.set_unix_secs(T0 + step as f64);
+        b.clock.set_unix_secs(T0 + step as f64);
+        dead_clock.set_unix_secs(T0 + step as f64);
         let cached = url_for(&a.service, "s.jpg").await;
         let fresh = url_for(&b.service, "s.jpg").await;
         let degraded = url_for(&c, "s.jpg").await;
@@ -451,7 +451,7 @@ async fn stable_windows_give_identical_urls_across_replicas_and_degradation() {
     // T0 is 300 s past a 600 s boundary: the window started at T0 - 300.
     assert_eq!(from_a.expires_at, at(T0 - 300.0 + 3600.0));
     // Next window: a new URL.
-    dead_clock.set(T0 + 400.0);
+    dead_clock.set_unix_secs(T0 + 400.0);
     assert_ne!(url_for(&c, "s.jpg").await.url, from_a.url);
 }
 
@@ -697,7 +697,7 @@ impl UrlCache for TestCache {
 }
 
 fn faulty_service(config: ServiceConfig) -> (ImageUrlService, Arc<TestCache>, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(T0));
+    let clock = Arc::new(ManualClock::from_unix_secs(T0));
     let memory = Arc::new(MemoryCache::builder().clock(clock.clone()).build());
     let cache = Arc::new(TestCache::new(memory, false));
     let service = ImageUrlService::builder(signer(), cache.clone())
@@ -860,7 +860,7 @@ async fn a_foreign_url_in_the_cache_is_replaced_never_served() {
         ("c.jpg", "not a url"),
     ] {
         s.cache
-            .put(CacheEntry::new(k, url, T0 + 3000.0, T0))
+            .put(CacheEntry::new(k, url, at(T0 + 3000.0), at(T0)))
             .await
             .unwrap();
         let answer = s.service.get_url(&key(k), &UrlOptions::new()).await.unwrap();
@@ -940,8 +940,8 @@ async fn stable_urls_are_the_default() {
     let a = setup();
     let b = setup();
     for step in [0u64, 600, 1200] {
-        a.clock.set(T0 + 100.0 + step as f64);
-        b.clock.set(T0 + 1500.0 + step as f64 / 2.0);
+        a.clock.set_unix_secs(T0 + 100.0 + step as f64);
+        b.clock.set_unix_secs(T0 + 1500.0 + step as f64 / 2.0);
         let from_a = url_for(&a.service, "x.jpg").await;
         let from_b = url_for(&b.service, "x.jpg").await;
         assert_eq!(from_a.url, from_b.url, "step {step}");

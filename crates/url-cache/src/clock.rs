@@ -4,11 +4,35 @@ use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A source of "now" as unix seconds (fractional). Every component takes its time from
-/// one of these; production uses [`SystemClock`], tests a [`ManualClock`].
+/// A source of "now". Every component takes its time from one of these; production uses
+/// [`SystemClock`], tests a [`ManualClock`].
 pub trait Clock: Send + Sync + Debug {
-    /// The current time, unix seconds.
-    fn now(&self) -> f64;
+    /// The current time.
+    fn now(&self) -> SystemTime;
+
+    /// The current time as fractional Unix seconds, the unit of the stored records and
+    /// of Redis scores.
+    fn now_unix(&self) -> f64 {
+        unix_secs(self.now())
+    }
+}
+
+/// `time` as fractional Unix seconds (before the epoch: 0).
+pub fn unix_secs(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Fractional Unix seconds as a `SystemTime`, to the microsecond (so that a time written
+/// as a float and read back is the same time); negative, NaN or out of range: the epoch.
+pub fn from_unix_secs(secs: f64) -> SystemTime {
+    let micros = (secs * 1e6).round();
+    if !(0.0..=u64::MAX as f64).contains(&micros) {
+        return UNIX_EPOCH;
+    }
+    UNIX_EPOCH
+        .checked_add(Duration::from_micros(micros as u64))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 /// The system's wall clock.
@@ -16,11 +40,8 @@ pub trait Clock: Send + Sync + Debug {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    fn now(&self) -> f64 {
+    fn now(&self) -> SystemTime {
         SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0)
     }
 }
 
@@ -30,9 +51,9 @@ impl Clock for SystemClock {
 /// ```
 /// use std::time::Duration;
 /// use url_cache::{Clock, ManualClock};
-/// let clock = ManualClock::new(1_700_000_000.0);
+/// let clock = ManualClock::from_unix_secs(1_700_000_000.0);
 /// clock.advance(Duration::from_millis(1500));
-/// assert_eq!(clock.now(), 1_700_000_001.5);
+/// assert_eq!(clock.now_unix(), 1_700_000_001.5);
 /// ```
 #[derive(Debug, Default)]
 pub struct ManualClock {
@@ -40,15 +61,25 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
+    /// A clock stopped at `start`.
+    pub fn new(start: SystemTime) -> Self {
+        Self::from_unix_secs(unix_secs(start))
+    }
+
     /// A clock stopped at `unix_secs`.
-    pub fn new(unix_secs: f64) -> Self {
+    pub fn from_unix_secs(unix_secs: f64) -> Self {
         ManualClock {
             millis: AtomicU64::new((unix_secs * 1000.0) as u64),
         }
     }
 
     /// Sets the time.
-    pub fn set(&self, unix_secs: f64) {
+    pub fn set(&self, time: SystemTime) {
+        self.set_unix_secs(unix_secs(time));
+    }
+
+    /// Sets the time, in Unix seconds.
+    pub fn set_unix_secs(&self, unix_secs: f64) {
         self.millis
             .store((unix_secs * 1000.0) as u64, Ordering::SeqCst);
     }
@@ -61,7 +92,11 @@ impl ManualClock {
 }
 
 impl Clock for ManualClock {
-    fn now(&self) -> f64 {
+    fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.millis.load(Ordering::SeqCst))
+    }
+
+    fn now_unix(&self) -> f64 {
         self.millis.load(Ordering::SeqCst) as f64 / 1000.0
     }
 }

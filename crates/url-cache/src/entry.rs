@@ -1,11 +1,14 @@
 //! The cached record.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{from_unix_secs, unix_secs};
+
 /// One cached presigned URL: the record the original system stored as JSON under
-/// `image:url:{image_key}`. Times are unix seconds (fractional allowed).
+/// `image:url:{image_key}`. In JSON, times are Unix seconds as the original system wrote
+/// them (fractional allowed).
 ///
 /// ```
 /// use std::time::Duration;
@@ -14,8 +17,9 @@ use serde::{Deserialize, Serialize};
 ///   "expires_at": 1700003600.5, "access_count": 3, "created_at": 1700000000,
 ///   "last_accessed": 1700000100.25, "image_key": "a.jpg", "mime_type": "image/jpeg"}"#;
 /// let entry: CacheEntry = serde_json::from_str(json)?;
-/// assert!(entry.needs_refresh(1_700_002_700.5, Duration::from_secs(900)));
-/// assert!(!entry.is_expired(1_700_003_600.0));
+/// let at = url_cache::from_unix_secs;
+/// assert!(entry.needs_refresh(at(1_700_002_700.5), Duration::from_secs(900)));
+/// assert!(!entry.is_expired(at(1_700_003_600.0)));
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -24,14 +28,17 @@ pub struct CacheEntry {
     /// The presigned URL.
     pub url: String,
     /// When the URL's signature ends.
-    pub expires_at: f64,
+    #[serde(with = "unix_float")]
+    pub expires_at: SystemTime,
     /// How many times the entry was read from the cache.
     #[serde(default)]
     pub access_count: u64,
     /// When the entry was created.
-    pub created_at: f64,
+    #[serde(with = "unix_float")]
+    pub created_at: SystemTime,
     /// When the entry was last read (its creation time until then).
-    pub last_accessed: f64,
+    #[serde(with = "unix_float")]
+    pub last_accessed: SystemTime,
     /// The cache key: the object key, or the object key with its signed variant.
     pub image_key: String,
     /// The object's MIME type, if known.
@@ -44,8 +51,8 @@ impl CacheEntry {
     pub fn new(
         image_key: impl Into<String>,
         url: impl Into<String>,
-        expires_at: f64,
-        now: f64,
+        expires_at: SystemTime,
+        now: SystemTime,
     ) -> Self {
         CacheEntry {
             url: url.into(),
@@ -65,18 +72,57 @@ impl CacheEntry {
     }
 
     /// Whether the URL has expired at `now` (the end instant counts as expired).
-    pub fn is_expired(&self, now: f64) -> bool {
+    pub fn is_expired(&self, now: SystemTime) -> bool {
         now >= self.expires_at
     }
 
     /// Time left until expiry at `now` (zero once expired).
-    pub fn remaining(&self, now: f64) -> Duration {
-        Duration::try_from_secs_f64(self.expires_at - now).unwrap_or(Duration::ZERO)
+    pub fn remaining(&self, now: SystemTime) -> Duration {
+        self.expires_at
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
     }
 
     /// Whether the URL has `threshold` or less left at `now` and should be re-signed.
-    pub fn needs_refresh(&self, now: f64, threshold: Duration) -> bool {
-        self.expires_at - now <= threshold.as_secs_f64()
+    pub fn needs_refresh(&self, now: SystemTime, threshold: Duration) -> bool {
+        self.remaining(now) <= threshold
+    }
+
+    /// [`expires_at`](CacheEntry::expires_at) as fractional Unix seconds.
+    pub fn expires_at_unix(&self) -> f64 {
+        unix_secs(self.expires_at)
+    }
+
+    /// [`last_accessed`](CacheEntry::last_accessed) as fractional Unix seconds.
+    pub fn last_accessed_unix(&self) -> f64 {
+        unix_secs(self.last_accessed)
+    }
+
+    /// [`created_at`](CacheEntry::created_at) as fractional Unix seconds.
+    pub fn created_at_unix(&self) -> f64 {
+        unix_secs(self.created_at)
+    }
+}
+
+/// Times as float Unix seconds in JSON (integers accepted), as the original system's
+/// Python `json.dumps` of `time.time()` values.
+mod unix_float {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(super::unix_secs(*time))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let secs = f64::deserialize(d)?;
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(serde::de::Error::custom(format!(
+                "{secs} is not a time in Unix seconds"
+            )));
+        }
+        Ok(super::from_unix_secs(secs))
     }
 }
 
@@ -86,10 +132,10 @@ impl std::fmt::Debug for CacheEntry {
         let url = self.url.split('?').next().unwrap_or_default();
         f.debug_struct("CacheEntry")
             .field("url", &format_args!("{url}?<signature redacted>"))
-            .field("expires_at", &self.expires_at)
+            .field("expires_at", &self.expires_at_unix())
             .field("access_count", &self.access_count)
-            .field("created_at", &self.created_at)
-            .field("last_accessed", &self.last_accessed)
+            .field("created_at", &self.created_at_unix())
+            .field("last_accessed", &self.last_accessed_unix())
             .field("image_key", &self.image_key)
             .field("mime_type", &self.mime_type)
             .finish()
@@ -110,24 +156,30 @@ mod tests {
         // Python's json.dumps writes integers for whole floats and null for None.
         let python = r#"{"url": "u", "expires_at": 1700003600, "access_count": 0, "created_at": 1700000000, "last_accessed": 1700000000, "image_key": "k", "mime_type": null}"#;
         let entry: CacheEntry = serde_json::from_str(python).unwrap();
-        assert_eq!(entry.expires_at, 1_700_003_600.0);
+        assert_eq!(entry.expires_at_unix(), 1_700_003_600.0);
         assert_eq!(entry.mime_type, None);
     }
 
     #[test]
     fn expiry_boundaries() {
-        let e = CacheEntry::new("k", "u", 100.0, 0.0);
-        assert!(!e.is_expired(99.999));
-        assert!(e.is_expired(100.0));
-        assert_eq!(e.remaining(40.0), Duration::from_secs(60));
-        assert_eq!(e.remaining(140.0), Duration::ZERO);
-        assert!(!e.needs_refresh(39.0, Duration::from_secs(60)));
-        assert!(e.needs_refresh(40.0, Duration::from_secs(60)));
+        let at = from_unix_secs;
+        let e = CacheEntry::new("k", "u", at(100.0), at(0.0));
+        assert!(!e.is_expired(at(99.999)));
+        assert!(e.is_expired(at(100.0)));
+        assert_eq!(e.remaining(at(40.0)), Duration::from_secs(60));
+        assert_eq!(e.remaining(at(140.0)), Duration::ZERO);
+        assert!(!e.needs_refresh(at(39.0), Duration::from_secs(60)));
+        assert!(e.needs_refresh(at(40.0), Duration::from_secs(60)));
     }
 
     #[test]
     fn debug_hides_the_signature() {
-        let e = CacheEntry::new("k", "https://h/a.jpg?q-signature=secret", 1.0, 0.0);
+        let e = CacheEntry::new(
+            "k",
+            "https://h/a.jpg?q-signature=secret",
+            from_unix_secs(1.0),
+            from_unix_secs(0.0),
+        );
         let shown = format!("{e:?}");
         assert!(!shown.contains("secret") && shown.contains("https://h/a.jpg"));
     }

@@ -8,13 +8,15 @@
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! use std::{sync::Arc, time::Duration};
-//! use url_cache::{CacheEntry, EvictionPolicy, ManualClock, MemoryCache, UrlCache};
+//! use url_cache::{CacheEntry, Clock, EvictionPolicy, ManualClock, MemoryCache, UrlCache};
 //!
-//! let clock = Arc::new(ManualClock::new(1_700_000_000.0));
+//! let clock = Arc::new(ManualClock::from_unix_secs(1_700_000_000.0));
+//! let now = clock.now();
 //! let cache: Arc<dyn UrlCache> = Arc::new(
 //!     MemoryCache::builder().capacity(10_000).policy(EvictionPolicy::lru()).clock(clock.clone()).build(),
 //! );
-//! cache.put(CacheEntry::new("a.jpg", "https://h/a.jpg?q-signature=…", 1_700_003_600.0, 1_700_000_000.0)).await?;
+//! let expires_at = now + Duration::from_secs(3600);
+//! cache.put(CacheEntry::new("a.jpg", "https://h/a.jpg?q-signature=…", expires_at, now)).await?;
 //! assert!(cache.get("a.jpg").await?.is_some());
 //! clock.advance(Duration::from_secs(3600));
 //! assert!(cache.get("a.jpg").await?.is_none()); // expired: never served
@@ -38,7 +40,7 @@ mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{from_unix_secs, unix_secs, Clock, ManualClock, SystemClock};
 pub use entry::CacheEntry;
 pub use error::{CacheError, Result};
 pub use memory::{MemoryCache, MemoryCacheBuilder, DEFAULT_CAPACITY};
@@ -169,9 +171,9 @@ pub(crate) fn validate_entry(entry: &CacheEntry) -> Result<()> {
         ("created_at", entry.created_at),
         ("last_accessed", entry.last_accessed),
     ] {
-        if !value.is_finite() || value < 0.0 {
+        if value < std::time::UNIX_EPOCH {
             return Err(CacheError::InvalidInput(format!(
-                "entry {name} is not a non-negative finite number"
+                "entry {name} is before the Unix epoch"
             )));
         }
     }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use foldhash::fast::RandomState;
@@ -44,7 +44,8 @@ const DEFAULT_SHARDS: usize = 16;
 /// use url_cache::{CacheEntry, Clock, EvictionPolicy, MemoryCache, SystemClock, UrlCache};
 /// let cache = MemoryCache::builder().capacity(1000).policy(EvictionPolicy::lfu()).build();
 /// let now = SystemClock.now();
-/// cache.put(CacheEntry::new("a.jpg", "https://h/a.jpg?sig", now + 3600.0, now)).await?;
+/// let expires_at = now + std::time::Duration::from_secs(3600);
+/// cache.put(CacheEntry::new("a.jpg", "https://h/a.jpg?sig", expires_at, now)).await?;
 /// assert_eq!(cache.get("a.jpg").await?.map(|e| e.access_count), Some(1));
 /// # Ok::<(), url_cache::CacheError>(())
 /// # }).unwrap();
@@ -159,8 +160,9 @@ struct Shard {
     tick: u64,
 }
 
-fn millis(unix_secs: f64) -> u64 {
-    (unix_secs.max(0.0) * 1000.0) as u64
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Shard {
@@ -186,7 +188,7 @@ impl Shard {
     }
 
     /// Looks `key` up at `now`, recording the access. `Err(())` means "was expired".
-    fn get(&mut self, key: &str, now: f64, policy: Kind) -> Result<Option<CacheEntry>, ()> {
+    fn get(&mut self, key: &str, now: SystemTime, policy: Kind) -> Result<Option<CacheEntry>, ()> {
         let tick = self.next_tick();
         let Some(slot) = self.map.get_mut(key) else {
             return Ok(None);
@@ -288,7 +290,7 @@ impl Shard {
     }
 
     /// Removes up to `limit` expired entries; returns how many.
-    fn remove_expired(&mut self, now: f64, limit: usize) -> usize {
+    fn remove_expired(&mut self, now: SystemTime, limit: usize) -> usize {
         let now_ms = millis(now);
         let mut removed = 0;
         while removed < limit {
@@ -309,7 +311,7 @@ impl Shard {
         removed
     }
 
-    fn expiring_within(&self, now: f64, until: f64, limit: usize) -> Vec<CacheEntry> {
+    fn expiring_within(&self, now: SystemTime, until: SystemTime, limit: usize) -> Vec<CacheEntry> {
         self.expiry
             .range((millis(now), 0)..=(millis(until), u64::MAX))
             .filter_map(|(_, name)| self.map.get(name))
@@ -356,7 +358,7 @@ impl MemoryCache {
         }
     }
 
-    fn get_sync(&self, key: &str, now: f64) -> Option<CacheEntry> {
+    fn get_sync(&self, key: &str, now: SystemTime) -> Option<CacheEntry> {
         let result = self.shard(key).get(key, now, self.policy.kind());
         match result {
             Ok(Some(entry)) => {
@@ -465,12 +467,12 @@ impl UrlCache for MemoryCache {
 
     async fn expiring_within(&self, within: Duration, limit: usize) -> Result<Vec<CacheEntry>> {
         let now = self.clock.now();
-        let until = now + within.as_secs_f64();
+        let until = now + within;
         let mut found: Vec<CacheEntry> = Vec::new();
         for shard in self.shards.iter() {
             found.extend(lock(shard).expiring_within(now, until, limit));
         }
-        found.sort_by(|a, b| a.expires_at.total_cmp(&b.expires_at));
+        found.sort_by_key(|e| e.expires_at);
         found.truncate(limit);
         Ok(found)
     }
@@ -526,7 +528,12 @@ mod tests {
     }
 
     fn entry(key: &str) -> CacheEntry {
-        CacheEntry::new(key, "https://h/x?sig", 4e9, 1.7e9)
+        CacheEntry::new(
+            key,
+            "https://h/x?sig",
+            crate::from_unix_secs(4e9),
+            crate::from_unix_secs(1.7e9),
+        )
     }
 
     #[test]

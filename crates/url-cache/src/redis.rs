@@ -35,6 +35,7 @@ use fred::prelude::{
 use fred::types::{ExpireOptions, SetOptions};
 use tokio::task::JoinHandle;
 
+use crate::clock::from_unix_secs;
 use crate::policy::Kind;
 use crate::{
     validate_entry, validate_key, CacheEntry, CacheError, CacheStats, Clock, EvictionPolicy,
@@ -435,7 +436,7 @@ impl RedisCache {
             Ok(entry) => entry,
             Err(err) => return self.drop_corrupt(key, &err.to_string()).await,
         };
-        if entry.is_expired(now) {
+        if now >= entry.expires_at_unix() {
             self.inner.stats.expired(1);
             // Redis expires the hash on its own clock; ours said it is gone, so drop it.
             self.delete_or_log(key).await;
@@ -444,7 +445,7 @@ impl RedisCache {
         if let Some(Ok(count)) = count {
             entry.access_count = count.convert::<u64>().unwrap_or(entry.access_count + 1);
         }
-        entry.last_accessed = now;
+        entry.last_accessed = from_unix_secs(now);
         self.inner.stats.hit(1);
         Ok(Some(entry))
     }
@@ -512,14 +513,14 @@ impl RedisCache {
                 tracing::warn!(key, "corrupt cache entry (an older form) dropped");
                 Ok(None)
             }
-            Some(entry) if entry.is_expired(now) => {
+            Some(entry) if (now >= entry.expires_at_unix()) => {
                 self.inner.stats.expired(1);
                 Ok(None)
             }
             Some(mut entry) => {
                 entry.image_key = key.to_owned();
                 entry.access_count += 1;
-                entry.last_accessed = now;
+                entry.last_accessed = from_unix_secs(now);
                 self.store(entry.clone(), now).await?;
                 self.inner.stats.hit(1);
                 Ok(Some(entry))
@@ -579,13 +580,14 @@ impl RedisCache {
             Kind::Lru | Kind::Fifo => now,
             Kind::Lfu => entry.access_count as f64,
         };
-        let expires_ms = (entry.expires_at * 1000.0).ceil() as i64;
+        let expires_unix = entry.expires_at_unix();
+        let expires_ms = (expires_unix * 1000.0).ceil() as i64;
         let mut fields = vec![
-            ("url", entry.url),
-            ("expires_at", entry.expires_at.to_string()),
+            ("expires_at", expires_unix.to_string()),
             ("access_count", entry.access_count.to_string()),
-            ("created_at", entry.created_at.to_string()),
-            ("last_accessed", entry.last_accessed.to_string()),
+            ("created_at", entry.created_at_unix().to_string()),
+            ("last_accessed", entry.last_accessed_unix().to_string()),
+            ("url", entry.url),
             ("image_key", entry.image_key),
         ];
         let mime = entry.mime_type;
@@ -608,7 +610,7 @@ impl RedisCache {
                     None,
                     false,
                     false,
-                    (entry.expires_at, key.as_str()),
+                    (expires_unix, key.as_str()),
                 )
                 .await?;
             let _: () = pipe
@@ -762,13 +764,13 @@ fn parse_entry(key: &str, fields: &HashMap<String, String>) -> Result<CacheEntry
     };
     Ok(CacheEntry {
         url: fields.get("url").cloned().ok_or_else(|| corrupt("url"))?,
-        expires_at: number("expires_at")?,
+        expires_at: from_unix_secs(number("expires_at")?),
         access_count: fields
             .get("access_count")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
-        created_at: number("created_at")?,
-        last_accessed: number("last_accessed").unwrap_or(0.0),
+        created_at: from_unix_secs(number("created_at")?),
+        last_accessed: from_unix_secs(number("last_accessed").unwrap_or(0.0)),
         image_key: fields
             .get("image_key")
             .cloned()
@@ -786,7 +788,7 @@ impl UrlCache for RedisCache {
 
     async fn peek(&self, key: &str) -> Result<Option<CacheEntry>> {
         validate_key(key)?;
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.now_unix();
         let client = self.inner.pool.next_connected();
         let fields: Result<HashMap<String, String>> =
             self.run(client.hgetall(self.entry_key(key))).await;
@@ -802,7 +804,7 @@ impl UrlCache for RedisCache {
         }
         Ok(parse_entry(key, &fields)
             .ok()
-            .filter(|entry| !entry.is_expired(now)))
+            .filter(|entry| now < entry.expires_at_unix()))
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
@@ -812,7 +814,7 @@ impl UrlCache for RedisCache {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.now_unix();
         // Moving entries from the layout without namespace costs a round trip per miss:
         // worth it for a single lookup, not for a batch, whose misses are signed anew
         // (the old entries then simply expire).
@@ -844,8 +846,8 @@ impl UrlCache for RedisCache {
 
     async fn put(&self, entry: CacheEntry) -> Result<()> {
         validate_entry(&entry)?;
-        let now = self.inner.clock.now();
-        if entry.is_expired(now) {
+        let now = self.inner.clock.now_unix();
+        if now >= entry.expires_at_unix() {
             self.delete_quietly(&entry.image_key).await?;
             return Ok(());
         }
@@ -861,7 +863,7 @@ impl UrlCache for RedisCache {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.now_unix();
         let until = now + within.as_secs_f64();
         let client = self.inner.pool.next_connected();
         let keys: Vec<String> = self
@@ -889,9 +891,9 @@ impl UrlCache for RedisCache {
             .zip(hashes)
             .filter(|(_, fields)| fields.contains_key("url"))
             .filter_map(|(key, fields)| parse_entry(key, &fields).ok())
-            .filter(|e| !e.is_expired(now) && e.expires_at <= until)
+            .filter(|e| now < e.expires_at_unix() && e.expires_at_unix() <= until)
             .collect();
-        found.sort_by(|a, b| a.expires_at.total_cmp(&b.expires_at));
+        found.sort_by_key(|e| e.expires_at);
         Ok(found)
     }
 
@@ -899,7 +901,7 @@ impl UrlCache for RedisCache {
         let batch_size = batch_size.max(1);
         let mut total = 0;
         loop {
-            let now = self.inner.clock.now();
+            let now = self.inner.clock.now_unix();
             let client = self.inner.pool.next_connected();
             let keys: Vec<String> = self
                 .run(client.zrangebyscore(

@@ -28,7 +28,7 @@
 //! "multi_thread")]` (one of them spawns tasks).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -111,7 +111,7 @@ struct Fixture {
 impl Fixture {
     async fn new(factory: &dyn CacheFactory, policy: EvictionPolicy, capacity: usize) -> Self {
         // Start at the real time: Redis expires hashes on its own clock.
-        let clock = Arc::new(ManualClock::new(SystemClock.now().floor()));
+        let clock = Arc::new(ManualClock::from_unix_secs(SystemClock.now_unix().floor()));
         let cache = factory.make(capacity, policy, clock.clone()).await;
         Fixture {
             cache,
@@ -120,7 +120,7 @@ impl Fixture {
         }
     }
 
-    fn now(&self) -> f64 {
+    fn now(&self) -> SystemTime {
         self.clock.now()
     }
 
@@ -129,7 +129,8 @@ impl Fixture {
         CacheEntry::new(
             key,
             format!("https://b.example/{key}?q-signature=s"),
-            now + ttl_secs,
+            // A negative TTL makes an already expired entry.
+            crate::from_unix_secs(crate::unix_secs(now) + ttl_secs),
             now,
         )
         .with_mime_type("image/jpeg")
@@ -433,7 +434,7 @@ pub async fn concurrent_tasks_on_the_same_keys(factory: &dyn CacheFactory, polic
 /// The original system's JSON record round-trips through the cache field for field.
 pub async fn python_json_entries_round_trip(factory: &dyn CacheFactory, policy: EvictionPolicy) {
     let f = Fixture::new(factory, policy, 100).await;
-    let now = f.now();
+    let now = f.clock.now_unix();
     let json = format!(
         r#"{{"url": "https://b.cos.ap-guangzhou.myqcloud.com/a.jpg?q-signature=abc", "expires_at": {}, "access_count": 7, "created_at": {}, "last_accessed": {}, "image_key": "legacy/a.jpg", "mime_type": "image/jpeg"}}"#,
         now + 1800.25,
@@ -485,7 +486,7 @@ pub async fn bad_input_is_a_typed_error(factory: &dyn CacheFactory, policy: Evic
         ));
     }
     let mut entry = f.entry("k", 3600.0);
-    entry.expires_at = f64::NAN;
+    entry.expires_at = std::time::UNIX_EPOCH - Duration::from_secs(1);
     let err = f.cache.put(entry).await.unwrap_err();
     assert!(matches!(err, CacheError::InvalidInput(_)) && !err.is_retryable());
     let mut entry = f.entry("k", 3600.0);

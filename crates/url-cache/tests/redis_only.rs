@@ -24,8 +24,8 @@ fn entry(key: &str, now: f64, ttl: f64) -> CacheEntry {
     CacheEntry::new(
         key,
         format!("https://b.example/{key}?q-signature=s"),
-        now + ttl,
-        now,
+        url_cache::from_unix_secs(now + ttl),
+        url_cache::from_unix_secs(now),
     )
 }
 
@@ -35,7 +35,8 @@ async fn layout_is_a_hash_per_entry_plus_two_sorted_sets() {
     let cache = RedisCache::connect(RedisConfig::new(server.url()))
         .await
         .unwrap();
-    let now = SystemClock.now();
+    // Whole seconds: entry times are kept to the microsecond.
+    let now = SystemClock.now_unix().floor();
     cache
         .put(entry("img/a.jpg", now, 3600.0).with_mime_type("image/jpeg"))
         .await
@@ -81,7 +82,7 @@ async fn layout_is_a_hash_per_entry_plus_two_sorted_sets() {
 async fn reads_json_strings_written_by_the_original_system() {
     let server = RedisServer::start();
     let raw = raw_client(&server).await;
-    let now = SystemClock.now();
+    let now = SystemClock.now_unix();
     let json = format!(
         r#"{{"url": "https://b.cos.ap-guangzhou.myqcloud.com/old.jpg?q-signature=x", "expires_at": {}, "access_count": 4, "created_at": {}, "last_accessed": {}, "image_key": "old.jpg", "mime_type": "image/jpeg"}}"#,
         now + 1000.0,
@@ -115,7 +116,7 @@ async fn a_stopped_server_fails_fast_with_a_retryable_error() {
     config.pool_size = 2;
     let cache = RedisCache::connect(config).await.unwrap();
     cache
-        .put(entry("k", SystemClock.now(), 3600.0))
+        .put(entry("k", SystemClock.now_unix(), 3600.0))
         .await
         .unwrap();
     server.stop();
@@ -142,11 +143,14 @@ async fn recovers_when_the_server_restarts_without_a_new_client() {
     config.command_timeout = Duration::from_millis(500);
     config.reconnect_max_delay = Duration::from_millis(200);
     config.pool_size = 2;
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(SystemClock.now()));
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::from_unix_secs(SystemClock.now_unix()));
     let cache = RedisCache::connect_with_clock(config, clock.clone())
         .await
         .unwrap();
-    cache.put(entry("k", clock.now(), 3600.0)).await.unwrap();
+    cache
+        .put(entry("k", clock.now_unix(), 3600.0))
+        .await
+        .unwrap();
     let connected = cache.reconnects();
     assert!(
         connected >= 2,
@@ -155,7 +159,7 @@ async fn recovers_when_the_server_restarts_without_a_new_client() {
     server.restart(); // empty again: nothing is persisted
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match cache.put(entry("k2", clock.now(), 3600.0)).await {
+        match cache.put(entry("k2", clock.now_unix(), 3600.0)).await {
             Ok(()) => break,
             Err(err) => {
                 assert!(err.is_retryable(), "{err}");
@@ -209,7 +213,7 @@ async fn wrong_types_and_malformed_hashes_are_corrupt_misses() {
     let cache = RedisCache::connect(RedisConfig::new(server.url()))
         .await
         .unwrap();
-    let now = SystemClock.now();
+    let now = SystemClock.now_unix();
     cache.put(entry("good.jpg", now, 3600.0)).await.unwrap();
     let raw = raw_client(&server).await;
     for (command, key) in [
@@ -277,7 +281,7 @@ async fn wrong_types_and_malformed_hashes_are_corrupt_misses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_keep_buckets_apart_and_old_keys_move_over() {
     let server = RedisServer::start();
-    let now = SystemClock.now();
+    let now = SystemClock.now_unix();
     let old = RedisCache::connect(RedisConfig::new(server.url()))
         .await
         .unwrap();
