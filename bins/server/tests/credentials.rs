@@ -106,6 +106,14 @@ async fn urls_stay_valid_across_rotations_and_none_outlives_its_credentials() {
         }
     }
     assert!(requests > 6);
+    let metrics = common::metrics(&http, base).await;
+    assert!(
+        metrics.contains("image_url_credentials_rotations_total{source=\"cvm-role\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("image_url_credentials_expiry_timestamp_seconds{source=\"cvm-role\"} 1")
+    );
 
     // The metadata service goes away: the held credentials keep signing, and /readyz says
     // the refresh is failing; once they expire, URL requests are 503 problems.

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-/// Environment variables and home directory, from the process or given.
-#[derive(Debug, Clone, Default)]
+/// Environment variables and home directory, from the process or given. `Debug` shows
+/// the variables' names, never their values (they hold secrets).
+#[derive(Clone, Default)]
 pub enum Vars {
     /// The process's environment (`std::env`).
     #[default]
@@ -49,6 +50,22 @@ impl Vars {
             #[allow(deprecated)] // correct on Unix, which is where this runs
             Vars::Process => std::env::home_dir(),
             Vars::Fixed { home, .. } => home.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Vars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Vars::Process => f.write_str("Vars::Process"),
+            Vars::Fixed { vars, home } => {
+                let mut names: Vec<&String> = vars.keys().collect();
+                names.sort();
+                f.debug_struct("Vars::Fixed")
+                    .field("names", &names)
+                    .field("home", home)
+                    .finish()
+            }
         }
     }
 }
@@ -178,4 +195,17 @@ fn build_default_client() -> reqwest::Client {
         .tls_backend_preconfigured(rustls_config())
         .build()
         .expect("a client with a preconfigured rustls backend builds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_names_not_values() {
+        let vars = Vars::fixed([("TENCENTCLOUD_SECRET_KEY", "sekrit-value")]);
+        let shown = format!("{vars:?} {:?}", crate::EnvProvider::with_vars(vars.clone()));
+        assert!(shown.contains("TENCENTCLOUD_SECRET_KEY"), "{shown}");
+        assert!(!shown.contains("sekrit-value"), "{shown}");
+    }
 }

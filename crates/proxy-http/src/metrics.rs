@@ -157,6 +157,24 @@ impl Metrics {
                 "# HELP image_url_cache_hit_ratio Share of URL requests served from the cache\n# TYPE image_url_cache_hit_ratio gauge\nimage_url_cache_hit_ratio {}",
                 s.hit_rate
             );
+            if let Some(c) = &s.credentials {
+                let source = c.source;
+                let _ = writeln!(
+                    text,
+                    "# HELP image_url_credentials_expiry_timestamp_seconds When the signing credentials expire (Unix seconds; 0: they do not, or none are held)\n# TYPE image_url_credentials_expiry_timestamp_seconds gauge\nimage_url_credentials_expiry_timestamp_seconds{{source=\"{source}\"}} {}",
+                    c.expires_at.unwrap_or(0)
+                );
+                let _ = writeln!(
+                    text,
+                    "# HELP image_url_credentials_rotations_total Times new credentials replaced the previous ones\n# TYPE image_url_credentials_rotations_total counter\nimage_url_credentials_rotations_total{{source=\"{source}\"}} {}",
+                    c.rotations
+                );
+                let _ = writeln!(
+                    text,
+                    "# HELP image_url_credentials_refresh_failures Failed credential loads since the last success\n# TYPE image_url_credentials_refresh_failures gauge\nimage_url_credentials_refresh_failures{{source=\"{source}\"}} {}",
+                    c.consecutive_failures
+                );
+            }
         }
         text
     }
