@@ -164,6 +164,58 @@ impl UrlOptions {
     }
 }
 
+/// The object key and options a cache key was made from: the inverse of
+/// [`UrlOptions::cache_key`] (for the background refresher, which finds entries by their
+/// cache keys). `None` for a string no `cache_key` call produces.
+pub(crate) fn parse_cache_key(cache_key: &str) -> Option<(ObjectKey, UrlOptions)> {
+    let (raw_key, query) = match cache_key.split_once('?') {
+        Some((key, query)) => (key, Some(query)),
+        None => (cache_key, None),
+    };
+    let key = ObjectKey::new(&unescape(raw_key)?).ok()?;
+    let mut options = UrlOptions::new();
+    for param in query.into_iter().flat_map(|q| q.split('&')) {
+        let (name, value) = match param.split_once('=') {
+            Some((name, value)) => (unescape(name)?, Some(unescape(value)?)),
+            None => (unescape(param)?, None),
+        };
+        let slot = match name.as_str() {
+            "response-content-type" => &mut options.content_type,
+            "response-content-disposition" => &mut options.content_disposition,
+            "response-cache-control" => &mut options.cache_control,
+            _ if value.is_none() => &mut options.process,
+            _ => return None,
+        };
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(value.unwrap_or(name));
+    }
+    // Only what `cache_key` itself would produce, byte for byte.
+    (options.cache_key(&key).ok()?.as_ref() == cache_key).then_some((key, options))
+}
+
+/// Undoes `push_escaped`: `%XX` back to its byte.
+fn unescape(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Appends `s` with each byte of `special` (all ASCII) written as `%XX`.
 fn push_escaped(out: &mut String, s: &str, special: &[u8]) {
     for c in s.chars() {
@@ -247,6 +299,37 @@ pub struct UrlStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_keys_parse_back_to_their_request() {
+        let cases = [
+            ("a.jpg", UrlOptions::new()),
+            ("100%?.jpg", UrlOptions::new()),
+            (
+                "dir/a&b=c.jpg",
+                UrlOptions::new()
+                    .content_type("image/webp")
+                    .content_disposition("attachment; filename=\"a&b=%.jpg\"")
+                    .cache_control("max-age=60")
+                    .process("imageMogr2/thumbnail/200x"),
+            ),
+        ];
+        for (raw, options) in cases {
+            let key = ObjectKey::new(raw).unwrap();
+            let cache_key = options.cache_key(&key).unwrap();
+            let (parsed_key, parsed) = parse_cache_key(&cache_key).expect(raw);
+            assert_eq!((parsed_key.as_str(), &parsed), (raw, &options));
+        }
+        for foreign in [
+            "a.jpg?x=1",
+            "a.jpg?imageMogr2&imageMogr2",
+            "a%zz.jpg",
+            "",
+            "a.jpg?response-content-type",
+        ] {
+            assert!(parse_cache_key(foreign).is_none(), "{foreign}");
+        }
+    }
 
     #[test]
     fn cache_keys_separate_variants() {

@@ -99,6 +99,48 @@ pub trait UrlCache: Send + Sync + Debug {
     /// Removes `key`; whether it was there.
     async fn delete(&self, key: &str) -> Result<bool>;
 
+    /// [`UrlCache::put`] for many entries; one round trip for remote backends (the
+    /// background refresher writes its batches with it). The default calls `put` per
+    /// entry. A replaced entry keeps its place in the eviction order when the new one
+    /// carries the same `created_at` and `last_accessed` (a refresh, not a new use).
+    async fn put_many(&self, entries: Vec<CacheEntry>) -> Result<()> {
+        for entry in entries {
+            self.put(entry).await?;
+        }
+        Ok(())
+    }
+
+    /// [`UrlCache::delete`] for many keys; how many were there. One round trip for
+    /// remote backends. The default calls `delete` per key.
+    async fn delete_many(&self, keys: &[&str]) -> Result<usize> {
+        let mut removed = 0;
+        for key in keys {
+            removed += usize::from(self.delete(key).await?);
+        }
+        Ok(removed)
+    }
+
+    /// Tries to take the lease `name` for `holder` for `ttl`, or to extend it if
+    /// `holder` has it; whether `holder` holds it now. Replicas sharing a backend use it
+    /// so that background work runs on one of them at a time; a crashed holder's lease
+    /// runs out after `ttl`. The default (a cache private to this process) always grants.
+    async fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let _ = (name, holder, ttl);
+        Ok(true)
+    }
+
+    /// Gives the lease `name` back if `holder` holds it (never someone else's).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let _ = (name, holder);
+        Ok(())
+    }
+
+    /// Who holds the lease `name` now, if anyone (for status pages).
+    async fn lease_holder(&self, name: &str) -> Result<Option<String>> {
+        let _ = name;
+        Ok(None)
+    }
+
     /// Live entries that expire within `within` from now, soonest first, at most `limit`
     /// (for pre-refresh and the background refresher). Does not count as access.
     async fn expiring_within(&self, within: Duration, limit: usize) -> Result<Vec<CacheEntry>>;

@@ -220,15 +220,27 @@ impl Shard {
         let key: Arc<str> = match self.map.entry(Arc::from(entry.image_key.as_str())) {
             MapEntry::Occupied(mut occupied) => {
                 let old = occupied.get_mut();
+                // The same lifetime and last use: a refresh of the URL, which keeps the
+                // entry's place in the eviction order.
+                let refresh = old.entry.created_at == entry.created_at
+                    && old.entry.last_accessed == entry.last_accessed;
                 let (old_order, old_expiry) = (old.indexed, old.expiry);
+                let (indexed, current) = if refresh {
+                    (old.indexed, old.current)
+                } else {
+                    (order, order)
+                };
                 *old = Slot {
                     entry,
-                    indexed: order,
-                    current: order,
+                    indexed,
+                    current,
                     expiry,
                 };
                 let name = occupied.key().clone();
-                self.order.remove(&old_order);
+                if !refresh {
+                    self.order.remove(&old_order);
+                    self.order.insert(order, name.clone());
+                }
                 self.expiry.remove(&old_expiry);
                 name
             }
@@ -241,10 +253,10 @@ impl Shard {
                     current: order,
                     expiry,
                 });
+                self.order.insert(order, name.clone());
                 name
             }
         };
-        self.order.insert(order, key.clone());
         self.expiry.insert(expiry, key);
         inserted
     }

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fred::interfaces::LuaInterface;
 use fred::prelude::{
     Builder, ClientLike, Config, Error as FredError, ErrorKind, EventInterface, HashesInterface,
     KeysInterface, Pool, ReconnectPolicy, SortedSetsInterface, Value,
@@ -36,6 +37,23 @@ use fred::types::{ExpireOptions, SetOptions};
 use tokio::task::JoinHandle;
 
 use crate::clock::from_unix_secs;
+
+/// Takes the lease (`KEYS[1]`) for `ARGV[1]` for `ARGV[2]` ms if it is free, or extends
+/// it if `ARGV[1]` holds it; 1 if `ARGV[1]` holds it afterwards.
+const LEASE_ACQUIRE: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Deletes the lease (`KEYS[1]`) only if `ARGV[1]` holds it.
+const LEASE_RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
 use crate::policy::Kind;
 use crate::{
     validate_entry, validate_key, CacheEntry, CacheError, CacheStats, Clock, EvictionPolicy,
@@ -521,7 +539,7 @@ impl RedisCache {
                 entry.image_key = key.to_owned();
                 entry.access_count += 1;
                 entry.last_accessed = from_unix_secs(now);
-                self.store(entry.clone(), now).await?;
+                self.store(entry.clone()).await?;
                 self.inner.stats.hit(1);
                 Ok(Some(entry))
             }
@@ -546,6 +564,14 @@ impl RedisCache {
         }
     }
 
+    /// The Redis key of lease `name`, beside this cache's indexes.
+    fn lease_key(&self, name: &str) -> String {
+        format!(
+            "{}:lease:{name}",
+            self.inner.expiry_index.trim_end_matches(":expiry")
+        )
+    }
+
     async fn delete_quietly(&self, key: &str) -> Result<bool> {
         let pipe = self.inner.pool.next_connected().pipeline();
         let entry_key = self.entry_key(key);
@@ -561,27 +587,48 @@ impl RedisCache {
 
     /// Writes `entry` (already validated and live) and enforces the capacity. A value of
     /// another type under the key (corrupt) is deleted first, then the write is retried.
-    async fn store(&self, entry: CacheEntry, now: f64) -> Result<()> {
-        match self.store_once(entry.clone(), now).await {
+    async fn store(&self, entry: CacheEntry) -> Result<()> {
+        match self.store_once(entry.clone()).await {
             Err(CacheError::Corrupt { reason, .. }) => {
                 self.inner.stats.corrupt();
                 tracing::warn!(key = %entry.image_key, reason, "corrupt cache entry overwritten");
                 self.delete_quietly(&entry.image_key).await?;
-                self.store_once(entry, now).await
+                self.store_once(entry).await
             }
             other => other,
         }
     }
 
-    async fn store_once(&self, entry: CacheEntry, now: f64) -> Result<()> {
+    async fn store_once(&self, entry: CacheEntry) -> Result<()> {
         let key = entry.image_key.clone();
-        let entry_key = self.entry_key(&key);
+        let pipe = self.inner.pool.next_connected().pipeline();
+        let op = async {
+            self.queue_store(&pipe, entry).await?;
+            let _: () = pipe.zcard(&self.inner.policy_index).await?;
+            let replies: Vec<Value> = pipe.all().await?;
+            Ok(replies.last().and_then(|v| v.as_u64()).unwrap_or(0))
+        };
+        let held = self.run(op).await?;
+        self.enforce_capacity(held, &key).await
+    }
+
+    /// Queues the commands that write `entry` and index it on `pipe`.
+    async fn queue_store(
+        &self,
+        pipe: &fred::clients::Pipeline<fred::clients::Client>,
+        entry: CacheEntry,
+    ) -> Result<(), FredError> {
+        let entry_key = self.entry_key(&entry.image_key);
+        // From the entry, not the clock: a refreshed entry (same creation and last use)
+        // keeps its place in the eviction order.
         let order_score = match self.inner.policy.kind() {
-            Kind::Lru | Kind::Fifo => now,
+            Kind::Lru => entry.last_accessed_unix(),
+            Kind::Fifo => entry.created_at_unix(),
             Kind::Lfu => entry.access_count as f64,
         };
         let expires_unix = entry.expires_at_unix();
         let expires_ms = (expires_unix * 1000.0).ceil() as i64;
+        let key = entry.image_key.clone();
         let mut fields = vec![
             ("expires_at", expires_unix.to_string()),
             ("access_count", entry.access_count.to_string()),
@@ -590,46 +637,43 @@ impl RedisCache {
             ("url", entry.url),
             ("image_key", entry.image_key),
         ];
-        let mime = entry.mime_type;
-        if let Some(mime) = &mime {
-            fields.push(("mime_type", mime.clone()));
+        let has_mime = entry.mime_type.is_some();
+        if let Some(mime) = entry.mime_type {
+            fields.push(("mime_type", mime));
         }
-        let pipe = self.inner.pool.next_connected().pipeline();
-        let op = async {
-            // Overwrite field by field (no DEL first): a concurrent reader sees the old
-            // entry or the new one, never a gap.
-            let _: () = pipe.hset(&entry_key, fields).await?;
-            if mime.is_none() {
-                let _: () = pipe.hdel(&entry_key, "mime_type").await?;
-            }
-            let _: () = pipe.pexpire_at(&entry_key, expires_ms, None).await?;
-            let _: () = pipe
-                .zadd(
-                    &self.inner.expiry_index,
-                    None,
-                    None,
-                    false,
-                    false,
-                    (expires_unix, key.as_str()),
-                )
-                .await?;
-            let _: () = pipe
-                .zadd(
-                    &self.inner.policy_index,
-                    None,
-                    None,
-                    false,
-                    false,
-                    (order_score, key.as_str()),
-                )
-                .await?;
-            let _: () = pipe.zcard(&self.inner.policy_index).await?;
-            let replies: Vec<Value> = pipe.all().await?;
-            Ok(replies.last().and_then(|v| v.as_u64()).unwrap_or(0))
-        };
-        let held = self.run(op).await?;
+        // Overwrite field by field (no DEL first): a concurrent reader sees the old
+        // entry or the new one, never a gap.
+        let _: () = pipe.hset(&entry_key, fields).await?;
+        if !has_mime {
+            let _: () = pipe.hdel(&entry_key, "mime_type").await?;
+        }
+        let _: () = pipe.pexpire_at(&entry_key, expires_ms, None).await?;
+        let _: () = pipe
+            .zadd(
+                &self.inner.expiry_index,
+                None,
+                None,
+                false,
+                false,
+                (expires_unix, key.as_str()),
+            )
+            .await?;
+        let _: () = pipe
+            .zadd(
+                &self.inner.policy_index,
+                None,
+                None,
+                false,
+                false,
+                (order_score, key.as_str()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn enforce_capacity(&self, held: u64, just_written: &str) -> Result<()> {
         if held as usize > self.inner.max_entries {
-            self.evict(held as usize - self.inner.max_entries, &key)
+            self.evict(held as usize - self.inner.max_entries, just_written)
                 .await?;
         }
         Ok(())
@@ -851,12 +895,107 @@ impl UrlCache for RedisCache {
             self.delete_quietly(&entry.image_key).await?;
             return Ok(());
         }
-        self.store(entry, now).await
+        self.store(entry).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
         validate_key(key)?;
         self.delete_quietly(key).await
+    }
+
+    async fn put_many(&self, entries: Vec<CacheEntry>) -> Result<()> {
+        for entry in &entries {
+            validate_entry(entry)?;
+        }
+        let now = self.inner.clock.now_unix();
+        let (live, expired): (Vec<_>, Vec<_>) =
+            entries.into_iter().partition(|e| now < e.expires_at_unix());
+        if !expired.is_empty() {
+            let keys: Vec<&str> = expired.iter().map(|e| e.image_key.as_str()).collect();
+            self.delete_many(&keys).await?;
+        }
+        let Some(last) = live.last().map(|e| e.image_key.clone()) else {
+            return Ok(());
+        };
+        let pipe = self.inner.pool.next_connected().pipeline();
+        let op = async {
+            for entry in live.iter().cloned() {
+                self.queue_store(&pipe, entry).await?;
+            }
+            let _: () = pipe.zcard(&self.inner.policy_index).await?;
+            let replies: Vec<Value> = pipe.all().await?;
+            Ok(replies.last().and_then(|v| v.as_u64()).unwrap_or(0))
+        };
+        match self.run(op).await {
+            Ok(held) => self.enforce_capacity(held, &last).await,
+            // A key of another type in the batch: write one by one, which repairs it.
+            Err(CacheError::Corrupt { .. }) => {
+                for entry in live {
+                    self.store(entry).await?;
+                }
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn delete_many(&self, keys: &[&str]) -> Result<usize> {
+        for key in keys {
+            validate_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let pipe = self.inner.pool.next_connected().pipeline();
+        let op = async {
+            let entry_keys: Vec<String> = keys.iter().map(|k| self.entry_key(k)).collect();
+            let _: () = pipe.del(entry_keys).await?;
+            let members: Vec<&str> = keys.to_vec();
+            let _: () = pipe.zrem(&self.inner.expiry_index, members.clone()).await?;
+            let _: () = pipe.zrem(&self.inner.policy_index, members).await?;
+            let (deleted, _, _): (i64, i64, i64) = pipe.all().await?;
+            Ok(deleted.max(0) as usize)
+        };
+        self.run(op).await
+    }
+
+    async fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let key = self.lease_key(name);
+        let ttl_ms = ttl.as_millis().max(1) as i64;
+        let client = self.inner.pool.next_connected();
+        // Take it if free (SET NX PX), or extend it if ours, in one atomic step.
+        let op = async {
+            let held: i64 = client
+                .eval(
+                    LEASE_ACQUIRE,
+                    vec![key.as_str()],
+                    vec![holder.to_owned(), ttl_ms.to_string()],
+                )
+                .await?;
+            Ok(held == 1)
+        };
+        self.run(op).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let key = self.lease_key(name);
+        let client = self.inner.pool.next_connected();
+        // Delete only if the token is still ours: an expired lease taken over by another
+        // replica is never released from under it.
+        let op = async {
+            let _: i64 = client
+                .eval(LEASE_RELEASE, vec![key.as_str()], vec![holder.to_owned()])
+                .await?;
+            Ok(())
+        };
+        self.run(op).await
+    }
+
+    async fn lease_holder(&self, name: &str) -> Result<Option<String>> {
+        let key = self.lease_key(name);
+        let client = self.inner.pool.next_connected();
+        self.run(async { client.get::<Option<String>, _>(key.as_str()).await })
+            .await
     }
 
     async fn expiring_within(&self, within: Duration, limit: usize) -> Result<Vec<CacheEntry>> {

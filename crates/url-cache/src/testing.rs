@@ -49,7 +49,7 @@ pub trait CacheFactory: Send + Sync {
 }
 
 /// Every contract test, by name, for [`run_all`].
-pub const TESTS: [&str; 12] = [
+pub const TESTS: [&str; 13] = [
     "put_get_delete",
     "peek_records_nothing",
     "expiry_follows_the_injected_clock",
@@ -62,6 +62,7 @@ pub const TESTS: [&str; 12] = [
     "concurrent_tasks_on_the_same_keys",
     "python_json_entries_round_trip",
     "bad_input_is_a_typed_error",
+    "batched_writes_and_refreshes_keep_the_order",
 ];
 
 /// Runs every contract test against caches from `factory` with `policy`, one after
@@ -98,6 +99,9 @@ pub async fn run_one(factory: &dyn CacheFactory, policy: EvictionPolicy, name: &
         }
         "python_json_entries_round_trip" => python_json_entries_round_trip(factory, policy).await,
         "bad_input_is_a_typed_error" => bad_input_is_a_typed_error(factory, policy).await,
+        "batched_writes_and_refreshes_keep_the_order" => {
+            batched_writes_and_refreshes_keep_the_order(factory, policy).await
+        }
         other => panic!("no conformance test named {other:?}"),
     }
 }
@@ -429,6 +433,57 @@ pub async fn concurrent_tasks_on_the_same_keys(factory: &dyn CacheFactory, polic
     let stats = f.cache.stats();
     assert_eq!((stats.hits, stats.misses, stats.errors), (hits, 0, 0));
     assert_eq!(f.cache.len().await.unwrap(), 8);
+}
+
+/// `put_many` and `delete_many` work as their one-key forms. Re-putting an entry with
+/// its `created_at`, `last_accessed` and `access_count` (a refresh of its URL) replaces
+/// the URL but keeps the entry's place in the eviction order: it is not a use.
+pub async fn batched_writes_and_refreshes_keep_the_order(
+    factory: &dyn CacheFactory,
+    policy: EvictionPolicy,
+) {
+    let f = Fixture::new(factory, policy, 3).await;
+    for key in ["a", "b", "c"] {
+        f.cache.put_many(vec![f.entry(key, 3600.0)]).await.unwrap();
+        f.tick();
+    }
+    // The refresher's write: a new URL and expiry, the same bookkeeping.
+    let mut refreshed = f.cache.peek("a").await.unwrap().expect("a");
+    refreshed.url = "https://b.example/a?q-signature=refreshed".into();
+    refreshed.expires_at += Duration::from_secs(600);
+    f.cache.put_many(vec![refreshed.clone()]).await.unwrap();
+    let got = f
+        .cache
+        .peek("a")
+        .await
+        .unwrap()
+        .expect("a after its refresh");
+    assert_eq!(got.url, refreshed.url);
+    assert_eq!(got.expires_at_unix(), refreshed.expires_at_unix());
+    assert_eq!(got.access_count, refreshed.access_count);
+    f.tick();
+    // a is still the first victim under every policy (least recent, first in, and no
+    // more used than the others, with the lowest name for a tie).
+    f.cache.put(f.entry("d", 3600.0)).await.unwrap();
+    let mut present = Vec::new();
+    for key in ["a", "b", "c", "d"] {
+        if f.cache.peek(key).await.unwrap().is_some() {
+            present.push(key);
+        }
+    }
+    assert_eq!(present, ["b", "c", "d"], "{policy:?}");
+    assert_eq!(
+        f.cache.delete_many(&["b", "c", "missing"]).await.unwrap(),
+        2
+    );
+    assert_eq!(f.cache.len().await.unwrap(), 1);
+    // A batch with an expired entry stores the live ones and not the expired one.
+    f.cache
+        .put_many(vec![f.entry("e", 3600.0), f.entry("f", -1.0)])
+        .await
+        .unwrap();
+    assert!(f.cache.peek("e").await.unwrap().is_some());
+    assert!(f.cache.peek("f").await.unwrap().is_none());
 }
 
 /// The original system's JSON record round-trips through the cache field for field.

@@ -99,6 +99,7 @@ conformance!(
     concurrent_tasks_on_the_same_keys,
     python_json_entries_round_trip,
     bad_input_is_a_typed_error,
+    batched_writes_and_refreshes_keep_the_order,
 );
 
 /// Every exported test is listed above.

@@ -347,3 +347,50 @@ async fn namespaces_keep_buckets_apart_and_old_keys_move_over() {
     let stats = bucket_a.stats();
     assert_eq!((stats.hits, stats.misses, stats.errors), (3, 2, 0));
 }
+
+/// Leases are exclusive across clients, extended only by their holder, released only by
+/// their holder, and free again once their time runs out (a crashed holder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_exclusive_and_run_out() {
+    let server = RedisServer::start();
+    let a = RedisCache::connect(RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    let b = RedisCache::connect(RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    let minute = Duration::from_secs(60);
+    assert!(a.try_lease("refresher", "replica-a", minute).await.unwrap());
+    assert!(!b.try_lease("refresher", "replica-b", minute).await.unwrap());
+    assert!(
+        a.try_lease("refresher", "replica-a", minute).await.unwrap(),
+        "the holder extends"
+    );
+    assert_eq!(
+        b.lease_holder("refresher").await.unwrap().as_deref(),
+        Some("replica-a")
+    );
+    // Not b's to give back.
+    b.release_lease("refresher", "replica-b").await.unwrap();
+    assert_eq!(
+        a.lease_holder("refresher").await.unwrap().as_deref(),
+        Some("replica-a")
+    );
+    a.release_lease("refresher", "replica-a").await.unwrap();
+    assert!(b
+        .try_lease("refresher", "replica-b", Duration::from_millis(150))
+        .await
+        .unwrap());
+
+    // b "crashes" holding it: after its time Redis frees it and a takes over.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !a.try_lease("refresher", "replica-a", minute).await.unwrap() {
+        assert!(Instant::now() < deadline, "the lease never ran out");
+        // Waiting on Redis's own clock, which no test can advance.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        a.lease_holder("refresher").await.unwrap().as_deref(),
+        Some("replica-a")
+    );
+}
