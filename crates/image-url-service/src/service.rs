@@ -29,9 +29,9 @@ pub struct ImageUrlService {
 
 pub(crate) struct Inner {
     signers: Signers,
-    cache: Arc<dyn UrlCache>,
-    config: ServiceConfig,
-    clock: Arc<dyn Clock>,
+    pub(crate) cache: Arc<dyn UrlCache>,
+    pub(crate) config: ServiceConfig,
+    pub(crate) clock: Arc<dyn Clock>,
     access: AccessPolicy,
     breaker: Breaker,
     counters: Counters,
@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     /// (the flight's task does, until it ends), so there is no cycle.
     flights: Mutex<HashMap<String, Flight>>,
     next_flight: AtomicU64,
+    /// The background refresher's history (not on the request path).
+    pub(crate) refresher: Mutex<crate::refresher::RefresherState>,
 }
 
 /// One signing shared by every request for the same cache key while it runs. The work
@@ -147,13 +149,14 @@ impl ImageUrlServiceBuilder {
                 counters: Counters::default(),
                 flights: Mutex::new(HashMap::new()),
                 next_flight: AtomicU64::new(0),
+                refresher: Mutex::default(),
             }),
         })
     }
 }
 
 /// What the policy makes of a cached entry.
-enum Verdict {
+pub(crate) enum Verdict {
     /// Serve it: its URL ends at `expires_at`.
     Fresh { expires_at: f64 },
     /// A good URL, but inside the pre-refresh threshold or from an earlier window.
@@ -446,6 +449,13 @@ impl ImageUrlService {
             .len();
         ServiceStats {
             credentials: self.inner.signers.status(),
+            refresher: self
+                .inner
+                .refresher
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .totals
+                .clone(),
             ..self.inner.counters.snapshot(
                 self.inner.breaker.state(),
                 flights,
@@ -543,7 +553,7 @@ impl ImageUrlService {
     /// service signs for the key (scheme, host, path), its own signing window (not the
     /// entry's bookkeeping) must have more than the pre-refresh threshold left, and with
     /// stable windows it must be the current window's.
-    fn judge(&self, key: &ObjectKey, entry: &CacheEntry, now: f64) -> Verdict {
+    pub(crate) fn judge(&self, key: &ObjectKey, entry: &CacheEntry, now: f64) -> Verdict {
         let Some(window) = self
             .inner
             .signers
@@ -637,7 +647,7 @@ impl ImageUrlService {
     }
 
     /// Signs `key` for the configured window, clamped to the credentials' lifetime.
-    fn sign(&self, key: &ObjectKey, options: &UrlOptions) -> Result<(String, f64)> {
+    pub(crate) fn sign(&self, key: &ObjectKey, options: &UrlOptions) -> Result<(String, f64)> {
         let config = &self.inner.config;
         let now = self.inner.clock.now_unix().floor() as i64;
         let ttl = config.ttl.as_secs() as i64;
@@ -680,7 +690,7 @@ impl ImageUrlService {
     /// Runs a cache call through the breaker and the deadline. `None`: skipped or failed
     /// (already counted); `Some(Err)` only for errors that say nothing about the cache's
     /// health (invalid input, a corrupt entry).
-    async fn cache_call<T>(
+    pub(crate) async fn cache_call<T>(
         &self,
         call: impl std::future::Future<Output = url_cache::Result<T>>,
     ) -> Option<url_cache::Result<T>> {

@@ -37,6 +37,8 @@ pub struct ServiceStats {
     pub signings_in_flight: usize,
     /// What the maintenance task has done.
     pub maintenance: MaintenanceStats,
+    /// What the background refresher has done.
+    pub refresher: crate::RefresherStats,
     /// The breaker's state now.
     pub circuit: CircuitState,
     /// hits / requests.
@@ -170,6 +172,7 @@ impl Counters {
         };
         ServiceStats {
             credentials: None,
+            refresher: crate::RefresherStats::default(),
             requests,
             hits,
             misses: load(&self.misses),

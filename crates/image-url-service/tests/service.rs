@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cos_sign::{CosSigner, Credentials, Endpoint, ObjectKey};
 use image_url_service::{
-    CircuitState, ImageUrlService, MaintenanceConfig, ServiceConfig, ServiceError, UrlOptions,
+    CircuitState, ImageUrlService, MaintenanceConfig, RefresherConfig, ServiceConfig, ServiceError,
+    UrlOptions,
 };
 use url_cache::{CacheEntry, CacheError, CacheStats, Clock, ManualClock, MemoryCache, UrlCache};
 
@@ -676,6 +677,7 @@ impl UrlCache for TestCache {
         within: Duration,
         limit: usize,
     ) -> url_cache::Result<Vec<CacheEntry>> {
+        self.fault().await?;
         self.inner.expiring_within(within, limit).await
     }
     async fn remove_expired(&self, batch: usize) -> url_cache::Result<usize> {
@@ -1022,4 +1024,144 @@ async fn a_failing_cleanup_is_counted_and_the_task_goes_on() {
     cleanup_runs_reach(&service, 2).await;
     assert_eq!(service.stats().maintenance.cleanup_failures, 1);
     handle.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The background refresher, run by hand with the injected clock.
+
+fn refresher() -> RefresherConfig {
+    RefresherConfig::default()
+}
+
+#[tokio::test]
+async fn the_refresher_renews_urls_before_readers_would_and_keeps_their_statistics() {
+    // No stable windows: each refresh signs from now.
+    let s = setup_with(config(|c| c.align = Some(Duration::ZERO)), |c| c);
+    let first = url_for(&s.service, "a.jpg").await;
+    url_for(&s.service, "a.jpg").await;
+    url_for(&s.service, "a.jpg").await;
+    let before = s.cache.peek("a.jpg").await.unwrap().unwrap();
+    assert_eq!(before.access_count, 2);
+
+    // Not yet within pre-refresh (900 s) + one interval (60 s): nothing to do.
+    s.clock.advance(Duration::from_secs(3600 - 1000));
+    let run = s.service.refresh_expiring(&refresher()).await;
+    assert_eq!(
+        (run.refreshed, run.skipped, run.error.as_deref()),
+        (0, 0, None)
+    );
+
+    // Inside it, but before any reader would re-sign: refreshed, statistics kept.
+    s.clock.advance(Duration::from_secs(50));
+    let run = s.service.refresh_expiring(&refresher()).await;
+    assert_eq!((run.refreshed, run.failed, run.lag), (1, 0, Duration::ZERO));
+    let after = s.cache.peek("a.jpg").await.unwrap().unwrap();
+    assert_ne!(after.url, first.url);
+    assert_eq!(after.expires_at_unix(), T0 + 2650.0 + 3600.0);
+    assert_eq!(
+        (after.access_count, after.created_at, after.last_accessed),
+        (before.access_count, before.created_at, before.last_accessed)
+    );
+    // The reader gets the refreshed URL from the cache, without a signing.
+    let signings = s.service.stats().signings;
+    let served = url_for(&s.service, "a.jpg").await;
+    assert!(served.from_cache && served.url == after.url);
+    assert_eq!(s.service.stats().signings, signings);
+    let stats = s.service.stats().refresher;
+    assert_eq!((stats.runs, stats.refreshed), (2, 1));
+}
+
+#[tokio::test]
+async fn with_stable_windows_the_refresher_moves_entries_to_the_next_window_at_its_turn() {
+    let s = setup();
+    let options = UrlOptions::new().content_type("image/webp");
+    let first = s.service.get_url(&key("a.jpg"), &options).await.unwrap();
+    // 40 s before the window (2700 s) turns: due soon, but signing now would make the
+    // same URL again, so it waits.
+    s.clock.advance(Duration::from_secs(2660));
+    let run = s.service.refresh_expiring(&refresher()).await;
+    assert_eq!((run.refreshed, run.skipped), (0, 1));
+    // Just after the turn: every replica signs the new window's URL; the refresher
+    // writes exactly that one.
+    s.clock.advance(Duration::from_secs(41));
+    let run = s.service.refresh_expiring(&refresher()).await;
+    assert_eq!(run.refreshed, 1);
+    assert_eq!(
+        run.lag,
+        Duration::from_secs(1),
+        "due at the turn, refreshed 1 s after"
+    );
+    let other_replica = setup();
+    other_replica.clock.set(s.clock.now());
+    let expected = other_replica
+        .service
+        .get_url(&key("a.jpg"), &options)
+        .await
+        .unwrap();
+    let served = s.service.get_url(&key("a.jpg"), &options).await.unwrap();
+    assert!(served.from_cache, "the refreshed entry is served");
+    assert_eq!(served.url, expected.url);
+    assert_ne!(served.url, first.url);
+}
+
+#[tokio::test]
+async fn idle_entries_are_dropped_not_refreshed_and_expired_ones_removed() {
+    let s = setup_with(config(|c| c.align = Some(Duration::ZERO)), |c| c);
+    url_for(&s.service, "idle.jpg").await;
+    s.clock.advance(Duration::from_secs(1800));
+    url_for(&s.service, "busy.jpg").await;
+    s.clock.advance(Duration::from_secs(1700)); // idle.jpg: 100 s left, read 3500 s ago
+    let mut config = refresher();
+    config.idle_drop = Duration::from_secs(3000);
+    let run = s.service.refresh_expiring(&config).await;
+    assert_eq!((run.dropped_idle, run.refreshed), (1, 0));
+    assert!(s.cache.peek("idle.jpg").await.unwrap().is_none());
+    assert!(s.cache.peek("busy.jpg").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_failing_cache_fails_the_run_fast_and_is_counted() {
+    let (service, cache, clock) = faulty_service(config(|c| c.align = Some(Duration::ZERO)));
+    service
+        .get_url(&key("a.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(3600 - 950));
+    cache.set(FAILING);
+    let run = service.refresh_expiring(&refresher()).await;
+    assert!(run.error.is_some() && run.refreshed == 0, "{run:?}");
+    cache.set(HANGING);
+    let run = tokio::time::timeout(
+        Duration::from_secs(5),
+        service.refresh_expiring(&refresher()),
+    )
+    .await
+    .expect("a hanging cache costs one deadline, not a wedged refresher");
+    assert!(run.error.is_some());
+    let stats = service.stats().refresher;
+    assert_eq!((stats.runs, stats.failed_runs), (2, 2));
+    cache.set(HEALTHY);
+    let run = service.refresh_expiring(&refresher()).await;
+    assert_eq!((run.refreshed, run.error), (1, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_maintenance_task_refreshes_on_its_own_and_stops_promptly() {
+    let s = setup_with(config(|c| c.align = Some(Duration::ZERO)), |c| c);
+    url_for(&s.service, "a.jpg").await;
+    s.clock.advance(Duration::from_secs(3600 - 950));
+    let mut maintenance = MaintenanceConfig::default();
+    maintenance.refresher.interval = Duration::from_secs(60);
+    let handle = s.service.spawn_maintenance(maintenance);
+    // The first run starts at once; paused time lets the runtime run it.
+    while s.service.stats().refresher.runs == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.service.stats().refresher.refreshed, 1);
+    let (_, runs, next) = s.service.refresher_status();
+    assert_eq!(runs.len(), 1);
+    assert!(next.is_some());
+    let started = tokio::time::Instant::now();
+    handle.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(1));
 }
