@@ -28,6 +28,22 @@ pub struct Config {
     pub access: Access,
     /// `[limits]`.
     pub limits: Limits,
+    /// `[refresher]`.
+    pub refresher: Refresher,
+}
+
+/// `[refresher]`: the background refresh of URLs about to expire.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refresher {
+    pub enabled: bool,
+    pub interval_secs: u64,
+    /// 0: the pre-refresh threshold plus one interval.
+    pub threshold_secs: u64,
+    pub batch_size: usize,
+    pub max_concurrent: usize,
+    pub max_per_run: usize,
+    pub idle_drop_secs: u64,
 }
 
 /// `[limits]`: what one client or one request may cost.

@@ -116,6 +116,15 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
         let maintenance = background.map(|service| {
             let mut maintenance = MaintenanceConfig::default();
             maintenance.cleanup_interval = Duration::from_secs(config.cache.cleanup_interval_secs.max(1));
+            let r = &config.refresher;
+            let refresher = &mut maintenance.refresher;
+            refresher.enabled = r.enabled;
+            refresher.interval = Duration::from_secs(r.interval_secs.max(1));
+            refresher.threshold = (r.threshold_secs > 0).then(|| Duration::from_secs(r.threshold_secs));
+            refresher.batch_size = r.batch_size.max(1);
+            refresher.max_concurrent = r.max_concurrent.max(1);
+            refresher.max_per_run = r.max_per_run.max(1);
+            refresher.idle_drop = Duration::from_secs(r.idle_drop_secs.max(1));
             service.spawn_maintenance(maintenance)
         });
 

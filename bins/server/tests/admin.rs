@@ -175,3 +175,55 @@ async fn admin_endpoints_can_live_on_a_private_port() {
         assert_eq!(live.status(), StatusCode::OK);
     }
 }
+
+/// `GET /api/v1/tasks`: the refresher's runs, next run and lease, behind the token; its
+/// figures in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_show_the_refresher_behind_the_token() {
+    let running = start(
+        serve_signing("AKIDadmin", "admin-secret")
+            .env("IMAGE_URL_SERVER__ADMIN_TOKEN", NEW_TOKEN)
+            .env("IMAGE_URL_REFRESHER__INTERVAL_SECS", "3600"),
+    );
+    let http = http();
+    let tasks = format!("{}/api/v1/tasks", running.base);
+    let res = http.get(&tasks).send().await.unwrap();
+    assert_eq!(problem_type(res, 401).await, "unauthorized");
+    // The first run starts with the server; wait for it (bounded) through the endpoint.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let body = loop {
+        let body: serde_json::Value = http
+            .get(&tasks)
+            .bearer_auth(NEW_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["refresher"]["totals"]["runs"].as_u64() >= Some(1) {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refresh run: {body}"
+        );
+        tokio::task::yield_now().await;
+    };
+    let run = &body["refresher"]["last_runs"][0];
+    assert!(run["started_at"].as_f64().unwrap() > 1.7e9, "{body}");
+    assert_eq!(run["error"], serde_json::Value::Null, "{body}");
+    assert!(
+        body["refresher"]["next_run_at"].as_f64().is_some(),
+        "{body}"
+    );
+    assert!(body["cleanup"]["cleanup_runs"].is_u64(), "{body}");
+    let metrics = common::metrics(&http, &running.base).await;
+    for name in [
+        "image_url_refresher_runs_total 1",
+        "image_url_refresher_lag_seconds",
+        "image_url_refresher_refreshed_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+}

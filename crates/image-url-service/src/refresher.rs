@@ -353,6 +353,17 @@ impl ImageUrlService {
             .next_run_at = Some(at);
     }
 
+    /// Who holds the refresh lease now (a replica's holder name), if the cache says.
+    pub async fn refresh_lease_holder(&self) -> Option<String> {
+        match self
+            .cache_call(self.inner.cache.lease_holder(REFRESH_LEASE))
+            .await
+        {
+            Some(Ok(holder)) => holder,
+            _ => None,
+        }
+    }
+
     /// The refresher's totals, its last runs (oldest first) and when the next is due.
     pub fn refresher_status(&self) -> (RefresherStats, Vec<RefreshRun>, Option<SystemTime>) {
         let state = self

@@ -50,6 +50,11 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig, surface: Surface) {
                 .default_service(not_allowed()),
         )
         .service(
+            web::resource("/api/v1/tasks")
+                .route(web::get().to(tasks))
+                .default_service(not_allowed()),
+        )
+        .service(
             web::resource("/api/v1/images/cleanup")
                 .route(web::post().to(cleanup))
                 .default_service(not_allowed()),
@@ -515,6 +520,32 @@ pub(crate) async fn stats(
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
     Ok(HttpResponse::Ok().json(state.service()?.stats()))
+}
+
+/// `GET /api/v1/tasks` (admin): the background tasks — the refresher's last runs, its
+/// next run, the lease holder and its totals, and the cleanup's figures.
+#[utoipa::path(get, path = "/api/v1/tasks", responses((status = 200, description = "Background tasks")), security(("bearer" = [])))]
+pub(crate) async fn tasks(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let service = state.service()?;
+    let (totals, last_runs, next_run_at) = service.refresher_status();
+    let lease_holder = service.refresh_lease_holder().await;
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "refresher": {
+            "totals": totals,
+            "last_runs": last_runs,
+            "next_run_at": next_run_at.map(unix),
+            "lease_holder": lease_holder,
+        },
+        "cleanup": service.stats().maintenance,
+    })))
 }
 
 /// `POST /api/v1/images/cleanup` (admin).

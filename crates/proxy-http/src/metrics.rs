@@ -124,6 +124,46 @@ impl Metrics {
                     s.maintenance.entries_removed,
                 ),
                 (
+                    "image_url_refresher_runs_total",
+                    "Refresh runs made by this replica (it held the lease)",
+                    s.refresher.runs,
+                ),
+                (
+                    "image_url_refresher_failed_runs_total",
+                    "Refresh runs that failed (cache or signer unavailable)",
+                    s.refresher.failed_runs,
+                ),
+                (
+                    "image_url_refresher_lease_skips_total",
+                    "Refresh cycles left to the replica holding the lease",
+                    s.refresher.lease_skips,
+                ),
+                (
+                    "image_url_refresher_refreshed_total",
+                    "Cached URLs re-signed ahead of expiry by the refresher",
+                    s.refresher.refreshed,
+                ),
+                (
+                    "image_url_refresher_failed_total",
+                    "Entries the refresher could not re-sign or write",
+                    s.refresher.failed,
+                ),
+                (
+                    "image_url_refresher_removed_total",
+                    "Expired entries removed by the refresher",
+                    s.refresher.removed,
+                ),
+                (
+                    "image_url_refresher_dropped_idle_total",
+                    "Idle entries dropped instead of refreshed",
+                    s.refresher.dropped_idle,
+                ),
+                (
+                    "image_url_refresher_skipped_total",
+                    "Entries looked at and left alone (not due yet)",
+                    s.refresher.skipped,
+                ),
+                (
                     "image_url_corrupt_urls_total",
                     "Cached URLs refused as not this service's for the key (host, path), replaced",
                     s.corrupt_entries,
@@ -156,6 +196,16 @@ impl Metrics {
                 text,
                 "# HELP image_url_cache_hit_ratio Share of URL requests served from the cache\n# TYPE image_url_cache_hit_ratio gauge\nimage_url_cache_hit_ratio {}",
                 s.hit_rate
+            );
+            let _ = writeln!(
+                text,
+                "# HELP image_url_refresher_lag_seconds How overdue the most overdue entry was in the last refresh run\n# TYPE image_url_refresher_lag_seconds gauge\nimage_url_refresher_lag_seconds {}",
+                s.refresher.last_lag.as_secs_f64()
+            );
+            let _ = writeln!(
+                text,
+                "# HELP image_url_refresher_last_run_duration_seconds How long the last refresh run took\n# TYPE image_url_refresher_last_run_duration_seconds gauge\nimage_url_refresher_last_run_duration_seconds {}",
+                s.refresher.last_duration.as_secs_f64()
             );
             if let Some(c) = &s.credentials {
                 let source = c.source;

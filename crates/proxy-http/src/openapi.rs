@@ -15,6 +15,7 @@ use utoipa::OpenApi;
         crate::handlers::batch_get,
         crate::handlers::batch_post,
         crate::handlers::stats,
+        crate::handlers::tasks,
         crate::handlers::cleanup,
         crate::handlers::preload,
         crate::handlers::livez,
