@@ -207,14 +207,12 @@ impl ImageUrlService {
         let pre_refresh = self.inner.config.pre_refresh;
         let threshold = config.threshold.unwrap_or(pre_refresh + config.interval);
         let entries = self
-            .cache_call(
+            .bulk_call(
                 self.inner
                     .cache
                     .expiring_within(threshold, config.max_per_run.max(1)),
             )
-            .await
-            .ok_or_else(|| ServiceError::CacheUnavailable("the cache is unavailable".into()))?
-            .map_err(|e| ServiceError::CacheUnavailable(e.to_string()))?;
+            .await?;
         let now = self.inner.clock.now_unix();
         let most_overdue = entries
             .iter()
@@ -246,10 +244,8 @@ impl ImageUrlService {
             return Err(ServiceError::CacheUnavailable(error));
         }
         let removed = self
-            .cache_call(self.inner.cache.remove_expired(DEFAULT_CLEANUP_BATCH))
-            .await
-            .ok_or_else(|| ServiceError::CacheUnavailable("the cache is unavailable".into()))?
-            .map_err(|e| ServiceError::CacheUnavailable(e.to_string()))?;
+            .bulk_call(self.inner.cache.remove_expired(DEFAULT_CLEANUP_BATCH))
+            .await?;
         run.removed = removed as u64;
         Ok(())
     }
@@ -298,27 +294,45 @@ impl ImageUrlService {
             }
         }
         if !idle.is_empty() {
-            match self.cache_call(self.inner.cache.delete_many(&idle)).await {
-                Some(Ok(_)) => outcome.dropped_idle = idle.len() as u64,
-                Some(Err(err)) => outcome.error = Some(err.to_string()),
-                None => outcome.error = Some("the cache is unavailable".into()),
+            match self.bulk_call(self.inner.cache.delete_many(&idle)).await {
+                Ok(_) => outcome.dropped_idle = idle.len() as u64,
+                Err(err) => outcome.error = Some(err.to_string()),
             }
         }
         if !writes.is_empty() {
             let count = writes.len() as u64;
-            match self.cache_call(self.inner.cache.put_many(writes)).await {
-                Some(Ok(())) => outcome.refreshed = count,
-                Some(Err(err)) => {
+            match self.bulk_call(self.inner.cache.put_many(writes)).await {
+                Ok(()) => outcome.refreshed = count,
+                Err(err) => {
                     outcome.failed += count;
                     outcome.error = Some(err.to_string());
-                }
-                None => {
-                    outcome.failed += count;
-                    outcome.error = Some("the cache is unavailable".into());
                 }
             }
         }
         outcome
+    }
+
+    /// A cache call of the refresher: whole batches, so a deadline of its own (the
+    /// request path's, at least 10 s) instead of a lookup's; skipped at once while the
+    /// breaker is open (the cache is known to be down: fail fast), and not counted by
+    /// the breaker (a bulk call says little about a lookup's latency).
+    async fn bulk_call<T>(
+        &self,
+        call: impl std::future::Future<Output = url_cache::Result<T>>,
+    ) -> Result<T> {
+        if self.inner.breaker.state() == crate::CircuitState::Open {
+            return Err(ServiceError::CacheUnavailable(
+                "the cache circuit is open".into(),
+            ));
+        }
+        let deadline = self.inner.config.cache_timeout.max(Duration::from_secs(10));
+        match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(ServiceError::CacheUnavailable(err.to_string())),
+            Err(_) => Err(ServiceError::CacheUnavailable(format!(
+                "the cache did not answer within {deadline:?}"
+            ))),
+        }
     }
 
     pub(crate) fn record_lease_skip(&self) {

@@ -33,7 +33,7 @@ pub(crate) struct Inner {
     pub(crate) config: ServiceConfig,
     pub(crate) clock: Arc<dyn Clock>,
     access: AccessPolicy,
-    breaker: Breaker,
+    pub(crate) breaker: Breaker,
     counters: Counters,
     /// Signings in progress, by cache key. A std mutex: held only to look up, insert or
     /// remove a flight, never across an `.await`. Holds no reference back to `Inner`

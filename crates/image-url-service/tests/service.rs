@@ -1119,7 +1119,7 @@ async fn idle_entries_are_dropped_not_refreshed_and_expired_ones_removed() {
     assert!(s.cache.peek("busy.jpg").await.unwrap().is_some());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failing_cache_fails_the_run_fast_and_is_counted() {
     let (service, cache, clock) = faulty_service(config(|c| c.align = Some(Duration::ZERO)));
     service
@@ -1131,8 +1131,10 @@ async fn a_failing_cache_fails_the_run_fast_and_is_counted() {
     let run = service.refresh_expiring(&refresher()).await;
     assert!(run.error.is_some() && run.refreshed == 0, "{run:?}");
     cache.set(HANGING);
+    // Paused time: the refresher's deadline (10 s) passes at once, the hang (an hour)
+    // does not.
     let run = tokio::time::timeout(
-        Duration::from_secs(5),
+        Duration::from_secs(60),
         service.refresh_expiring(&refresher()),
     )
     .await
