@@ -53,6 +53,7 @@
 //! ```
 
 mod access;
+mod alerts;
 mod breaker;
 mod config;
 mod error;
@@ -65,6 +66,7 @@ mod stats;
 mod unix_time;
 
 pub use access::{AccessPolicy, AccessPolicyBuilder, LinkError, LinkSigner, MIN_SECRET_LEN};
+pub use alerts::{Alert, AlertConfig, AlertSink, AlertState};
 pub use breaker::CircuitState;
 pub use config::ServiceConfig;
 pub use cos_credentials::{CredentialsCache, CredentialsStatus};

@@ -14,13 +14,15 @@ use crate::service::Inner;
 use crate::{ImageUrlService, RefresherConfig};
 
 /// What the maintenance task does and how often.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct MaintenanceConfig {
     /// How often expired entries are removed from the cache (default 300 s).
     pub cleanup_interval: Duration,
     /// The background refresher (on by default).
     pub refresher: RefresherConfig,
+    /// Alert rules and sinks (default: none, no evaluation).
+    pub alerts: Option<crate::AlertConfig>,
 }
 
 impl Default for MaintenanceConfig {
@@ -28,6 +30,7 @@ impl Default for MaintenanceConfig {
         MaintenanceConfig {
             cleanup_interval: Duration::from_secs(300),
             refresher: RefresherConfig::default(),
+            alerts: None,
         }
     }
 }
@@ -88,8 +91,17 @@ async fn run(service: Weak<Inner>, config: MaintenanceConfig, mut stopped: watch
     // The first refresh runs at once: after a restart there may be catching up to do.
     let mut next_refresh = refresher.enabled.then(Instant::now);
     let mut holding = false;
+    let alert_every = config
+        .alerts
+        .as_ref()
+        .map(|a| a.evaluate_every.max(Duration::from_millis(1)));
+    let mut next_alerts = alert_every.map(|every| Instant::now() + every);
     loop {
-        let wake = next_refresh.map_or(next_cleanup, |r| r.min(next_cleanup));
+        let wake = [Some(next_cleanup), next_refresh, next_alerts]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_cleanup);
         tokio::select! {
             _ = sleep_until(wake) => {}
             _ = stopped.changed() => break,
@@ -131,6 +143,15 @@ async fn run(service: Weak<Inner>, config: MaintenanceConfig, mut stopped: watch
             let delay = next_refresh_delay(&service, refresh_every);
             next_refresh = Some(Instant::now() + delay);
             service.set_next_refresh(delay);
+        }
+        if let (Some(alerts), Some(every)) = (&config.alerts, alert_every) {
+            if next_alerts.is_some_and(|at| Instant::now() >= at) {
+                tokio::select! {
+                    _ = service.evaluate_alerts(alerts) => {}
+                    _ = stopped.changed() => break,
+                }
+                next_alerts = Some(Instant::now() + every);
+            }
         }
     }
     // Stopped: hand the lease over at once rather than let it run out.

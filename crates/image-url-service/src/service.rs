@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     next_flight: AtomicU64,
     /// The background refresher's history (not on the request path).
     pub(crate) refresher: Mutex<crate::refresher::RefresherState>,
+    /// The alert rules' state between evaluations.
+    pub(crate) alerts: Mutex<crate::alerts::AlertBook>,
 }
 
 /// One signing shared by every request for the same cache key while it runs. The work
@@ -150,6 +152,7 @@ impl ImageUrlServiceBuilder {
                 flights: Mutex::new(HashMap::new()),
                 next_flight: AtomicU64::new(0),
                 refresher: Mutex::default(),
+                alerts: Mutex::default(),
             }),
         })
     }

@@ -1167,3 +1167,100 @@ async fn the_maintenance_task_refreshes_on_its_own_and_stops_promptly() {
     handle.shutdown().await;
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+// ---------------------------------------------------------------------------------------
+// Alerts.
+
+/// Collects what it is sent.
+#[derive(Debug, Default)]
+struct Collect(
+    tokio::sync::Mutex<Vec<image_url_service::Alert>>,
+    tokio::sync::Notify,
+);
+
+#[async_trait]
+impl image_url_service::AlertSink for Collect {
+    async fn send(&self, alert: &image_url_service::Alert) {
+        self.0.lock().await.push(alert.clone());
+        self.1.notify_one();
+    }
+}
+
+impl Collect {
+    /// Waits (bounded) until `n` alerts have arrived.
+    async fn received(&self, n: usize) -> Vec<image_url_service::Alert> {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let notified = self.1.notified();
+                if self.0.lock().await.len() >= n {
+                    return self.0.lock().await.clone();
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("the alerts arrive")
+    }
+}
+
+#[tokio::test]
+async fn cache_degraded_fires_after_its_duration_and_resolves() {
+    let (service, cache, clock) = faulty_service(ServiceConfig::default());
+    let sink = Arc::new(Collect::default());
+    let mut alerts = image_url_service::AlertConfig::default();
+    alerts.degraded_after = Duration::from_secs(60);
+    alerts.instance = "replica-1".into();
+    alerts.sinks = vec![sink.clone()];
+
+    assert!(service.evaluate_alerts(&alerts).await.is_empty());
+    cache.set(FAILING);
+    assert!(
+        service.evaluate_alerts(&alerts).await.is_empty(),
+        "not for 60 s yet"
+    );
+    clock.advance(Duration::from_secs(59));
+    assert!(service.evaluate_alerts(&alerts).await.is_empty());
+    clock.advance(Duration::from_secs(1));
+    let fired = service.evaluate_alerts(&alerts).await;
+    assert_eq!(fired.len(), 1);
+    assert_eq!(
+        (fired[0].rule, fired[0].state),
+        ("cache_degraded", image_url_service::AlertState::Firing)
+    );
+    assert_eq!(service.active_alerts().len(), 1);
+    assert!(
+        service.evaluate_alerts(&alerts).await.is_empty(),
+        "fires once"
+    );
+
+    cache.set(HEALTHY);
+    let resolved = service.evaluate_alerts(&alerts).await;
+    assert_eq!(resolved[0].state, image_url_service::AlertState::Resolved);
+    assert!(service.active_alerts().is_empty());
+    let received = sink.received(2).await;
+    assert_eq!(received[0].instance, "replica-1");
+    assert_eq!(received[1].state, image_url_service::AlertState::Resolved);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_refresh_runs_fire_an_alert() {
+    let (service, cache, _clock) = faulty_service(config(|c| c.align = Some(Duration::ZERO)));
+    let alerts = image_url_service::AlertConfig::default();
+    cache.set(FAILING);
+    for _ in 0..2 {
+        service.refresh_expiring(&refresher()).await;
+        assert!(!service
+            .evaluate_alerts(&alerts)
+            .await
+            .iter()
+            .any(|a| a.rule == "refresh_failures"));
+    }
+    service.refresh_expiring(&refresher()).await;
+    let fired = service.evaluate_alerts(&alerts).await;
+    assert!(
+        fired
+            .iter()
+            .any(|a| a.rule == "refresh_failures" && a.value == 1.0),
+        "{fired:?}"
+    );
+}
