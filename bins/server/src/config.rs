@@ -30,6 +30,41 @@ pub struct Config {
     pub limits: Limits,
     /// `[refresher]`.
     pub refresher: Refresher,
+    /// `[alerts]`.
+    pub alerts: Alerts,
+}
+
+/// `[alerts]`: rules over the server's own figures, and where alerts go.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    pub enabled: bool,
+    pub webhook_urls: Vec<String>,
+    pub evaluate_every_secs: u64,
+    pub refresh_failure_ratio: f64,
+    pub refresh_failure_runs: usize,
+    pub degraded_after_secs: u64,
+    pub max_refresh_lag_secs: u64,
+    pub credentials_expire_within_secs: u64,
+    pub min_hit_rate: f64,
+    pub min_requests: u64,
+    pub hold_for_secs: u64,
+    pub instance: String,
+}
+
+/// Webhook URLs often carry a token: shown as a count.
+impl std::fmt::Debug for Alerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alerts")
+            .field("enabled", &self.enabled)
+            .field(
+                "webhook_urls",
+                &format_args!("<{} redacted>", self.webhook_urls.len()),
+            )
+            .field("evaluate_every_secs", &self.evaluate_every_secs)
+            .field("degraded_after_secs", &self.degraded_after_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[refresher]`: the background refresh of URLs about to expire.

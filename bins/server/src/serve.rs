@@ -10,8 +10,10 @@ use cos_credentials::{
 };
 use cos_sign::{CosSigner, Credentials, Endpoint};
 use figment::Figment;
-use image_url_service::{AccessPolicy, ImageUrlService, MaintenanceConfig, ServiceConfig};
-use proxy_http::{ApiConfig, AppState, HttpServerHandle};
+use image_url_service::{
+    AccessPolicy, AlertConfig, ImageUrlService, MaintenanceConfig, ServiceConfig,
+};
+use proxy_http::{ApiConfig, AppState, HttpServerHandle, WebhookSink};
 use url_cache::{EvictionPolicy, MemoryCache, RedisCache, RedisConfig, UrlCache};
 
 use crate::cli::ServeArgs;
@@ -101,6 +103,7 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
             }
         };
         let background = service.as_ref().ok().cloned();
+        let alerts = alert_config(&config, &figment)?;
         let api = api_config(&config, &figment)?;
         let state = match service {
             Ok(service) => AppState::new(service, api),
@@ -125,6 +128,7 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
             refresher.max_concurrent = r.max_concurrent.max(1);
             refresher.max_per_run = r.max_per_run.max(1);
             refresher.idle_drop = Duration::from_secs(r.idle_drop_secs.max(1));
+            maintenance.alerts = alerts.clone();
             service.spawn_maintenance(maintenance)
         });
 
@@ -137,6 +141,37 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// `[alerts]`: `None` when off.
+fn alert_config(config: &Config, figment: &Figment) -> Result<Option<AlertConfig>, String> {
+    let a = &config.alerts;
+    if !a.enabled {
+        return Ok(None);
+    }
+    let mut alerts = AlertConfig::default();
+    alerts.evaluate_every = Duration::from_secs(a.evaluate_every_secs.max(1));
+    alerts.refresh_failure_ratio = a.refresh_failure_ratio;
+    alerts.refresh_failure_runs = a.refresh_failure_runs.max(1);
+    alerts.degraded_after = Duration::from_secs(a.degraded_after_secs);
+    alerts.max_refresh_lag = Duration::from_secs(a.max_refresh_lag_secs);
+    alerts.credentials_expire_within = Duration::from_secs(a.credentials_expire_within_secs);
+    alerts.min_hit_rate = a.min_hit_rate;
+    alerts.min_requests = a.min_requests;
+    alerts.hold_for = Duration::from_secs(a.hold_for_secs);
+    if !a.instance.is_empty() {
+        alerts.instance = a.instance.clone();
+    }
+    if !a.webhook_urls.is_empty() {
+        let sink = WebhookSink::new(&a.webhook_urls).map_err(|e| {
+            format!(
+                "alerts.webhook_urls from {}: {e}",
+                config::source_of(figment, "alerts.webhook_urls")
+            )
+        })?;
+        alerts.sinks.push(Arc::new(sink));
+    }
+    Ok(Some(alerts))
 }
 
 /// What the service signs with.

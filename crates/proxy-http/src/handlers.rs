@@ -50,6 +50,11 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig, surface: Surface) {
                 .default_service(not_allowed()),
         )
         .service(
+            web::resource("/api/v1/alerts")
+                .route(web::get().to(alerts))
+                .default_service(not_allowed()),
+        )
+        .service(
             web::resource("/api/v1/tasks")
                 .route(web::get().to(tasks))
                 .default_service(not_allowed()),
@@ -546,6 +551,17 @@ pub(crate) async fn tasks(
         },
         "cleanup": service.stats().maintenance,
     })))
+}
+
+/// `GET /api/v1/alerts` (admin): the alerts firing now, with since when.
+#[utoipa::path(get, path = "/api/v1/alerts", responses((status = 200, description = "Active alerts")), security(("bearer" = [])))]
+pub(crate) async fn alerts(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let service = state.service()?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "alerts": service.active_alerts() })))
 }
 
 /// `POST /api/v1/images/cleanup` (admin).

@@ -41,11 +41,13 @@ mod openapi;
 mod proxy;
 mod rate_limit;
 pub mod request_id;
+mod webhook;
 
 pub use error::{ApiError, Problem};
 pub use metrics::Metrics;
 pub use openapi::openapi_json;
 pub use rate_limit::RateLimitConfig;
+pub use webhook::{webhook_payload, WebhookSink};
 
 /// HTTP-level settings.
 #[derive(Clone)]

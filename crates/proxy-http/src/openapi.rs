@@ -16,6 +16,7 @@ use utoipa::OpenApi;
         crate::handlers::batch_post,
         crate::handlers::stats,
         crate::handlers::tasks,
+        crate::handlers::alerts,
         crate::handlers::cleanup,
         crate::handlers::preload,
         crate::handlers::livez,
