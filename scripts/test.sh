@@ -16,6 +16,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 export REDIS_SERVER_BIN="${REDIS_SERVER_BIN:-$(command -v redis-server)}"
 
+# The Prometheus alert rules are unit-tested with promtool (Debian's prometheus package).
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "promtool not found; installing Debian's prometheus package" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+promtool check rules deploy/prometheus/alerts.yml
+(cd deploy/prometheus && promtool test rules alerts_test.yml)
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else
