@@ -73,6 +73,8 @@ pub use cos_credentials::{CredentialsCache, CredentialsStatus};
 pub use error::{Result, ServiceError};
 pub use maintenance::{MaintenanceConfig, MaintenanceHandle};
 pub use options::{ImageUrl, UrlOptions, UrlStatus};
-pub use refresher::{RefreshRun, RefresherConfig, RefresherStats, REFRESH_LEASE};
+pub use refresher::{
+    RefreshRun, RefresherConfig, RefresherStats, REFRESH_LEASE, RUN_DURATION_BUCKETS,
+};
 pub use service::{BatchItem, ImageUrlService, ImageUrlServiceBuilder, PreloadReport};
 pub use stats::{LatencyPercentiles, MaintenanceStats, ServiceStats};

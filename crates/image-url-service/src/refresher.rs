@@ -136,7 +136,15 @@ pub struct RefresherStats {
     /// The last run's duration.
     #[serde(serialize_with = "crate::unix_time::serialize_secs")]
     pub last_duration: Duration,
+    /// Run durations as a histogram: runs that took at most each of
+    /// [`RUN_DURATION_BUCKETS`] seconds (cumulative), for Prometheus.
+    pub duration_buckets: [u64; RUN_DURATION_BUCKETS.len()],
+    /// The sum of all run durations, seconds.
+    pub duration_sum_secs: f64,
 }
+
+/// The upper bounds, seconds, of [`RefresherStats::duration_buckets`].
+pub const RUN_DURATION_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 impl RefresherState {
     pub(crate) fn record(&mut self, run: &RefreshRun) {
@@ -150,6 +158,11 @@ impl RefresherState {
         t.skipped += run.skipped;
         t.last_lag = run.lag;
         t.last_duration = run.duration;
+        let secs = run.duration.as_secs_f64();
+        t.duration_sum_secs += secs;
+        for (bucket, bound) in t.duration_buckets.iter_mut().zip(RUN_DURATION_BUCKETS) {
+            *bucket += u64::from(secs <= bound);
+        }
         if self.last_runs.len() == KEPT_RUNS {
             self.last_runs.pop_front();
         }

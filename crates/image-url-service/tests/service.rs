@@ -1264,3 +1264,24 @@ async fn failing_refresh_runs_fire_an_alert() {
         "{fired:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_that_overruns_its_interval_delays_the_next_instead_of_doubling() {
+    let (service, cache, clock) = faulty_service(config(|c| c.align = Some(Duration::ZERO)));
+    service
+        .get_url(&key("a.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(3600 - 950));
+    // Each run hangs until the refresher's own deadline (10 s); the interval is 1 s.
+    cache.set(HANGING);
+    let mut maintenance = MaintenanceConfig::default();
+    maintenance.refresher.interval = Duration::from_secs(1);
+    let handle = service.spawn_maintenance(maintenance);
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let stats = service.stats().refresher;
+    // At most one run per 10 s (plus the interval), never 35 overlapping ones.
+    assert!((3..=4).contains(&stats.runs), "{stats:?}");
+    assert_eq!(stats.failed_runs, stats.runs);
+    handle.shutdown().await;
+}

@@ -202,6 +202,35 @@ impl Metrics {
                 "# HELP image_url_refresher_lag_seconds How overdue the most overdue entry was in the last refresh run\n# TYPE image_url_refresher_lag_seconds gauge\nimage_url_refresher_lag_seconds {}",
                 s.refresher.last_lag.as_secs_f64()
             );
+            let r = &s.refresher;
+            let _ = writeln!(
+                text,
+                "# HELP image_url_refresher_run_duration_seconds How long refresh runs took\n# TYPE image_url_refresher_run_duration_seconds histogram"
+            );
+            for (bound, count) in image_url_service::RUN_DURATION_BUCKETS
+                .iter()
+                .zip(r.duration_buckets)
+            {
+                let _ = writeln!(
+                    text,
+                    "image_url_refresher_run_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                text,
+                "image_url_refresher_run_duration_seconds_bucket{{le=\"+Inf\"}} {runs}\nimage_url_refresher_run_duration_seconds_sum {}\nimage_url_refresher_run_duration_seconds_count {runs}",
+                r.duration_sum_secs,
+                runs = r.runs
+            );
+            let l = &s.latency_us;
+            let _ = writeln!(
+                text,
+                "# HELP image_url_service_latency_seconds Response time of the service's get_url (signing included, HTTP excluded)\n# TYPE image_url_service_latency_seconds summary\nimage_url_service_latency_seconds{{quantile=\"0.5\"}} {}\nimage_url_service_latency_seconds{{quantile=\"0.95\"}} {}\nimage_url_service_latency_seconds{{quantile=\"0.99\"}} {}\nimage_url_service_latency_seconds_count {}",
+                l.p50 as f64 / 1e6,
+                l.p95 as f64 / 1e6,
+                l.p99 as f64 / 1e6,
+                l.count
+            );
             let _ = writeln!(
                 text,
                 "# HELP image_url_refresher_last_run_duration_seconds How long the last refresh run took\n# TYPE image_url_refresher_last_run_duration_seconds gauge\nimage_url_refresher_last_run_duration_seconds {}",
