@@ -77,4 +77,4 @@ pub use refresher::{
     RefreshRun, RefresherConfig, RefresherStats, REFRESH_LEASE, RUN_DURATION_BUCKETS,
 };
 pub use service::{BatchItem, ImageUrlService, ImageUrlServiceBuilder, PreloadReport};
-pub use stats::{LatencyPercentiles, MaintenanceStats, ServiceStats};
+pub use stats::{LatencyPercentiles, MaintenanceStats, ServiceStats, CACHE_CALL_BUCKETS};

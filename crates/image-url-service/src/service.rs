@@ -708,9 +708,14 @@ impl ImageUrlService {
         // on every hit.
         let mut call = std::pin::pin!(call);
         let answered = match futures::poll!(call.as_mut()) {
+            // Answered at once (the memory backend): not timed, nothing to see.
             std::task::Poll::Ready(answer) => Ok(answer),
             std::task::Poll::Pending => {
-                tokio::time::timeout(self.inner.config.cache_timeout, call).await
+                // A remote backend: a round trip, beside which a clock read is nothing.
+                let started = Instant::now();
+                let answer = tokio::time::timeout(self.inner.config.cache_timeout, call).await;
+                self.inner.counters.cache_call(started.elapsed());
+                answer
             }
         };
         match answered {

@@ -39,6 +39,12 @@ pub struct ServiceStats {
     pub maintenance: MaintenanceStats,
     /// What the background refresher has done.
     pub refresher: crate::RefresherStats,
+    /// Cache calls on the request path that waited for a remote backend (calls answered
+    /// at once, as the memory backend's are, are not timed), by duration, cumulative: how many took at most
+    /// each of [`CACHE_CALL_BUCKETS`]; the last element counts them all.
+    pub cache_call_buckets: [u64; CACHE_CALL_BUCKETS.len() + 1],
+    /// Sum of their durations, seconds.
+    pub cache_call_secs: f64,
     /// The breaker's state now.
     pub circuit: CircuitState,
     /// hits / requests.
@@ -105,11 +111,36 @@ pub(crate) struct Counters {
     /// A histogram, not a list of samples: fixed memory, 3 significant digits, 1 µs–60 s.
     /// Recording takes the lock for a few nanoseconds.
     latency: Mutex<Histogram<u64>>,
+    /// Cache calls by duration: calls that took at most each of
+    /// [`CACHE_CALL_BUCKETS`] (cumulative counts are made when read). Atomics, no lock.
+    pub(crate) cache_calls: [AtomicU64; CACHE_CALL_BUCKETS.len() + 1],
+    /// Sum of cache call durations, microseconds.
+    pub(crate) cache_call_us: AtomicU64,
+}
+
+/// Upper bounds, seconds, of the cache call duration histogram.
+pub const CACHE_CALL_BUCKETS: [f64; 9] =
+    [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
+
+impl Counters {
+    /// Counts a cache call that waited (a remote backend) and took `took`.
+    pub(crate) fn cache_call(&self, took: std::time::Duration) {
+        let secs = took.as_secs_f64();
+        let slot = CACHE_CALL_BUCKETS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(CACHE_CALL_BUCKETS.len());
+        self.cache_calls[slot].fetch_add(1, Ordering::Relaxed);
+        self.cache_call_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 impl Default for Counters {
     fn default() -> Self {
         Counters {
+            cache_calls: Default::default(),
+            cache_call_us: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -170,7 +201,14 @@ impl Counters {
                 count: h.len(),
             }
         };
+        let mut cumulative = 0;
+        let cache_call_buckets = std::array::from_fn(|i| {
+            cumulative += self.cache_calls[i].load(Ordering::Relaxed);
+            cumulative
+        });
         ServiceStats {
+            cache_call_buckets,
+            cache_call_secs: self.cache_call_us.load(Ordering::Relaxed) as f64 / 1e6,
             credentials: None,
             refresher: crate::RefresherStats::default(),
             requests,

@@ -222,6 +222,25 @@ impl Metrics {
                 r.duration_sum_secs,
                 runs = r.runs
             );
+            let _ = writeln!(
+                text,
+                "# HELP image_url_cache_call_duration_seconds Cache calls on the request path that waited for a remote backend (Redis); the memory backend answers at once and is not timed\n# TYPE image_url_cache_call_duration_seconds histogram"
+            );
+            for (bound, count) in image_url_service::CACHE_CALL_BUCKETS
+                .iter()
+                .zip(s.cache_call_buckets)
+            {
+                let _ = writeln!(
+                    text,
+                    "image_url_cache_call_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
+                );
+            }
+            let total = s.cache_call_buckets.last().copied().unwrap_or(0);
+            let _ = writeln!(
+                text,
+                "image_url_cache_call_duration_seconds_bucket{{le=\"+Inf\"}} {total}\nimage_url_cache_call_duration_seconds_sum {}\nimage_url_cache_call_duration_seconds_count {total}",
+                s.cache_call_secs
+            );
             let l = &s.latency_us;
             let _ = writeln!(
                 text,
