@@ -80,27 +80,28 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
                 ))
             }
         };
-        let service = match signing_source(&config, &figment).await? {
-            SigningSource::Fixed(credentials) => {
-                ImageUrlService::builder(CosSigner::new(credentials, endpoint), cache)
-                    .config(service_config)
-                    .access(access)
-                    .build()
-                    .map(Ok)
-                    .map_err(|e| e.to_string())?
-            }
-            SigningSource::Rotating(credentials) => {
-                ImageUrlService::builder_with_credentials(endpoint, credentials, cache)
-                    .config(service_config)
-                    .access(access)
-                    .build()
-                    .map(Ok)
-                    .map_err(|e| e.to_string())?
-            }
+        let builder = match signing_source(&config, &figment).await? {
+            SigningSource::Fixed(credentials) => Ok(ImageUrlService::builder(
+                CosSigner::new(credentials, endpoint),
+                cache,
+            )),
+            SigningSource::Rotating(credentials) => Ok(ImageUrlService::builder_with_credentials(
+                endpoint,
+                credentials,
+                cache,
+            )),
             SigningSource::Missing(missing) => {
                 tracing::warn!("{missing}; URL endpoints answer 503 until it is set");
                 Err(missing)
             }
+        };
+        let service = match builder {
+            Ok(builder) => Ok(builder
+                .config(service_config)
+                .access(access)
+                .build()
+                .map_err(|e| e.to_string())?),
+            Err(missing) => Err(missing),
         };
         let background = service.as_ref().ok().cloned();
         let alerts = alert_config(&config, &figment)?;

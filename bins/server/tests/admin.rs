@@ -192,15 +192,7 @@ async fn tasks_show_the_refresher_behind_the_token() {
     // The first run starts with the server; wait for it (bounded) through the endpoint.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let body = loop {
-        let body: serde_json::Value = http
-            .get(&tasks)
-            .bearer_auth(NEW_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = common::get_json(&http, &tasks, Some(NEW_TOKEN)).await;
         if body["refresher"]["totals"]["runs"].as_u64() >= Some(1) {
             break body;
         }

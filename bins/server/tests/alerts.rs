@@ -87,15 +87,8 @@ async fn redis_down_fires_cache_degraded_and_its_return_resolves_it() {
         "not before degraded_after"
     );
 
-    let active: serde_json::Value = http
-        .get(format!("{}/api/v1/alerts", running.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let alerts_url = format!("{}/api/v1/alerts", running.base);
+    let active = common::get_json(&http, &alerts_url, Some(TOKEN)).await;
     assert_eq!(active["alerts"][0]["rule"], "cache_degraded", "{active}");
     assert!(active["alerts"][0]["since"].as_f64().is_some());
 

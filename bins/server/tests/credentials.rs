@@ -123,14 +123,7 @@ async fn urls_stay_valid_across_rotations_and_none_outlives_its_credentials() {
     loop {
         assert!(Instant::now() < deadline, "the credentials never expired");
         pace.tick().await;
-        let ready: serde_json::Value = http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready = common::get_json(&http, &format!("{base}/readyz"), None).await;
         let res = http
             .get(format!("{base}/api/v1/images/a.jpg/proxy"))
             .send()

@@ -132,22 +132,7 @@ impl CredentialsCache {
     /// [`current`]: CredentialsCache::current
     /// [`ready`]: CredentialsCache::ready
     pub fn spawn(provider: impl ProvideCredentials + 'static, config: RefreshConfig) -> Self {
-        let shared = Arc::new(Shared {
-            status: Mutex::new(CredentialsStatus {
-                source: provider.name(),
-                secret_id: None,
-                expires_at: None,
-                loaded_at: None,
-                rotations: 0,
-                consecutive_failures: 0,
-                last_error: None,
-            }),
-            provider: Arc::new(provider),
-            config,
-            current: ArcSwapOption::empty(),
-            generation: AtomicU64::new(0),
-            attempts: tokio::sync::watch::Sender::new(0),
-        });
+        let shared = Arc::new(Shared::new(Arc::new(provider), config));
         let task = tokio::spawn(refresh_loop(shared.clone()));
         CredentialsCache {
             shared,
@@ -158,22 +143,10 @@ impl CredentialsCache {
     /// Fixed credentials, never refreshed (no task).
     pub fn fixed(credentials: Credentials) -> Self {
         let cache = CredentialsCache {
-            shared: Arc::new(Shared {
-                status: Mutex::new(CredentialsStatus {
-                    source: "static",
-                    secret_id: None,
-                    expires_at: None,
-                    loaded_at: None,
-                    rotations: 0,
-                    consecutive_failures: 0,
-                    last_error: None,
-                }),
-                provider: Arc::new(crate::StaticProvider::new(credentials.clone())),
-                config: RefreshConfig::default(),
-                current: ArcSwapOption::empty(),
-                generation: AtomicU64::new(0),
-                attempts: tokio::sync::watch::Sender::new(0),
-            }),
+            shared: Arc::new(Shared::new(
+                Arc::new(crate::StaticProvider::new(credentials.clone())),
+                RefreshConfig::default(),
+            )),
             _task: None,
         };
         cache.shared.store(credentials, now_unix());
@@ -230,6 +203,25 @@ impl CredentialsCache {
 }
 
 impl Shared {
+    fn new(provider: Arc<dyn ProvideCredentials>, config: RefreshConfig) -> Self {
+        Shared {
+            status: Mutex::new(CredentialsStatus {
+                source: provider.name(),
+                secret_id: None,
+                expires_at: None,
+                loaded_at: None,
+                rotations: 0,
+                consecutive_failures: 0,
+                last_error: None,
+            }),
+            provider,
+            config,
+            current: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
+            attempts: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
     fn store(&self, credentials: Credentials, now: i64) {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if self.current.load().is_some() {

@@ -202,44 +202,23 @@ impl Metrics {
                 "# HELP image_url_refresher_lag_seconds How overdue the most overdue entry was in the last refresh run\n# TYPE image_url_refresher_lag_seconds gauge\nimage_url_refresher_lag_seconds {}",
                 s.refresher.last_lag.as_secs_f64()
             );
-            let r = &s.refresher;
-            let _ = writeln!(
-                text,
-                "# HELP image_url_refresher_run_duration_seconds How long refresh runs took\n# TYPE image_url_refresher_run_duration_seconds histogram"
+            write_histogram(
+                &mut text,
+                "image_url_refresher_run_duration_seconds",
+                "How long refresh runs took",
+                &image_url_service::RUN_DURATION_BUCKETS,
+                &s.refresher.duration_buckets,
+                s.refresher.runs,
+                s.refresher.duration_sum_secs,
             );
-            for (bound, count) in image_url_service::RUN_DURATION_BUCKETS
-                .iter()
-                .zip(r.duration_buckets)
-            {
-                let _ = writeln!(
-                    text,
-                    "image_url_refresher_run_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                text,
-                "image_url_refresher_run_duration_seconds_bucket{{le=\"+Inf\"}} {runs}\nimage_url_refresher_run_duration_seconds_sum {}\nimage_url_refresher_run_duration_seconds_count {runs}",
-                r.duration_sum_secs,
-                runs = r.runs
-            );
-            let _ = writeln!(
-                text,
-                "# HELP image_url_cache_call_duration_seconds Cache calls on the request path that waited for a remote backend (Redis); the memory backend answers at once and is not timed\n# TYPE image_url_cache_call_duration_seconds histogram"
-            );
-            for (bound, count) in image_url_service::CACHE_CALL_BUCKETS
-                .iter()
-                .zip(s.cache_call_buckets)
-            {
-                let _ = writeln!(
-                    text,
-                    "image_url_cache_call_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
-                );
-            }
-            let total = s.cache_call_buckets.last().copied().unwrap_or(0);
-            let _ = writeln!(
-                text,
-                "image_url_cache_call_duration_seconds_bucket{{le=\"+Inf\"}} {total}\nimage_url_cache_call_duration_seconds_sum {}\nimage_url_cache_call_duration_seconds_count {total}",
-                s.cache_call_secs
+            write_histogram(
+                &mut text,
+                "image_url_cache_call_duration_seconds",
+                "Cache calls on the request path that waited for a remote backend (Redis); the memory backend answers at once and is not timed",
+                &image_url_service::CACHE_CALL_BUCKETS,
+                &s.cache_call_buckets,
+                s.cache_call_buckets.last().copied().unwrap_or(0),
+                s.cache_call_secs,
             );
             let l = &s.latency_us;
             let _ = writeln!(
@@ -276,6 +255,26 @@ impl Metrics {
         }
         text
     }
+}
+
+/// A histogram in the text format from cumulative `counts` per upper bound in `bounds`.
+fn write_histogram(
+    text: &mut String,
+    name: &str,
+    help: &str,
+    bounds: &[f64],
+    counts: &[u64],
+    total: u64,
+    sum: f64,
+) {
+    let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (bound, count) in bounds.iter().zip(counts) {
+        let _ = writeln!(text, "{name}_bucket{{le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(
+        text,
+        "{name}_bucket{{le=\"+Inf\"}} {total}\n{name}_sum {sum}\n{name}_count {total}"
+    );
 }
 
 /// One worker's handles on the request series it has recorded into.

@@ -172,6 +172,21 @@ pub fn http() -> reqwest::Client {
         .expect("a plain HTTP client builds")
 }
 
+/// `GET url` (with `token` as the admin bearer, if given) as JSON, whatever the status.
+pub async fn get_json(http: &reqwest::Client, url: &str, token: Option<&str>) -> serde_json::Value {
+    let mut request = http.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request
+        .send()
+        .await
+        .expect("the server answers")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 /// `GET {base}/metrics` as text.
 pub async fn metrics(http: &reqwest::Client, base: &str) -> String {
     http.get(format!("{base}/metrics"))
