@@ -62,6 +62,32 @@ fn bench_service(c: &mut Criterion) {
             answer
         })
     });
+    // The same hits from two threads at once (each with its own current-thread runtime,
+    // as two actix workers): time per request over both. With nothing shared written on
+    // the hit path, this is no slower than one thread (on 2 cores).
+    group.bench_function("service get_url (memory hit), 2 threads", |b| {
+        b.iter_custom(|iters| {
+            let per_thread = iters.div_ceil(2);
+            let started = std::time::Instant::now();
+            std::thread::scope(|scope| {
+                for t in 0..2usize {
+                    let (service, keys, options) = (&service, &keys, &options);
+                    scope.spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
+                        for n in 0..per_thread as usize {
+                            let key = &keys[(n * 2 + t) % keys.len()];
+                            black_box(rt.block_on(service.get_url(key, options)).unwrap());
+                        }
+                    });
+                }
+            });
+            // Wall time for 2 × per_thread requests, reported per request pair's share.
+            started.elapsed() * (iters as u32).max(1) / (2 * per_thread as u32).max(1)
+        })
+    });
     let uncached = UrlOptions::new().use_cache(false);
     group.bench_function("service get_url (use_cache=false: sign only)", |b| {
         b.iter(|| {

@@ -61,6 +61,7 @@ mod maintenance;
 mod options;
 mod refresher;
 mod service;
+mod sharded;
 mod signers;
 mod stats;
 mod unix_time;

@@ -424,7 +424,7 @@ impl ImageUrlService {
     /// Counts a scheduled cleanup's outcome (the maintenance task's).
     pub(crate) fn record_cleanup(&self, result: Result<usize>) {
         let counters = &self.inner.counters;
-        bump(&counters.cleanup_runs);
+        counters.cleanup_runs.fetch_add(1, Ordering::Relaxed);
         counters
             .last_cleanup_at
             .store(self.inner.clock.now_unix().to_bits(), Ordering::Relaxed);
@@ -436,7 +436,7 @@ impl ImageUrlService {
                 tracing::debug!(removed, "expired cache entries removed");
             }
             Err(err) => {
-                bump(&counters.cleanup_failures);
+                counters.cleanup_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %err, "cache cleanup failed");
             }
         }

@@ -1,13 +1,12 @@
 //! Service statistics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use url_cache::CacheStats;
 
+use crate::sharded::{ShardedCounter, ShardedHistogram};
 use crate::CircuitState;
 
 /// A snapshot of the service's counters since it started.
@@ -94,23 +93,22 @@ pub struct LatencyPercentiles {
 
 #[derive(Debug)]
 pub(crate) struct Counters {
-    pub(crate) requests: AtomicU64,
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) pre_refreshes: AtomicU64,
-    pub(crate) forced_refreshes: AtomicU64,
-    pub(crate) signings: AtomicU64,
-    pub(crate) cache_errors: AtomicU64,
-    pub(crate) degraded: AtomicU64,
-    pub(crate) corrupt_entries: AtomicU64,
+    pub(crate) requests: ShardedCounter,
+    pub(crate) hits: ShardedCounter,
+    pub(crate) misses: ShardedCounter,
+    pub(crate) pre_refreshes: ShardedCounter,
+    pub(crate) forced_refreshes: ShardedCounter,
+    pub(crate) signings: ShardedCounter,
+    pub(crate) cache_errors: ShardedCounter,
+    pub(crate) degraded: ShardedCounter,
+    pub(crate) corrupt_entries: ShardedCounter,
     pub(crate) cleanup_runs: AtomicU64,
     pub(crate) cleanup_failures: AtomicU64,
     pub(crate) cleanup_removed: AtomicU64,
     /// `f64::to_bits` of the last cleanup's end; 0 before the first.
     pub(crate) last_cleanup_at: AtomicU64,
-    /// A histogram, not a list of samples: fixed memory, 3 significant digits, 1 µs–60 s.
-    /// Recording takes the lock for a few nanoseconds.
-    latency: Mutex<Histogram<u64>>,
+    /// Per-thread histograms, merged when read: no lock shared by all workers.
+    latency: ShardedHistogram,
     /// Cache calls by duration: calls that took at most each of
     /// [`CACHE_CALL_BUCKETS`] (cumulative counts are made when read). Atomics, no lock.
     pub(crate) cache_calls: [AtomicU64; CACHE_CALL_BUCKETS.len() + 1],
@@ -141,36 +139,31 @@ impl Default for Counters {
         Counters {
             cache_calls: Default::default(),
             cache_call_us: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            pre_refreshes: AtomicU64::new(0),
-            forced_refreshes: AtomicU64::new(0),
-            signings: AtomicU64::new(0),
-            cache_errors: AtomicU64::new(0),
-            degraded: AtomicU64::new(0),
-            corrupt_entries: AtomicU64::new(0),
+            requests: ShardedCounter::default(),
+            hits: ShardedCounter::default(),
+            misses: ShardedCounter::default(),
+            pre_refreshes: ShardedCounter::default(),
+            forced_refreshes: ShardedCounter::default(),
+            signings: ShardedCounter::default(),
+            cache_errors: ShardedCounter::default(),
+            degraded: ShardedCounter::default(),
+            corrupt_entries: ShardedCounter::default(),
             cleanup_runs: AtomicU64::new(0),
             cleanup_failures: AtomicU64::new(0),
             cleanup_removed: AtomicU64::new(0),
             last_cleanup_at: AtomicU64::new(0),
-            latency: Mutex::new(
-                Histogram::new_with_bounds(1, 60_000_000, 3)
-                    .unwrap_or_else(|_| unreachable!("static histogram bounds are valid")),
-            ),
+            latency: ShardedHistogram::default(),
         }
     }
 }
 
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+pub(crate) fn bump(counter: &ShardedCounter) {
+    counter.add(1);
 }
 
 impl Counters {
     pub(crate) fn record_latency(&self, elapsed: Duration) {
-        let micros = (elapsed.as_micros() as u64).clamp(1, 60_000_000);
-        let mut histogram = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        histogram.saturating_record(micros);
+        self.latency.record(elapsed.as_micros() as u64);
     }
 
     pub(crate) fn snapshot(
@@ -180,7 +173,8 @@ impl Counters {
         cache: CacheStats,
         cache_backend: &'static str,
     ) -> ServiceStats {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let load = |c: &ShardedCounter| c.load();
+        let load_plain = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let requests = load(&self.requests);
         let hits = load(&self.hits);
         let signings = load(&self.signings);
@@ -192,7 +186,7 @@ impl Counters {
             }
         };
         let latency = {
-            let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+            let h = self.latency.merged();
             LatencyPercentiles {
                 p50: h.value_at_quantile(0.50),
                 p95: h.value_at_quantile(0.95),
@@ -222,10 +216,10 @@ impl Counters {
             corrupt_entries: load(&self.corrupt_entries),
             signings_in_flight,
             maintenance: MaintenanceStats {
-                cleanup_runs: load(&self.cleanup_runs),
-                cleanup_failures: load(&self.cleanup_failures),
-                entries_removed: load(&self.cleanup_removed),
-                last_cleanup_at: match load(&self.last_cleanup_at) {
+                cleanup_runs: load_plain(&self.cleanup_runs),
+                cleanup_failures: load_plain(&self.cleanup_failures),
+                entries_removed: load_plain(&self.cleanup_removed),
+                last_cleanup_at: match load_plain(&self.last_cleanup_at) {
                     0 => None,
                     bits => Some(f64::from_bits(bits)),
                 },
