@@ -3,7 +3,7 @@
 //! `redis-server` this file starts, each cache under a prefix of its own.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use image_url_tests::RedisServer;
@@ -30,14 +30,15 @@ impl CacheFactory for Memory {
     }
 }
 
-/// One Redis for the whole file (each test binary is one process under nextest's
-/// process-per-test model, so this is one server per test there, shared in `cargo test`).
-fn redis() -> &'static RedisServer {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
-}
+/// A Redis of the test's own, stopped when the test ends. (Not a `static`: statics are
+/// never dropped, so every test process would leave its `redis-server` running.)
+struct Redis(RedisServer);
 
-struct Redis;
+impl Redis {
+    fn start() -> Self {
+        Redis(RedisServer::start())
+    }
+}
 
 #[async_trait]
 impl CacheFactory for Redis {
@@ -48,7 +49,7 @@ impl CacheFactory for Redis {
         clock: Arc<ManualClock>,
     ) -> Arc<dyn UrlCache> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let mut config = RedisConfig::new(redis().url());
+        let mut config = RedisConfig::new(self.0.url());
         config.max_entries = capacity;
         config.policy = policy;
         config.pool_size = 4;
@@ -70,7 +71,8 @@ macro_rules! conformance {
                     $(
                         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                         async fn $test() {
-                            run_one(&$factory, $policy, stringify!($test)).await;
+                            let factory = $factory;
+                            run_one(&factory, $policy, stringify!($test)).await;
                         }
                     )*
                 }
@@ -79,9 +81,9 @@ macro_rules! conformance {
         backend_suite!(memory_lru, Memory, EvictionPolicy::lru());
         backend_suite!(memory_lfu, Memory, EvictionPolicy::lfu());
         backend_suite!(memory_fifo, Memory, EvictionPolicy::fifo());
-        backend_suite!(redis_lru, Redis, EvictionPolicy::lru());
-        backend_suite!(redis_lfu, Redis, EvictionPolicy::lfu());
-        backend_suite!(redis_fifo, Redis, EvictionPolicy::fifo());
+        backend_suite!(redis_lru, Redis::start(), EvictionPolicy::lru());
+        backend_suite!(redis_lfu, Redis::start(), EvictionPolicy::lfu());
+        backend_suite!(redis_fifo, Redis::start(), EvictionPolicy::fifo());
     };
 }
 
