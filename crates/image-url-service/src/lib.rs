@@ -21,7 +21,14 @@
 //!   sliding window) stops calling a failing cache for a cool-down, or until the backend
 //!   reports a reconnection, then probes;
 //! - **batches** with bounded concurrency and one cache round trip, **statistics** with
-//!   latency percentiles.
+//!   latency percentiles (per-thread shards, merged when read);
+//! - **rotating credentials**: with [`ImageUrlService::builder_with_credentials`] it signs
+//!   with whatever a [`CredentialsCache`] holds now (refreshed in the background by a
+//!   `cos_credentials` provider), and no URL outlives the credentials that signed it;
+//! - **maintenance** ([`ImageUrlService::spawn_maintenance`]): the background refresher
+//!   re-signs URLs about to expire in batches before a reader would (one replica at a
+//!   time, through a lease in the cache), drops idle entries, removes expired ones, and
+//!   evaluates the [`AlertConfig`] rules, handing alerts to [`AlertSink`]s.
 //!
 //! Every future it returns may be dropped at any await (a client reset, a timeout,
 //! `select!`): state that must be released lives in guards.
