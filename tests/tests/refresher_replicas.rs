@@ -3,7 +3,7 @@
 //! lease back, the other takes over once it runs out.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cos_sign::{CosSigner, Credentials, Endpoint};
 use image_url_service::{ImageUrlService, MaintenanceConfig, MaintenanceHandle, ServiceConfig};
@@ -64,14 +64,18 @@ async fn all_refreshed(cache: &Arc<dyn UrlCache>, prefix: &str, n: usize) -> boo
     true
 }
 
-/// Waits, on the replicas' own progress (bounded), until `done` holds.
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        // The replicas run on real time (the lease lives in Redis's clock).
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+/// Waits until `done` holds, checking after each refresh cycle of any of `replicas`
+/// (their own progress, not the clock), for 20 s at most.
+async fn until(what: &str, replicas: &[&ImageUrlService], mut done: impl AsyncFnMut() -> bool) {
+    let waiting = async {
+        while !done().await {
+            let cycles = replicas.iter().map(|r| Box::pin(r.next_refresh_cycle()));
+            futures::future::select_all(cycles).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting: {what}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +84,7 @@ async fn each_entry_is_refreshed_once_per_cycle_and_a_dead_holder_is_replaced() 
     let (a, a_handle, cache) = replica(&server, "replica-a").await;
     let (b, b_handle, _) = replica(&server, "replica-b").await;
     seed(&cache, "round1", 50).await;
-    until("round 1 refreshed", async || {
+    until("round 1 refreshed", &[&a, &b], async || {
         all_refreshed(&cache, "round1", 50).await
     })
     .await;
@@ -90,7 +94,7 @@ async fn each_entry_is_refreshed_once_per_cycle_and_a_dead_holder_is_replaced() 
         r.runs + r.lease_skips
     };
     let (a0, b0) = (cycles(&a), cycles(&b));
-    until("three more cycles each", async || {
+    until("three more cycles each", &[&a, &b], async || {
         cycles(&a) >= a0 + 3 && cycles(&b) >= b0 + 3
     })
     .await;
@@ -117,7 +121,7 @@ async fn each_entry_is_refreshed_once_per_cycle_and_a_dead_holder_is_replaced() 
     drop(holder_handle);
     drop(holder);
     seed(&cache, "round2", 20).await;
-    until("round 2 refreshed by the survivor", async || {
+    until("round 2 refreshed by the survivor", &[&other], async || {
         all_refreshed(&cache, "round2", 20).await
     })
     .await;

@@ -143,6 +143,7 @@ async fn run(service: Weak<Inner>, config: MaintenanceConfig, mut stopped: watch
             let delay = next_refresh_delay(&service, refresh_every);
             next_refresh = Some(Instant::now() + delay);
             service.set_next_refresh(delay);
+            service.inner.refresh_cycles.send_modify(|n| *n += 1);
         }
         if let (Some(alerts), Some(every)) = (&config.alerts, alert_every) {
             if next_alerts.is_some_and(|at| Instant::now() >= at) {

@@ -380,6 +380,16 @@ impl ImageUrlService {
             .next_run_at = Some(at);
     }
 
+    /// Waits until the maintenance task finishes its next refresh cycle (a run, or a
+    /// cycle left to the replica holding the lease). For tests and tools that follow the
+    /// refresher; returns at once if no maintenance task will ever run one again.
+    pub async fn next_refresh_cycle(&self) {
+        let mut cycles = self.inner.refresh_cycles.subscribe();
+        cycles.borrow_and_update();
+        // The sender lives as long as the service: this ends with a cycle.
+        let _ = cycles.changed().await;
+    }
+
     /// Who holds the refresh lease now (a replica's holder name), if the cache says.
     pub async fn refresh_lease_holder(&self) -> Option<String> {
         match self

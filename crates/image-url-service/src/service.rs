@@ -44,6 +44,9 @@ pub(crate) struct Inner {
     pub(crate) refresher: Mutex<crate::refresher::RefresherState>,
     /// The alert rules' state between evaluations.
     pub(crate) alerts: Mutex<crate::alerts::AlertBook>,
+    /// Refresh cycles the maintenance task has finished (a run, or a cycle left to the
+    /// lease holder), for whoever waits on its progress.
+    pub(crate) refresh_cycles: tokio::sync::watch::Sender<u64>,
 }
 
 /// One signing shared by every request for the same cache key while it runs. The work
@@ -153,6 +156,7 @@ impl ImageUrlServiceBuilder {
                 next_flight: AtomicU64::new(0),
                 refresher: Mutex::default(),
                 alerts: Mutex::default(),
+                refresh_cycles: tokio::sync::watch::Sender::new(0),
             }),
         })
     }

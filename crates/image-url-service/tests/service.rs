@@ -1157,7 +1157,7 @@ async fn the_maintenance_task_refreshes_on_its_own_and_stops_promptly() {
     let handle = s.service.spawn_maintenance(maintenance);
     // The first run starts at once; paused time lets the runtime run it.
     while s.service.stats().refresher.runs == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        s.service.next_refresh_cycle().await;
     }
     assert_eq!(s.service.stats().refresher.refreshed, 1);
     let (_, runs, next) = s.service.refresher_status();
