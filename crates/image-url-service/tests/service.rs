@@ -1029,6 +1029,18 @@ async fn a_failing_cleanup_is_counted_and_the_task_goes_on() {
 // ---------------------------------------------------------------------------------------
 // The background refresher, run by hand with the injected clock.
 
+/// A service without stable windows on a switchable cache, holding `a.jpg` 950 s before
+/// its expiry: inside the refresher's threshold, outside the readers'.
+async fn one_entry_due_for_refresh() -> (ImageUrlService, Arc<TestCache>) {
+    let (service, cache, clock) = faulty_service(config(|c| c.align = Some(Duration::ZERO)));
+    service
+        .get_url(&key("a.jpg"), &UrlOptions::new())
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(3600 - 950));
+    (service, cache)
+}
+
 fn refresher() -> RefresherConfig {
     RefresherConfig::default()
 }
@@ -1121,12 +1133,7 @@ async fn idle_entries_are_dropped_not_refreshed_and_expired_ones_removed() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_cache_fails_the_run_fast_and_is_counted() {
-    let (service, cache, clock) = faulty_service(config(|c| c.align = Some(Duration::ZERO)));
-    service
-        .get_url(&key("a.jpg"), &UrlOptions::new())
-        .await
-        .unwrap();
-    clock.advance(Duration::from_secs(3600 - 950));
+    let (service, cache) = one_entry_due_for_refresh().await;
     cache.set(FAILING);
     let run = service.refresh_expiring(&refresher()).await;
     assert!(run.error.is_some() && run.refreshed == 0, "{run:?}");
@@ -1267,12 +1274,7 @@ async fn failing_refresh_runs_fire_an_alert() {
 
 #[tokio::test(start_paused = true)]
 async fn a_run_that_overruns_its_interval_delays_the_next_instead_of_doubling() {
-    let (service, cache, clock) = faulty_service(config(|c| c.align = Some(Duration::ZERO)));
-    service
-        .get_url(&key("a.jpg"), &UrlOptions::new())
-        .await
-        .unwrap();
-    clock.advance(Duration::from_secs(3600 - 950));
+    let (service, cache) = one_entry_due_for_refresh().await;
     // Each run hangs until the refresher's own deadline (10 s); the interval is 1 s.
     cache.set(HANGING);
     let mut maintenance = MaintenanceConfig::default();
