@@ -55,6 +55,8 @@ pub struct OriginConfig {
     /// Largest object a PUT may store, bytes (default 5 GiB, COS's limit for one PUT);
     /// beyond: 400 `EntityTooLarge`, and nothing is stored.
     pub max_put_bytes: u64,
+    /// Faults switched on and off while the origin runs (demos and tests).
+    pub faults: OriginFaults,
 }
 
 impl OriginConfig {
@@ -67,6 +69,7 @@ impl OriginConfig {
             bucket: "local-1250000000".into(),
             clock: Arc::new(cos_sign::unix_now),
             max_put_bytes: 5 << 30,
+            faults: OriginFaults::default(),
         }
     }
 }
@@ -121,6 +124,30 @@ impl fmt::Debug for CredentialSet {
     }
 }
 
+/// Faults of a running origin, shared with whoever switches them (cheap to clone: clones
+/// share the switches).
+#[derive(Debug, Clone, Default)]
+pub struct OriginFaults {
+    refuse_browsers: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl OriginFaults {
+    /// Refuses every request that carries a `Referer` with 403 `AccessDenied`, as COS's
+    /// hotlink protection does for a referer not on its allow-list: a browser loading a
+    /// presigned URL from a page is refused, while a server fetching the same URL (proxy
+    /// mode, no referer) is served.
+    pub fn refuse_browsers(&self, on: bool) {
+        self.refuse_browsers
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether browsers are refused.
+    pub fn refusing_browsers(&self) -> bool {
+        self.refuse_browsers
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The `q-ak` a request is signed with, from its query or its `Authorization` header.
 fn access_key<'a>(query: &'a str, authorization: Option<&'a str>) -> Option<&'a str> {
     [Some(query), authorization]
@@ -142,6 +169,7 @@ struct State {
     root: PathBuf,
     credentials: Credentials,
     more_credentials: CredentialSet,
+    faults: OriginFaults,
     bucket: String,
     clock: Arc<dyn Fn() -> i64 + Send + Sync>,
     max_put_bytes: u64,
@@ -181,6 +209,7 @@ impl DevOrigin {
             root,
             credentials: config.credentials,
             more_credentials: config.more_credentials,
+            faults: config.faults,
             bucket: config.bucket,
             clock: config.clock,
             max_put_bytes: config.max_put_bytes,
@@ -259,6 +288,15 @@ async fn handle(req: HttpRequest, payload: web::Payload, state: web::Data<State>
         query: &query,
         headers: &header_refs,
     };
+    if state.faults.refusing_browsers() && req.headers().contains_key(header::REFERER) {
+        return cos_error(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "Access Denied. (hotlink protection: this referer is not allowed)",
+            &path,
+            &state.bucket,
+        );
+    }
     let now = (state.clock)();
     let authorization = req
         .headers()

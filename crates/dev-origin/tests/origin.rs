@@ -511,3 +511,37 @@ async fn put_bodies_are_capped() {
     assert!(leftovers.is_empty(), "no partial upload left behind");
     o.stop().await;
 }
+
+/// With browsers refused (hotlink protection), a request with a `Referer` gets COS's
+/// 403 `AccessDenied`, the same URL without one is served, and switching the fault off
+/// serves both again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_browsers_refuses_requests_with_a_referer_only() {
+    let faults = dev_origin::OriginFaults::default();
+    let switch = faults.clone();
+    let o = Origin::start_configured(Credentials::new("AKIDorigin", "origin-secret"), |c| {
+        c.faults = switch
+    })
+    .await;
+    let url = o.url("a.jpg", &PresignOptions::new());
+    let from_page = || {
+        o.http
+            .get(&url)
+            .header(header::REFERER, "http://127.0.0.1:8080/demo")
+            .send()
+    };
+    assert_eq!(from_page().await.unwrap().status(), 200);
+    faults.refuse_browsers(true);
+    assert!(faults.refusing_browsers());
+    let refused = from_page().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("<Code>AccessDenied</Code>"));
+    assert_eq!(o.http.get(&url).send().await.unwrap().status(), 200);
+    faults.refuse_browsers(false);
+    assert_eq!(from_page().await.unwrap().status(), 200);
+    o.stop().await;
+}
