@@ -103,6 +103,7 @@ pub struct Server {
     pub workers: usize,
     pub json_logs: bool,
     pub header_timeout_ms: u64,
+    pub cors_origins: Vec<String>,
 }
 
 /// The admin token is never shown.
@@ -119,6 +120,7 @@ impl std::fmt::Debug for Server {
             .field("workers", &self.workers)
             .field("json_logs", &self.json_logs)
             .field("header_timeout_ms", &self.header_timeout_ms)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }

@@ -13,7 +13,7 @@ use figment::Figment;
 use image_url_service::{
     AccessPolicy, AlertConfig, ImageUrlService, MaintenanceConfig, ServiceConfig,
 };
-use proxy_http::{ApiConfig, AppState, HttpServerHandle, WebhookSink};
+use proxy_http::{ApiConfig, AppState, ExtraRoutes, HttpServerHandle, WebhookSink};
 use url_cache::{EvictionPolicy, MemoryCache, RedisCache, RedisConfig, UrlCache};
 
 use crate::cli::ServeArgs;
@@ -23,6 +23,26 @@ use crate::config::{self, Config};
 pub fn run(args: &ServeArgs) -> Result<(), String> {
     let (config, figment) = config::load(args.config.as_deref())?;
     let _log_writer = crate::logging::init(config.server.json_logs);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(config, figment, Hooks::default()))
+}
+
+/// What a caller adds to [`serve`] (the demo: its page and controls).
+#[derive(Default)]
+pub struct Hooks {
+    /// Given the service (none when it is unconfigured), more routes for the public
+    /// listener.
+    pub routes: Option<Box<dyn FnOnce(Option<&ImageUrlService>) -> Option<ExtraRoutes> + Send>>,
+    /// Called with the public address once the server listens.
+    pub listening: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
+}
+
+/// Builds the cache, the service and the HTTP server from `config`, serves until Ctrl-C
+/// or SIGTERM, then drains in-flight requests. Runs inside a tokio runtime.
+pub async fn serve(config: Config, figment: Figment, hooks: Hooks) -> Result<(), String> {
     let policy: EvictionPolicy = config.cache.policy.parse().map_err(|e| {
         format!(
             "cache.policy from {}: {e}",
@@ -45,11 +65,7 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async move {
+    {
         let cache: Arc<dyn UrlCache> = match config.cache.backend.as_str() {
             "memory" => Arc::new(
                 MemoryCache::builder()
@@ -69,7 +85,10 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
                 };
                 redis.migrate_unnamespaced = config.cache.migrate_unnamespaced;
                 let cache = RedisCache::connect(redis).await.map_err(|e| {
-                    format!("cache.redis_url from {}: {e}", config::source_of(&figment, "cache.redis_url"))
+                    format!(
+                        "cache.redis_url from {}: {e}",
+                        config::source_of(&figment, "cache.redis_url")
+                    )
                 })?;
                 Arc::new(cache)
             }
@@ -80,21 +99,20 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
                 ))
             }
         };
-        let builder = match signing_source(&config, &figment).await? {
-            SigningSource::Fixed(credentials) => Ok(ImageUrlService::builder(
-                CosSigner::new(credentials, endpoint),
-                cache,
-            )),
-            SigningSource::Rotating(credentials) => Ok(ImageUrlService::builder_with_credentials(
-                endpoint,
-                credentials,
-                cache,
-            )),
-            SigningSource::Missing(missing) => {
-                tracing::warn!("{missing}; URL endpoints answer 503 until it is set");
-                Err(missing)
-            }
-        };
+        let builder =
+            match signing_source(&config, &figment).await? {
+                SigningSource::Fixed(credentials) => Ok(ImageUrlService::builder(
+                    CosSigner::new(credentials, endpoint),
+                    cache,
+                )),
+                SigningSource::Rotating(credentials) => Ok(
+                    ImageUrlService::builder_with_credentials(endpoint, credentials, cache),
+                ),
+                SigningSource::Missing(missing) => {
+                    tracing::warn!("{missing}; URL endpoints answer 503 until it is set");
+                    Err(missing)
+                }
+            };
         let service = match builder {
             Ok(builder) => Ok(builder
                 .config(service_config)
@@ -110,21 +128,35 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
             Ok(service) => AppState::new(service, api),
             Err(why) => AppState::unconfigured(why, api),
         };
-        let server = HttpServerHandle::start_split(state, config.server.listen, admin_listen, workers).map_err(|e| {
-            format!("server.listen {} (or server.admin_listen) from {}: {e}", config.server.listen, config::source_of(&figment, "server.listen"))
-        })?;
-        let admin_addr = server.admin_addr().map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let extra = hooks.routes.and_then(|routes| routes(background.as_ref()));
+        let server =
+            HttpServerHandle::start_with(state, config.server.listen, admin_listen, workers, extra)
+                .map_err(|e| {
+                    format!(
+                        "server.listen {} (or server.admin_listen) from {}: {e}",
+                        config.server.listen,
+                        config::source_of(&figment, "server.listen")
+                    )
+                })?;
+        let admin_addr = server
+            .admin_addr()
+            .map_or_else(|| "-".to_owned(), |a| a.to_string());
         tracing::info!(addr = %server.addr(), admin_addr, workers, backend = %config.cache.backend, "image-url server listening");
+        if let Some(listening) = hooks.listening {
+            listening(server.addr());
+        }
 
         // Cleanup of expired entries is the service's own maintenance task.
         let maintenance = background.map(|service| {
             let mut maintenance = MaintenanceConfig::default();
-            maintenance.cleanup_interval = Duration::from_secs(config.cache.cleanup_interval_secs.max(1));
+            maintenance.cleanup_interval =
+                Duration::from_secs(config.cache.cleanup_interval_secs.max(1));
             let r = &config.refresher;
             let refresher = &mut maintenance.refresher;
             refresher.enabled = r.enabled;
             refresher.interval = Duration::from_secs(r.interval_secs.max(1));
-            refresher.threshold = (r.threshold_secs > 0).then(|| Duration::from_secs(r.threshold_secs));
+            refresher.threshold =
+                (r.threshold_secs > 0).then(|| Duration::from_secs(r.threshold_secs));
             refresher.batch_size = r.batch_size.max(1);
             refresher.max_concurrent = r.max_concurrent.max(1);
             refresher.max_per_run = r.max_per_run.max(1);
@@ -141,7 +173,7 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
         }
         tracing::info!("stopped");
         Ok(())
-    })
+    }
 }
 
 /// `[alerts]`: `None` when off.
@@ -307,7 +339,15 @@ fn api_config(config: &Config, figment: &Figment) -> Result<ApiConfig, String> {
             config::source_of(figment, key)
         ));
     }
-    let mut api = ApiConfig::default().admin_tokens(tokens);
+    let mut api = ApiConfig::default()
+        .admin_tokens(tokens)
+        .cors_origins(&config.server.cors_origins)
+        .map_err(|e| {
+            format!(
+                "server.cors_origins from {}: {e}",
+                config::source_of(figment, "server.cors_origins")
+            )
+        })?;
     api.rate_limit.requests_per_second = config.limits.requests_per_second;
     api.rate_limit.burst = config.limits.burst;
     api.rate_limit.trusted_proxies = config

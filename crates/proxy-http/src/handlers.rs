@@ -72,6 +72,9 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig, surface: Surface) {
         .service(web::resource("/metrics").route(web::get().to(metrics)))
         .service(web::resource("/api/v1/openapi.json").route(web::get().to(openapi)));
     }
+    if public {
+        crate::assets::routes(cfg);
+    }
     cfg.service(web::resource("/livez").route(web::get().to(livez)))
         .service(web::resource("/readyz").route(web::get().to(readyz)))
         .default_service(web::to(|| async {
@@ -186,8 +189,9 @@ fn url_options(query: &[(String, String)]) -> Result<UrlOptions, ApiError> {
             "content_disposition" | "response-content-disposition" => {
                 options.content_disposition(value)
             }
-            // `exp` and `sig` are a signed link's, checked by `public_options`.
-            "mode" | "key" | "exp" | "sig" => options,
+            // `exp` and `sig` are a signed link's, checked by `public_options`; `force`
+            // is the batch endpoint's (`force_param`).
+            "mode" | "key" | "exp" | "sig" | "force" => options,
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "unknown query parameter {other:?}"
@@ -224,6 +228,21 @@ fn admin_options(service: &ImageUrlService, req: &HttpRequest) -> Result<UrlOpti
     Ok(service
         .access()
         .normalize_options(url_options(&query_pairs(req))?)?)
+}
+
+/// The batch endpoint's `force`: sign new URLs rather than hand out cached ones (after a
+/// URL failed to load in a browser).
+fn force_param(query: &[(String, String)]) -> Result<bool, ApiError> {
+    match query.iter().rev().find(|(k, _)| k == "force") {
+        None => Ok(false),
+        Some((_, v)) => match v.as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            other => Err(ApiError::BadRequest(format!(
+                "force must be true or false, not {other:?}"
+            ))),
+        },
+    }
 }
 
 fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
@@ -410,7 +429,8 @@ type BatchRequest = (String, Option<String>, Option<String>);
 
 /// `GET /api/v1/images/batch/urls?key=a&key=b`.
 #[utoipa::path(get, path = "/api/v1/images/batch/urls",
-    params(("key" = Vec<String>, Query, description = "Object keys (repeat the parameter)")),
+    params(("key" = Vec<String>, Query, description = "Object keys (repeat the parameter)"),
+        ("force" = Option<bool>, Query, description = "Sign new URLs (after one failed to load); at most once per key per minute, else the cached URL")),
     responses((status = 200, description = "A result per key"), (status = 400, description = "No keys, or too many", body = crate::Problem)))]
 pub(crate) async fn batch_get(
     req: HttpRequest,
@@ -423,12 +443,13 @@ pub(crate) async fn batch_get(
         .filter(|(k, _)| k == "key")
         .map(|(_, v)| (v.clone(), None, None))
         .collect();
-    batch(&state, keys, url_options(&query)?).await
+    batch(&state, keys, url_options(&query)?, force_param(&query)?).await
 }
 
 /// `POST /api/v1/images/batch/urls` with `{"keys": [...]}` or, with signed links,
 /// `{"items": [{"key": "...", "exp": N, "sig": "..."}]}`.
 #[utoipa::path(post, path = "/api/v1/images/batch/urls", request_body = BatchBody,
+    params(("force" = Option<bool>, Query, description = "Sign new URLs (after one failed to load); at most once per key per minute, else the cached URL")),
     responses((status = 200, description = "A result per key"), (status = 400, description = "No keys, or too many", body = crate::Problem)))]
 pub(crate) async fn batch_post(
     req: HttpRequest,
@@ -436,7 +457,9 @@ pub(crate) async fn batch_post(
     body: web::Json<BatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     state.limit(&req)?;
-    let options = url_options(&query_pairs(&req))?;
+    let query = query_pairs(&req);
+    let options = url_options(&query)?;
+    let force = force_param(&query)?;
     let BatchBody { keys, items } = body.into_inner();
     let requests = keys
         .into_iter()
@@ -447,13 +470,18 @@ pub(crate) async fn batch_post(
                 .map(|item| (item.key, Some(item.exp.to_string()), Some(item.sig))),
         )
         .collect();
-    batch(&state, requests, options).await
+    batch(&state, requests, options, force).await
 }
 
+/// The batch endpoints' work. With `force`, each key is signed anew, but at most once per
+/// key per minute (shared with proxy mode's re-sign after an origin 403): past that the
+/// cached URL is handed out, so that no client can make every request re-sign and
+/// rewrite the cache.
 async fn batch(
     state: &AppState,
     requests: Vec<BatchRequest>,
     options: UrlOptions,
+    force: bool,
 ) -> Result<HttpResponse, ApiError> {
     if requests.is_empty() {
         return Err(ApiError::BadRequest("give at least one key".into()));
@@ -490,8 +518,19 @@ async fn batch(
     }
     if !admitted.is_empty() {
         let options = access.normalize_options(options)?;
-        let refs: Vec<&str> = admitted.iter().map(String::as_str).collect();
-        for item in service.get_many(&refs, &options, None).await? {
+        let (forced, cached): (Vec<&str>, Vec<&str>) = admitted
+            .iter()
+            .map(String::as_str)
+            .partition(|key| force && state.resigns.check(&(*key).to_owned()).is_ok());
+        let mut items = Vec::with_capacity(admitted.len());
+        if !forced.is_empty() {
+            let options = options.clone().force_refresh(true);
+            items.extend(service.get_many(&forced, &options, None).await?);
+        }
+        if !cached.is_empty() {
+            items.extend(service.get_many(&cached, &options, None).await?);
+        }
+        for item in items {
             let value = match item.result {
                 Ok(url) => serde_json::json!({
                     "url": url.url,

@@ -14,6 +14,7 @@
 //! | `POST /api/v1/images/cleanup` | admin: remove expired entries |
 //! | `POST /api/v1/images/preload` | admin: sign and cache keys ahead of use |
 //! | `GET /livez`, `/readyz`, `/metrics`, `/api/v1/openapi.json` | operations |
+//! | `GET /static/smart-image.js` | the `<smart-image>` front-end component |
 //!
 //! Errors are RFC 9457 `application/problem+json` with a request id (also echoed in
 //! `X-Request-Id`); no body or log line carries a secret or a signed URL.
@@ -34,6 +35,8 @@ use std::time::Duration;
 use actix_web::{web, App, HttpServer};
 use image_url_service::ImageUrlService;
 
+mod assets;
+mod cors;
 mod error;
 mod handlers;
 mod metrics;
@@ -43,6 +46,8 @@ mod rate_limit;
 pub mod request_id;
 mod webhook;
 
+pub use assets::smart_image_path;
+pub use cors::InvalidOrigin;
 pub use error::{ApiError, Problem};
 pub use metrics::Metrics;
 pub use openapi::openapi_json;
@@ -82,6 +87,10 @@ pub struct ApiConfig {
     pub proxy_max_concurrent: usize,
     /// Longest `max-age` of a redirect (default 3600 s).
     pub max_redirect_age: Duration,
+    /// Origins whose pages may call the API (CORS), e.g. `https://app.example.com`;
+    /// `"*"` for any (never with credentials). Default: none. Set with
+    /// [`ApiConfig::cors_origins`], which checks them.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -98,6 +107,7 @@ impl Default for ApiConfig {
             max_redirect_age: Duration::from_secs(3600),
             proxy_max_object_bytes: 256 * 1024 * 1024,
             proxy_max_concurrent: 256,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -120,6 +130,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("proxy_max_object_bytes", &self.proxy_max_object_bytes)
             .field("proxy_max_concurrent", &self.proxy_max_concurrent)
             .field("max_redirect_age", &self.max_redirect_age)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }
@@ -129,6 +140,19 @@ impl ApiConfig {
     pub fn admin_token(mut self, token: Option<String>) -> Self {
         self.admin_tokens.extend(token.filter(|t| !t.is_empty()));
         self
+    }
+
+    /// Replaces the CORS origins: each `scheme://host[:port]` (a trailing `/` is dropped),
+    /// or `"*"`.
+    pub fn cors_origins<S: AsRef<str>>(
+        mut self,
+        origins: impl IntoIterator<Item = S>,
+    ) -> Result<Self, InvalidOrigin> {
+        self.cors_origins = origins
+            .into_iter()
+            .map(|o| cors::check_origin(o.as_ref()))
+            .collect::<Result<_, _>>()?;
+        Ok(self)
     }
 
     /// Replaces the admin tokens (empty ones are ignored).
@@ -216,6 +240,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     handlers::routes(cfg, handlers::Surface::All);
 }
 
+/// More routes for the public listener of an [`HttpServerHandle`] (the binary's demo
+/// page), registered before the API's own.
+pub type ExtraRoutes = std::sync::Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
 /// A running HTTP server.
 #[derive(Debug)]
 pub struct HttpServerHandle {
@@ -242,6 +270,17 @@ impl HttpServerHandle {
         admin_listen: Option<SocketAddr>,
         workers: usize,
     ) -> std::io::Result<Self> {
+        Self::start_with(state, listen, admin_listen, workers, None)
+    }
+
+    /// [`HttpServerHandle::start_split`] with `extra` routes on the public listener.
+    pub fn start_with(
+        state: AppState,
+        listen: SocketAddr,
+        admin_listen: Option<SocketAddr>,
+        workers: usize,
+        extra: Option<ExtraRoutes>,
+    ) -> std::io::Result<Self> {
         let state = web::Data::new(state);
         let (public, admin) = match admin_listen {
             Some(admin_listen) => (
@@ -251,11 +290,12 @@ impl HttpServerHandle {
                     admin_listen,
                     1,
                     handlers::Surface::Admin,
+                    None,
                 )?)),
             ),
             None => (handlers::Surface::All, None),
         };
-        let mut server = Self::serve(state, listen, workers, public)?;
+        let mut server = Self::serve(state, listen, workers, public, extra)?;
         server.admin = admin;
         Ok(server)
     }
@@ -270,15 +310,28 @@ impl HttpServerHandle {
         listen: SocketAddr,
         workers: usize,
         surface: handlers::Surface,
+        extra: Option<ExtraRoutes>,
     ) -> std::io::Result<Self> {
         let metrics = state.metrics.clone();
         let header_timeout = state.config.header_timeout;
         let server = HttpServer::new(move || {
+            let origins = &state.config.cors_origins;
             App::new()
                 .app_data(state.clone())
                 .app_data(handlers::json_config(state.config.max_body_bytes))
                 .wrap(request_id::RequestContext::new(metrics.clone()))
-                .configure(|cfg| handlers::routes(cfg, surface))
+                // Outermost, so that preflights are answered before anything else; off
+                // (no per-request cost) unless origins are configured.
+                .wrap(actix_web::middleware::Condition::new(
+                    !origins.is_empty(),
+                    cors::middleware(origins),
+                ))
+                .configure(|cfg| {
+                    if let Some(extra) = &extra {
+                        extra(cfg);
+                    }
+                    handlers::routes(cfg, surface)
+                })
         })
         .workers(workers.max(1))
         .client_request_timeout(header_timeout)
