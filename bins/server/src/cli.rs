@@ -26,6 +26,25 @@ pub enum Command {
     /// Serve a directory as a local COS-compatible bucket that verifies signatures made
     /// with COS_SECRET_ID / COS_SECRET_KEY (for development, demos and tests).
     DevOrigin(DevOriginArgs),
+    /// Try it in a browser: a local bucket of sample images and the server in front of
+    /// it, in one process, with a page of <smart-image> elements at /demo.
+    Demo(DemoArgs),
+}
+
+/// Arguments of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address of the server (and its /demo page).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// A directory of your own images to serve as the bucket (default: the bundled
+    /// samples, written to a temporary directory).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// A configuration file as for `serve` (e.g. `[server] cors_origins` or `[access]`);
+    /// the bucket, credentials and cache backend are the demo's own.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `serve`.

@@ -234,7 +234,17 @@ impl std::fmt::Debug for Access {
 
 /// Loads the configuration; an error is one line naming the key and where it came from.
 pub fn load(file: Option<&Path>) -> Result<(Config, Figment), String> {
-    let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+    load_with(file, |f| f, |f| f)
+}
+
+/// [`load`] with `defaults` merged over the embedded default (before the file and the
+/// environment) and `forced` merged last (over everything).
+pub fn load_with(
+    file: Option<&Path>,
+    defaults: impl FnOnce(Figment) -> Figment,
+    forced: impl FnOnce(Figment) -> Figment,
+) -> Result<(Config, Figment), String> {
+    let mut figment = defaults(Figment::from(Toml::string(DEFAULT_TOML)));
     if let Some(file) = file {
         if !file.is_file() {
             return Err(format!("--config {}: no such file", file.display()));
@@ -254,6 +264,7 @@ pub fn load(file: Option<&Path>) -> Result<(Config, Figment), String> {
                     .into()
                 }),
         );
+    let figment = forced(figment);
     let config: Config = figment.extract().map_err(|e| {
         let e = e
             .into_iter()

@@ -6,7 +6,9 @@
 //! - `serve` — run the HTTP server;
 //! - `presign` — print a presigned COS URL, like `coscli signurl`;
 //! - `sign-link` — print a signed link to the server's own API (docs/security.md);
-//! - `dev-origin` — serve a directory as a local COS-compatible bucket.
+//! - `dev-origin` — serve a directory as a local COS-compatible bucket;
+//! - `demo` — the dev origin with sample images and the server in one process, with a
+//!   page of `<smart-image>` elements.
 
 use std::process::ExitCode;
 
@@ -14,6 +16,7 @@ use clap::Parser;
 
 mod cli;
 mod config;
+mod demo;
 mod dev_origin_cmd;
 mod logging;
 mod presign;
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         cli::Command::SignLink(args) => sign_link::run(&args, cos_sign::unix_now()),
         cli::Command::Serve(args) => serve::run(&args).map(|()| String::new()),
         cli::Command::DevOrigin(args) => dev_origin_cmd::run(&args).map(|()| String::new()),
+        cli::Command::Demo(args) => demo::run(&args).map(|()| String::new()),
     };
     match result {
         Ok(output) => {
