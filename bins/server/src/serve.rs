@@ -30,12 +30,15 @@ pub fn run(args: &ServeArgs) -> Result<(), String> {
     runtime.block_on(serve(config, figment, Hooks::default()))
 }
 
+/// Given the service (none when it is unconfigured), more routes for the public listener.
+pub type RoutesHook = Box<dyn FnOnce(Option<&ImageUrlService>) -> Option<ExtraRoutes> + Send>;
+
 /// What a caller adds to [`serve`] (the demo: its page and controls).
 #[derive(Default)]
 pub struct Hooks {
     /// Given the service (none when it is unconfigured), more routes for the public
     /// listener.
-    pub routes: Option<Box<dyn FnOnce(Option<&ImageUrlService>) -> Option<ExtraRoutes> + Send>>,
+    pub routes: Option<RoutesHook>,
     /// Called with the public address once the server listens.
     pub listening: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
 }
