@@ -11,6 +11,7 @@ use std::sync::Arc;
 use actix_web::{web, HttpResponse};
 use cos_sign::{Credentials, ObjectKey};
 use dev_origin::{DevOrigin, OriginConfig, OriginFaults};
+use figment::providers::Serialized;
 use image_url_service::{ImageUrlService, UrlOptions};
 
 use crate::cli::DemoArgs;
@@ -113,20 +114,22 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
             args.config.as_deref(),
             // Short-lived URLs without stable windows, so that expiry and re-signing show
             // within a minute; a --config file may change them.
+            // (`Serialized::default`: a bare `(key, value)` would land in figment's global
+            // profile, which outranks the file.)
             |f| {
-                f.merge(("signing.ttl_secs", 300))
-                    .merge(("signing.pre_refresh_secs", 60))
-                    .merge(("signing.align_secs", 0))
+                f.merge(Serialized::default("signing.ttl_secs", 300))
+                    .merge(Serialized::default("signing.pre_refresh_secs", 60))
+                    .merge(Serialized::default("signing.align_secs", 0))
             },
             |f| {
-                f.merge(("cos.domain", origin_addr.as_str()))
-                    .merge(("cos.scheme", "http"))
-                    .merge(("cos.credentials", "static"))
-                    .merge(("cos.secret_id", credentials.secret_id()))
-                    .merge(("cos.secret_key", credentials.secret_key()))
-                    .merge(("cos.security_token", ""))
-                    .merge(("cache.backend", "memory"))
-                    .merge(("server.listen", listen.as_str()))
+                f.merge(Serialized::default("cos.domain", origin_addr.as_str()))
+                    .merge(Serialized::default("cos.scheme", "http"))
+                    .merge(Serialized::default("cos.credentials", "static"))
+                    .merge(Serialized::default("cos.secret_id", credentials.secret_id()))
+                    .merge(Serialized::default("cos.secret_key", credentials.secret_key()))
+                    .merge(Serialized::default("cos.security_token", ""))
+                    .merge(Serialized::default("cache.backend", "memory"))
+                    .merge(Serialized::default("server.listen", listen.as_str()))
             },
         )?;
         tracing::info!(origin = %origin_addr, dir = %dir.display(), images = keys.len(), "demo origin serving");
@@ -183,6 +186,7 @@ async fn expire(demo: web::Data<Demo>, query: web::Query<KeyQuery>) -> HttpRespo
     let Ok(key) = ObjectKey::new(&query.key) else {
         return HttpResponse::BadRequest().body("not an object key");
     };
+    next_second().await;
     match demo.service.refresh(&key, &UrlOptions::new()).await {
         Ok(_) => HttpResponse::NoContent().finish(),
         Err(err) => HttpResponse::ServiceUnavailable().body(err.to_string()),
@@ -198,6 +202,7 @@ struct OriginQuery {
 /// loads use new URLs, which the browser has not cached, so the origin's answer shows.
 async fn origin(demo: web::Data<Demo>, query: web::Query<OriginQuery>) -> HttpResponse {
     demo.faults.refuse_browsers(query.refuse_browsers);
+    next_second().await;
     let keys: Vec<&str> = demo.keys.iter().map(String::as_str).collect();
     let options = UrlOptions::new().force_refresh(true);
     for chunk in keys.chunks(100) {
@@ -206,6 +211,17 @@ async fn origin(demo: web::Data<Demo>, query: web::Query<OriginQuery>) -> HttpRe
         }
     }
     HttpResponse::NoContent().finish()
+}
+
+/// Waits for the next whole second. A URL's signing window starts at a whole second, so
+/// one signed now for a key signed earlier in this second would be the same URL, which
+/// the browser has cached: the demo's buttons would show nothing.
+async fn next_second() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = std::time::Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos()));
+    tokio::time::sleep(left + std::time::Duration::from_millis(5)).await;
 }
 
 /// The image files under `dir`, as object keys (`/`-separated relative paths), sorted.
