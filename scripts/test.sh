@@ -56,3 +56,42 @@ if ! printf '%s\n' "$answer" | grep -q '^location: https://examplebucket-1250000
   exit 1
 fi
 echo "examples: ok"
+
+# The front end (web/): the <smart-image> element with Node's own tools. The Rust tests
+# above do not need Node: the server embeds web/dist/smart-image.js, which is committed;
+# here it is rebuilt from the sources and must come out the same.
+install_debian() {
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+if ! command -v npm >/dev/null 2>&1; then
+  echo "npm not found; installing Debian's nodejs and npm packages" >&2
+  install_debian nodejs npm
+fi
+# npm cannot download a browser here: the end-to-end tests drive Debian's Chromium.
+export CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"
+if [ ! -x "$CHROMIUM_BIN" ]; then
+  echo "$CHROMIUM_BIN not found; installing Debian's chromium package" >&2
+  install_debian chromium
+fi
+(
+  cd web
+  npm ci --no-audit --no-fund --loglevel=error
+  npm run -s typecheck
+  committed=$(mktemp)
+  cp dist/smart-image.js "$committed"
+  npm run -s build
+  if ! cmp -s "$committed" dist/smart-image.js; then
+    echo "web/dist/smart-image.js is not what web/src builds to: run 'npm run build' in web/ and commit it" >&2
+    exit 1
+  fi
+  rm -f "$committed"
+  npm run -s size
+  npm test
+)
+cargo build -q -p image-url-server
+E2E_SERVER_BIN="$PWD/target/debug/image-url-server" npm --prefix web run -s test:e2e
+echo "front end: ok"
+

@@ -14,7 +14,7 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 /** The server binary: `cargo build -p image-url-server` makes it. */
-export const SERVER_BIN = process.env.IMAGE_URL_SERVER_BIN ?? join(ROOT, 'target/debug/image-url-server');
+export const SERVER_BIN = process.env.E2E_SERVER_BIN ?? join(ROOT, 'target/debug/image-url-server');
 /** The built element (what the server embeds). */
 export const MODULE = readFileSync(join(ROOT, 'web/dist/smart-image.js'), 'utf8');
 /** The demo's sample images. */
@@ -39,8 +39,12 @@ export async function startDemo(options: { dir?: string; config?: string } = {})
     writeFileSync(file, options.config);
     args.push('--config', file);
   }
+  // The server reads IMAGE_URL_* and COS_* as configuration: none of the test runner's.
+  const env = Object.fromEntries(
+    Object.entries(process.env).filter(([name]) => !/^(IMAGE_URL_|COS_|TENCENTCLOUD_)/.test(name)),
+  );
   const child = spawn(SERVER_BIN, args, {
-    env: { ...process.env, RUST_LOG: 'warn,image_url_server=info' },
+    env: { ...env, RUST_LOG: 'warn,image_url_server=info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const log: string[] = [];
