@@ -27,7 +27,7 @@ pub enum Command {
     /// with COS_SECRET_ID / COS_SECRET_KEY (for development, demos and tests).
     DevOrigin(DevOriginArgs),
     /// Try it in a browser: a local bucket of sample images and the server in front of
-    /// it, in one process, with a page of <smart-image> elements at /demo.
+    /// it, in one process, with a page of smart-image elements at /demo.
     Demo(DemoArgs),
 }
 
