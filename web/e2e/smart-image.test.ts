@@ -248,6 +248,40 @@ describe('<smart-image> in Chromium against image-url-server', () => {
     expect(six?.attempts).toHaveLength(1);
   });
 
+  it('resolves srcset widths, thumbnails and a blurred placeholder in the same window', async () => {
+    const server = await demo({ config: allowSite() });
+    await open();
+    const seen = record(page);
+    await visit(
+      '/srcset.html',
+      `<smart-image key="samples/sample-07.png" alt="seven" width="240" height="180" sizes="240px"
+         srcset-widths="120 240" placeholder="blur" api-base="${server.base}"></smart-image>
+       <smart-image key="samples/sample-08.png" alt="eight" width="120" height="90" thumbnail="120"
+         api-base="${server.base}"></smart-image>`,
+    );
+    await settled(page, 2, ['loaded']);
+    const srcset = await page.$eval('smart-image', (el) => el.shadowRoot?.querySelector('img')?.getAttribute('srcset') ?? '');
+    const candidates = srcset.split(', ');
+    expect(candidates).toHaveLength(2);
+    expect(candidates[0]).toMatch(/imageMogr2%2Fthumbnail%2F120x.* 120w$/);
+    expect(candidates[1]).toMatch(/imageMogr2%2Fthumbnail%2F240x.* 240w$/);
+    // One request per set of options: plain, 120 px (the srcset candidate and the
+    // thumbnail element share it), 240 px, and the 24 px placeholder.
+    const queries = seen.batches.map((url) => new URL(url).searchParams.get('process') ?? '').sort();
+    expect(queries).toEqual([
+      '',
+      'imageMogr2/thumbnail/120x',
+      'imageMogr2/thumbnail/240x',
+      'imageMogr2/thumbnail/24x',
+    ]);
+    const placeholder = await page.$eval(
+      'smart-image',
+      (el) => (el.shadowRoot?.querySelector('[part=placeholder]') as HTMLElement).style.cssText,
+    );
+    expect(placeholder).toContain('blur(10px)');
+    expect(placeholder).toContain('thumbnail%2F24x');
+  });
+
   it('runs the demo page, expires a URL, breaks the origin, and takes the docs screenshot', async () => {
     const server = await demo();
     await open();

@@ -133,6 +133,9 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
             },
         )?;
         tracing::info!(origin = %origin_addr, dir = %dir.display(), images = keys.len(), "demo origin serving");
+        if !args.listen.ip().is_loopback() {
+            tracing::warn!(listen = %args.listen, "the demo's buttons change the server without a token: anyone who can reach this address can use them");
+        }
         let hooks = Hooks {
             routes: Some(Box::new(move |service: Option<&ImageUrlService>| {
                 let demo = web::Data::new(Demo {
