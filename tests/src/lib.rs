@@ -99,20 +99,31 @@ impl RedisServer {
 
     /// The `process_id` the server on our port reports (`INFO server`).
     fn process_id(&self) -> Option<u32> {
+        self.try_info("server")?
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok())
+    }
+
+    /// `INFO <section>` over a plain connection (e.g. `commandstats`, `keyspace`).
+    pub fn info(&self, section: &str) -> String {
+        self.try_info(section)
+            .unwrap_or_else(|| panic!("INFO {section} from the Redis on port {}", self.port))
+    }
+
+    fn try_info(&self, section: &str) -> Option<String> {
         let mut stream = TcpStream::connect(self.addr()).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        stream.write_all(b"INFO server\r\n").ok()?;
+        stream
+            .write_all(format!("INFO {section}\r\n").as_bytes())
+            .ok()?;
         let mut reader = BufReader::new(stream);
         let mut header = String::new();
         reader.read_line(&mut header).ok()?;
         let len: usize = header.trim().strip_prefix('$')?.parse().ok()?;
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body).ok()?;
-        String::from_utf8(body)
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("process_id:"))
-            .and_then(|pid| pid.trim().parse().ok())
+        String::from_utf8(body).ok()
     }
 
     /// Runs one command on the server over a plain connection and returns the first

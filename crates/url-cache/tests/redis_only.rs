@@ -29,8 +29,58 @@ fn entry(key: &str, now: f64, ttl: f64) -> CacheEntry {
     )
 }
 
+/// The index shards (default 16) holding `key` as a member: `(shard, score)` for the
+/// expiry sets, then for the policy sets.
+async fn shards_holding(
+    raw: &fred::prelude::Client,
+    key: &str,
+) -> (Vec<(usize, f64)>, Vec<(usize, f64)>) {
+    shards_of_index_holding(raw, "image:url-index", key).await
+}
+
+/// [`shards_holding`] for the indexes named `index`.
+async fn shards_of_index_holding(
+    raw: &fred::prelude::Client,
+    index: &str,
+    key: &str,
+) -> (Vec<(usize, f64)>, Vec<(usize, f64)>) {
+    let mut expiry = Vec::new();
+    let mut policy = Vec::new();
+    for shard in 0..16 {
+        let e: Option<f64> = raw
+            .zscore(format!("{{{index}:{shard}}}:expiry"), key)
+            .await
+            .unwrap();
+        expiry.extend(e.map(|s| (shard, s)));
+        let p: Option<f64> = raw
+            .zscore(format!("{{{index}:{shard}}}:policy"), key)
+            .await
+            .unwrap();
+        policy.extend(p.map(|s| (shard, s)));
+    }
+    (expiry, policy)
+}
+
+/// The number of calls of each command since `CONFIG RESETSTAT` (`INFO commandstats`).
+fn command_calls(server: &RedisServer) -> HashMap<String, u64> {
+    server
+        .info("commandstats")
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn layout_is_a_hash_per_entry_plus_two_sorted_sets() {
+async fn layout_is_a_hash_per_entry_plus_sharded_sorted_sets() {
     let server = RedisServer::start();
     let cache = RedisCache::connect(RedisConfig::new(server.url()))
         .await
@@ -52,30 +102,169 @@ async fn layout_is_a_hash_per_entry_plus_two_sorted_sets() {
         ttl_ms > 3_500_000 && ttl_ms <= 3_601_000,
         "hash expires with the URL: {ttl_ms}"
     );
-    let score: f64 = raw
-        .zscore("image:url-index:expiry", "img/a.jpg")
-        .await
-        .unwrap();
-    assert_eq!(score, now + 3600.0);
-    let policy: Option<f64> = raw
-        .zscore("image:url-index:policy", "img/a.jpg")
-        .await
-        .unwrap();
-    assert!(policy.is_some());
+    // One expiry shard and the policy shard of the same number (one hash tag) hold it.
+    let (expiry, policy) = shards_holding(&raw, "img/a.jpg").await;
+    assert_eq!(expiry.len(), 1, "{expiry:?}");
+    assert_eq!(expiry[0].1, now + 3600.0);
+    assert_eq!(policy.len(), 1, "{policy:?}");
+    assert_eq!(policy[0].0, expiry[0].0);
 
-    // A miss leaves at most a short-lived stub outside the indexes.
-    assert!(cache.get("img/missing.jpg").await.unwrap().is_none());
-    let stub_ttl: i64 = raw.ttl("image:url:img/missing.jpg").await.unwrap();
-    assert!((1..=60).contains(&stub_ttl), "stub ttl {stub_ttl}");
-    let card: u64 = raw.zcard("image:url-index:expiry").await.unwrap();
-    assert_eq!(card, 1);
-    // ...and a put over the stub yields a clean entry.
-    cache
-        .put(entry("img/missing.jpg", now, 3600.0))
+    // Keys spread over the shards.
+    for i in 0..64 {
+        cache
+            .put(entry(&format!("spread/{i}.jpg"), now, 3600.0))
+            .await
+            .unwrap();
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for shard in 0..16 {
+        let n: u64 = raw
+            .zcard(format!("{{image:url-index:{shard}}}:expiry"))
+            .await
+            .unwrap();
+        if n > 0 {
+            used.insert(shard);
+        }
+    }
+    assert!(used.len() >= 12, "64 keys in only {} shards", used.len());
+    assert_eq!(cache.len().await.unwrap(), 65);
+}
+
+/// A hit is one command (`HGETALL`) and a miss writes nothing; the accesses reach Redis
+/// with the next flush, one pipeline for every key, and `peek` shows them before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_is_one_read_and_accesses_are_written_in_batches() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    // Flushed by the test, not by the timer.
+    config.access_flush_interval = Duration::from_secs(3600);
+    let cache = RedisCache::connect(config).await.unwrap();
+    let now = SystemClock.now_unix();
+    for key in ["a.jpg", "b.jpg"] {
+        cache.put(entry(key, now, 3600.0)).await.unwrap();
+    }
+    let raw = raw_client(&server).await;
+    let keys_before = server.command(&["DBSIZE"]);
+    assert_eq!(server.command(&["CONFIG", "RESETSTAT"]), "+OK");
+
+    for expected in 1..=10u64 {
+        let got = cache.get("a.jpg").await.unwrap().unwrap();
+        assert_eq!(got.access_count, expected);
+    }
+    assert!(cache.get("b.jpg").await.unwrap().is_some());
+    assert!(cache.get("missing.jpg").await.unwrap().is_none());
+    let calls = command_calls(&server);
+    assert_eq!(calls.get("hgetall"), Some(&12), "{calls:?}");
+    for write in ["hincrby", "hset", "zadd", "expire", "del"] {
+        assert_eq!(
+            calls.get(write),
+            None,
+            "{write} on the read path: {calls:?}"
+        );
+    }
+    // A miss created nothing.
+    assert_eq!(server.command(&["DBSIZE"]), keys_before);
+    let stored: HashMap<String, String> = raw.hgetall("image:url:a.jpg").await.unwrap();
+    assert_eq!(stored["access_count"], "0");
+    // Not written yet, but visible to this process.
+    assert_eq!(cache.peek("a.jpg").await.unwrap().unwrap().access_count, 10);
+
+    assert_eq!(cache.flush_access().await.unwrap(), 2);
+    let stored: HashMap<String, String> = raw.hgetall("image:url:a.jpg").await.unwrap();
+    assert_eq!(stored["access_count"], "10");
+    let calls = command_calls(&server);
+    assert_eq!(calls.get("hincrby"), Some(&2), "{calls:?}");
+    assert_eq!(calls.get("zadd"), Some(&2), "{calls:?}");
+    assert_eq!(cache.peek("a.jpg").await.unwrap().unwrap().access_count, 10);
+    // Nothing pending: the next flush writes nothing.
+    assert_eq!(cache.flush_access().await.unwrap(), 0);
+    assert_eq!(cache.access_updates_dropped(), 0);
+}
+
+/// An entry deleted between its read and the flush leaves no entry behind: at most a
+/// stub without a URL, outside the indexes, gone within a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_after_a_delete_resurrects_nothing() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.access_flush_interval = Duration::from_secs(3600);
+    let cache = RedisCache::connect(config).await.unwrap();
+    let other = RedisCache::connect(RedisConfig::new(server.url()))
         .await
         .unwrap();
-    let got = cache.get("img/missing.jpg").await.unwrap().unwrap();
-    assert_eq!(got.access_count, 1);
+    let now = SystemClock.now_unix();
+    cache.put(entry("gone.jpg", now, 3600.0)).await.unwrap();
+    assert!(cache.get("gone.jpg").await.unwrap().is_some());
+    // Another replica deletes it; this one still holds the access.
+    assert!(other.delete("gone.jpg").await.unwrap());
+    cache.flush_access().await.unwrap();
+    assert!(cache.get("gone.jpg").await.unwrap().is_none());
+    assert!(other.get("gone.jpg").await.unwrap().is_none());
+    let raw = raw_client(&server).await;
+    let ttl: i64 = raw.ttl("image:url:gone.jpg").await.unwrap();
+    assert!((1..=60).contains(&ttl), "stub ttl {ttl}");
+    let (expiry, policy) = shards_holding(&raw, "gone.jpg").await;
+    assert!(expiry.is_empty() && policy.is_empty());
+    assert_eq!(cache.len().await.unwrap(), 0);
+}
+
+/// The two index sets of the layout before shards are moved into the shards at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsharded_indexes_of_earlier_versions_are_moved_into_the_shards() {
+    let server = RedisServer::start();
+    let raw = raw_client(&server).await;
+    let now = SystemClock.now_unix().floor();
+    let mut fields = HashMap::new();
+    for (name, value) in [
+        ("url", "https://b.example/old.jpg?q-signature=s".to_owned()),
+        ("expires_at", (now + 3600.0).to_string()),
+        ("access_count", "3".to_owned()),
+        ("created_at", now.to_string()),
+        ("last_accessed", now.to_string()),
+        ("image_key", "old.jpg".to_owned()),
+    ] {
+        fields.insert(name, value);
+    }
+    let _: () = raw.hset("image:url:old.jpg", fields).await.unwrap();
+    let _: () = raw
+        .zadd(
+            "image:url-index:expiry",
+            None,
+            None,
+            false,
+            false,
+            (now + 3600.0, "old.jpg"),
+        )
+        .await
+        .unwrap();
+    let _: () = raw
+        .zadd(
+            "image:url-index:policy",
+            None,
+            None,
+            false,
+            false,
+            (now, "old.jpg"),
+        )
+        .await
+        .unwrap();
+    let cache = RedisCache::connect(RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    // The move runs in the background at start: wait for its effect, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.len().await.unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the old index was not moved");
+        tokio::task::yield_now().await;
+    }
+    let (expiry, policy) = shards_holding(&raw, "old.jpg").await;
+    assert_eq!(expiry, vec![(expiry[0].0, now + 3600.0)]);
+    assert_eq!(policy, vec![(expiry[0].0, now)]);
+    for legacy in ["image:url-index:expiry", "image:url-index:policy"] {
+        let left: u64 = raw.exists(legacy).await.unwrap();
+        assert_eq!(left, 0, "{legacy}");
+    }
+    assert_eq!(cache.get("old.jpg").await.unwrap().unwrap().access_count, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,16 +509,18 @@ async fn namespaces_keep_buckets_apart_and_old_keys_move_over() {
     assert_eq!(kind, "hash");
     let gone: i64 = raw.exists("image:url:a.jpg").await.unwrap();
     assert_eq!(gone, 0, "the old key is removed");
-    let old_index: Option<f64> = raw.zscore("image:url-index:expiry", "a.jpg").await.unwrap();
-    assert_eq!(old_index, None, "and its index members");
-    let new_index: Option<f64> = raw
-        .zscore(
-            "image:url:a-1250000000.cos.ap-guangzhou.myqcloud.com-index:expiry",
-            "a.jpg",
-        )
-        .await
-        .unwrap();
-    assert!(new_index.is_some());
+    let (old_expiry, old_policy) = shards_holding(&raw, "a.jpg").await;
+    assert!(
+        old_expiry.is_empty() && old_policy.is_empty(),
+        "and its index members"
+    );
+    let (new_expiry, new_policy) = shards_of_index_holding(
+        &raw,
+        "image:url:a-1250000000.cos.ap-guangzhou.myqcloud.com-index",
+        "a.jpg",
+    )
+    .await;
+    assert_eq!((new_expiry.len(), new_policy.len()), (1, 1));
     assert_eq!(bucket_a.get("a.jpg").await.unwrap().unwrap().url, moved.url);
     // The original system's JSON string moves too.
     assert_eq!(

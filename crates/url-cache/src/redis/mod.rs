@@ -1,25 +1,26 @@
-//! The Redis backend (fred).
+//! The Redis backend (fred): a standalone server, a Cluster or a Sentinel-managed master.
 //!
 //! Data layout (see `docs/redis-layout.md`):
 //!
 //! - `{prefix}{key}` — a hash with the entry's fields (`url`, `expires_at`,
 //!   `access_count`, `created_at`, `last_accessed`, `image_key`, `mime_type`), expiring
 //!   with the URL (`PEXPIREAT`).
-//! - `{index}:expiry` — a sorted set, member = key, score = `expires_at`: "expiring
-//!   within" and cleanup are `ZRANGEBYSCORE` ranges, O(log n + k), never a keyspace scan.
-//! - `{index}:policy` — a sorted set, member = key, score = the eviction order (LRU: last
-//!   access time, FIFO: insertion time, LFU: access count). When `ZCARD` exceeds the
-//!   capacity after a put, `ZPOPMIN` removes the surplus, lowest score first.
+//! - `{{index}:N}:expiry`, N = 0..shards — sorted sets, member = key, score = `expires_at`:
+//!   "expiring within" and cleanup are `ZRANGEBYSCORE` ranges over every shard, merged;
+//!   never a keyspace scan.
+//! - `{{index}:N}:policy` — sorted sets, member = key, score = the eviction order (LRU: last
+//!   access time, FIFO: insertion time, LFU: access count). When the shards together hold
+//!   more than the capacity after a put, the lowest scores across the shards go.
 //!
-//! `{index}` is the prefix without its trailing `:` plus `-index` (`image:url-index`), so
-//! no object key can collide with an index. No command spans two entry keys atomically,
-//! so the layout works on Redis Cluster (the two indexes each live in one slot).
+//! A key's index members live in shard `fnv1a(key) % shards` (default 16), so no single
+//! sorted set (in a Cluster, no single slot) takes every write. Both sets of a shard share
+//! a hash tag, so they sit in one slot. `{index}` is the prefix without its trailing `:`
+//! plus `-index` (`image:url-index`), so no object key can collide with an index.
 //!
-//! One `get` is one pipeline, hence one round trip, including the access update: `HGETALL`,
-//! `HINCRBY access_count`, `HSET last_accessed`, `EXPIRE 60 NX` and `ZADD XX` on the policy
-//! index. On a miss `HINCRBY` creates a stub hash; `EXPIRE NX` gives it 60 s to live, it
-//! has no `url` so it reads as a miss, `ZADD XX` leaves the indexes untouched, and the next
-//! `put` replaces it. No Lua, so every command keeps its timeout.
+//! A hit is one command, `HGETALL`. The access bookkeeping (count, last access, the
+//! policy index) is added up in the process ([`access`]) and written in batches. No
+//! command spans two keys atomically, so the layout works on a Cluster; the lease scripts
+//! touch one key each.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -37,6 +38,9 @@ use fred::types::{ExpireOptions, SetOptions};
 use tokio::task::JoinHandle;
 
 use crate::clock::from_unix_secs;
+
+mod access;
+use access::{AccessBuffer, Pending};
 
 /// Takes the lease (`KEYS[1]`) for `ARGV[1]` for `ARGV[2]` ms if it is free, or extends
 /// it if `ARGV[1]` holds it; 1 if `ARGV[1]` holds it afterwards.
@@ -60,14 +64,28 @@ use crate::{
     Result, StatsCounters, SystemClock, UrlCache,
 };
 
-/// How long the stub hash a missed lookup creates may live.
+/// How long a stub hash may live: written by an access flush for an entry deleted since
+/// it was read (`HINCRBY` creates the hash), it has no `url`, reads as a miss, and goes.
 const STUB_TTL_SECS: i64 = 60;
+
+/// FNV-1a, 64 bits: which index shard (and which access-buffer lock) a key belongs to.
+/// Fixed forever: changing it would move every key to another shard.
+pub(crate) fn fnv1a(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// Connection and layout settings for [`RedisCache`].
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// Where Redis is, in fred's URL forms: `redis://[user:password@]host:port[/db]`
+    /// (`rediss://` with TLS), a Cluster as
+    /// `redis-cluster://host:port[?node=host:port&node=…]` (one node is enough, the rest
+    /// are discovered), or a master behind Sentinel as
+    /// `redis-sentinel://host:port[/db]?sentinelServiceName=NAME[&node=host:port…]`
+    /// (the sentinels' addresses).
     pub url: String,
     /// Connections in the pool (default 20).
     pub pool_size: usize,
@@ -103,6 +121,15 @@ pub struct RedisConfig {
     pub max_entries: usize,
     /// Eviction policy (default LRU).
     pub policy: EvictionPolicy,
+    /// Index shards (default 16, 1..=1024): the expiry and policy indexes are split into
+    /// this many sorted sets. Keep it fixed for a namespace: after a change, index
+    /// members in shards that are no longer read are left until their entries expire.
+    pub index_shards: usize,
+    /// How often the accesses recorded in the process are written (default 1 s).
+    pub access_flush_interval: Duration,
+    /// Most distinct keys whose accesses wait for the next flush (default 65 536);
+    /// beyond, accesses of new keys are dropped (and counted), never blocking a read.
+    pub access_buffer_keys: usize,
 }
 
 impl RedisConfig {
@@ -131,6 +158,9 @@ impl Default for RedisConfig {
             migrate_unnamespaced: true,
             max_entries: crate::DEFAULT_CAPACITY,
             policy: EvictionPolicy::default(),
+            index_shards: 16,
+            access_flush_interval: Duration::from_secs(1),
+            access_buffer_keys: 65_536,
         }
     }
 }
@@ -147,6 +177,8 @@ impl fmt::Debug for RedisConfig {
             .field("namespace", &self.namespace)
             .field("max_entries", &self.max_entries)
             .field("policy", &self.policy)
+            .field("index_shards", &self.index_shards)
+            .field("access_flush_interval", &self.access_flush_interval)
             .finish_non_exhaustive()
     }
 }
@@ -177,11 +209,11 @@ struct Inner {
     stats: StatsCounters,
     healthy: Arc<AtomicBool>,
     command_timeout: Duration,
-    prefix: String,
-    expiry_index: String,
-    policy_index: String,
+    layout: Arc<Layout>,
     /// With a namespace and migration on: where entries without namespace live.
     unnamespaced: Option<Layout>,
+    /// Accesses not yet written to Redis.
+    access: Arc<AccessBuffer>,
     policy: EvictionPolicy,
     max_entries: usize,
     /// Connections (re)established, counted from fred's reconnection events.
@@ -209,7 +241,7 @@ impl Drop for Inner {
 impl fmt::Debug for RedisCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisCache")
-            .field("prefix", &self.inner.prefix)
+            .field("prefix", &self.inner.layout.prefix)
             .field("policy", &self.inner.policy)
             .field("max_entries", &self.inner.max_entries)
             .field("healthy", &self.is_healthy())
@@ -227,10 +259,24 @@ impl RedisCache {
     /// Redis cannot be reached within `connect_timeout` the cache starts unhealthy and
     /// reconnects in the background.
     pub async fn connect_with_clock(config: RedisConfig, clock: Arc<dyn Clock>) -> Result<Self> {
-        if !(config.url.starts_with("redis://") || config.url.starts_with("rediss://")) {
+        const SCHEMES: [&str; 6] = [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+            "redis-sentinel://",
+            "rediss-sentinel://",
+        ];
+        if !SCHEMES.iter().any(|scheme| config.url.starts_with(scheme)) {
             return Err(CacheError::InvalidInput(format!(
-                "invalid Redis URL {}: expected redis://host:port",
+                "invalid Redis URL {}: expected redis://host:port, redis-cluster://host:port or redis-sentinel://host:port?sentinelServiceName=NAME",
                 redact_url(&config.url)
+            )));
+        }
+        if !(1..=1024).contains(&config.index_shards) {
+            return Err(CacheError::InvalidInput(format!(
+                "index_shards must be 1..=1024, not {}",
+                config.index_shards
             )));
         }
         let mut fred_config = Config::from_url(&config.url).map_err(|e| {
@@ -297,22 +343,44 @@ impl RedisCache {
             config.health_check_interval,
             config.command_timeout,
         )));
-        let base = Layout::new(&config.key_prefix);
+        let shards = config.index_shards;
+        if config.key_prefix.contains(['{', '}']) {
+            return Err(CacheError::InvalidInput(
+                "the Redis key prefix contains { or } (the index shards' hash tags)".into(),
+            ));
+        }
+        let base = Layout::new(&config.key_prefix, shards);
         let (layout, unnamespaced) = match &config.namespace {
             Some(namespace) if !namespace.is_empty() => {
                 if namespace
                     .chars()
-                    .any(|c| c.is_control() || c.is_whitespace())
+                    .any(|c| c.is_control() || c.is_whitespace() || c == '{' || c == '}')
                 {
                     return Err(CacheError::InvalidInput(
-                        "the Redis namespace contains whitespace or a control character".into(),
+                        "the Redis namespace contains whitespace, a control character, { or }"
+                            .into(),
                     ));
                 }
-                let layout = Layout::new(&format!("{}{namespace}:", config.key_prefix));
+                let layout = Layout::new(&format!("{}{namespace}:", config.key_prefix), shards);
                 (layout, config.migrate_unnamespaced.then_some(base))
             }
             _ => (base, None),
         };
+        let layout = Arc::new(layout);
+        let access = Arc::new(AccessBuffer::new(config.access_buffer_keys));
+        tasks.push(tokio::spawn(flush_loop(
+            pool.clone(),
+            layout.clone(),
+            config.policy.kind(),
+            access.clone(),
+            config.access_flush_interval,
+            config.command_timeout,
+        )));
+        tasks.push(tokio::spawn(migrate_unsharded(
+            pool.clone(),
+            layout.clone(),
+            config.command_timeout,
+        )));
         Ok(RedisCache {
             inner: Arc::new(Inner {
                 pool,
@@ -320,10 +388,9 @@ impl RedisCache {
                 stats: StatsCounters::default(),
                 healthy,
                 command_timeout: config.command_timeout,
-                expiry_index: layout.expiry_index,
-                policy_index: layout.policy_index,
-                prefix: layout.prefix,
+                layout,
                 unnamespaced,
+                access,
                 policy: config.policy,
                 max_entries: config.max_entries.max(1),
                 reconnects,
@@ -338,7 +405,27 @@ impl RedisCache {
     }
 
     fn entry_key(&self, key: &str) -> String {
-        format!("{}{key}", self.inner.prefix)
+        self.inner.layout.entry_key(key)
+    }
+
+    /// Writes the accesses recorded in this process now (the background task does it
+    /// every `access_flush_interval`); how many keys' accesses were written.
+    pub async fn flush_access(&self) -> Result<usize> {
+        let inner = &self.inner;
+        flush(
+            &inner.pool,
+            &inner.layout,
+            inner.policy.kind(),
+            &inner.access,
+            inner.command_timeout,
+        )
+        .await
+    }
+
+    /// Accesses never written: dropped while the buffer was full, or lost with a flush
+    /// that failed.
+    pub fn access_updates_dropped(&self) -> u64 {
+        self.inner.access.dropped()
     }
 
     /// Runs `op` under the command deadline, mapping and counting failures.
@@ -363,49 +450,6 @@ impl RedisCache {
         }
     }
 
-    /// Queues the lookup-and-record-access commands for one key on `pipe`.
-    async fn queue_lookup(
-        &self,
-        pipe: &fred::clients::Pipeline<fred::clients::Client>,
-        key: &str,
-        now: f64,
-    ) -> Result<(), FredError> {
-        let entry_key = self.entry_key(key);
-        let _: () = pipe.hgetall(&entry_key).await?;
-        let _: () = pipe.hincrby(&entry_key, "access_count", 1).await?;
-        let _: () = pipe
-            .hset(&entry_key, ("last_accessed", now.to_string()))
-            .await?;
-        let _: () = pipe
-            .expire(&entry_key, STUB_TTL_SECS, Some(ExpireOptions::NX))
-            .await?;
-        // LRU: the score becomes the access time; LFU: it goes up by one (`INCR`); FIFO:
-        // reads do not move an entry. `XX`: never add a member for a missing key.
-        let (score, increment) = match self.inner.policy.kind() {
-            Kind::Lru => (now, false),
-            Kind::Lfu => (1.0, true),
-            Kind::Fifo => return Ok(()),
-        };
-        let _: () = pipe
-            .zadd(
-                &self.inner.policy_index,
-                Some(SetOptions::XX),
-                None,
-                false,
-                increment,
-                (score, key),
-            )
-            .await?;
-        Ok(())
-    }
-
-    fn commands_per_lookup(&self) -> usize {
-        match self.inner.policy.kind() {
-            Kind::Lru | Kind::Lfu => 5,
-            Kind::Fifo => 4,
-        }
-    }
-
     /// Turns one key's pipeline replies into the lookup's outcome, counting it. A
     /// corrupt entry is dropped and read as a miss; only backend trouble is an error.
     async fn finish_lookup(
@@ -416,10 +460,6 @@ impl RedisCache {
         migrate: bool,
     ) -> Result<Option<CacheEntry>> {
         let hash = replies.next();
-        let count = replies.next();
-        for _ in 2..self.commands_per_lookup() {
-            replies.next();
-        }
         let fields: HashMap<String, String> = match hash {
             Some(Ok(value)) => match value.convert() {
                 Ok(fields) => fields,
@@ -460,9 +500,10 @@ impl RedisCache {
             self.delete_or_log(key).await;
             return Ok(None);
         }
-        if let Some(Ok(count)) = count {
-            entry.access_count = count.convert::<u64>().unwrap_or(entry.access_count + 1);
-        }
+        // The access is recorded here and written with the next flush; the entry shows
+        // the stored count plus this process's pending ones, this access included.
+        let pending = self.inner.access.record(key, now);
+        entry.access_count += pending.map_or(1, |p| p.count);
         entry.last_accessed = from_unix_secs(now);
         self.inner.stats.hit(1);
         Ok(Some(entry))
@@ -517,8 +558,14 @@ impl RedisCache {
         let op = async {
             let _: () = pipe.del(raw_key).await?;
             if let Some(old) = old_indexes {
-                let _: () = pipe.zrem(&old.expiry_index, key).await?;
-                let _: () = pipe.zrem(&old.policy_index, key).await?;
+                for index in [
+                    old.legacy_expiry(),
+                    old.legacy_policy(),
+                    old.expiry_of(key),
+                    old.policy_of(key),
+                ] {
+                    let _: () = pipe.zrem(index, key).await?;
+                }
             }
             let _: Vec<Value> = pipe.all().await?;
             Ok(())
@@ -566,19 +613,18 @@ impl RedisCache {
 
     /// The Redis key of lease `name`, beside this cache's indexes.
     fn lease_key(&self, name: &str) -> String {
-        format!(
-            "{}:lease:{name}",
-            self.inner.expiry_index.trim_end_matches(":expiry")
-        )
+        format!("{}:lease:{name}", self.inner.layout.index)
     }
 
     async fn delete_quietly(&self, key: &str) -> Result<bool> {
+        self.inner.access.forget(key);
         let pipe = self.inner.pool.next_connected().pipeline();
         let entry_key = self.entry_key(key);
+        let layout = &self.inner.layout;
         let op = async {
             let _: () = pipe.del(&entry_key).await?;
-            let _: () = pipe.zrem(&self.inner.expiry_index, key).await?;
-            let _: () = pipe.zrem(&self.inner.policy_index, key).await?;
+            let _: () = pipe.zrem(layout.expiry_of(key), key).await?;
+            let _: () = pipe.zrem(layout.policy_of(key), key).await?;
             let (deleted, _, _): (i64, i64, i64) = pipe.all().await?;
             Ok(deleted > 0)
         };
@@ -604,12 +650,34 @@ impl RedisCache {
         let pipe = self.inner.pool.next_connected().pipeline();
         let op = async {
             self.queue_store(&pipe, entry).await?;
-            let _: () = pipe.zcard(&self.inner.policy_index).await?;
+            self.queue_count(&pipe).await?;
             let replies: Vec<Value> = pipe.all().await?;
-            Ok(replies.last().and_then(|v| v.as_u64()).unwrap_or(0))
+            Ok(self.counted(&replies))
         };
         let held = self.run(op).await?;
         self.enforce_capacity(held, &key).await
+    }
+
+    /// Queues a `ZCARD` of every policy shard on `pipe`: the entries held, summed by
+    /// [`RedisCache::counted`] from the pipeline's last replies.
+    async fn queue_count(
+        &self,
+        pipe: &fred::clients::Pipeline<fred::clients::Client>,
+    ) -> Result<(), FredError> {
+        for shard in 0..self.inner.layout.shards {
+            let _: () = pipe.zcard(self.inner.layout.policy(shard)).await?;
+        }
+        Ok(())
+    }
+
+    /// The sum of the `ZCARD` replies [`RedisCache::queue_count`] queued last.
+    fn counted(&self, replies: &[Value]) -> u64 {
+        replies
+            .iter()
+            .rev()
+            .take(self.inner.layout.shards)
+            .filter_map(Value::as_u64)
+            .sum()
     }
 
     /// Queues the commands that write `entry` and index it on `pipe`.
@@ -618,7 +686,11 @@ impl RedisCache {
         pipe: &fred::clients::Pipeline<fred::clients::Client>,
         entry: CacheEntry,
     ) -> Result<(), FredError> {
+        // The entry carries its bookkeeping whole: accesses pending for it are its
+        // writer's to count, not the next flush's.
+        self.inner.access.forget(&entry.image_key);
         let entry_key = self.entry_key(&entry.image_key);
+        let layout = &self.inner.layout;
         // From the entry, not the clock: a refreshed entry (same creation and last use)
         // keeps its place in the eviction order.
         let order_score = match self.inner.policy.kind() {
@@ -650,7 +722,7 @@ impl RedisCache {
         let _: () = pipe.pexpire_at(&entry_key, expires_ms, None).await?;
         let _: () = pipe
             .zadd(
-                &self.inner.expiry_index,
+                layout.expiry_of(&key),
                 None,
                 None,
                 false,
@@ -660,7 +732,7 @@ impl RedisCache {
             .await?;
         let _: () = pipe
             .zadd(
-                &self.inner.policy_index,
+                layout.policy_of(&key),
                 None,
                 None,
                 false,
@@ -680,54 +752,61 @@ impl RedisCache {
     }
 
     /// Removes `surplus` entries from the bottom of the policy order, never `just_written`
-    /// (under LFU a new entry starts at the bottom). `ZPOPMIN` is atomic, so concurrent
-    /// writers never evict the same entry twice.
+    /// (under LFU a new entry starts at the bottom). This process's pending accesses are
+    /// written first, so that its own reads count. The lowest `surplus + 1` of every shard
+    /// are read, merged, and the lowest overall removed; only the `ZREM`s that removed a
+    /// member count, so two replicas evicting at once never count one victim twice (they
+    /// may evict a few more than needed, never fewer).
     async fn evict(&self, surplus: usize, just_written: &str) -> Result<()> {
-        let client = self.inner.pool.next_connected();
-        let mut popped: Vec<(String, f64)> = self
-            .run(client.zpopmin(&self.inner.policy_index, Some(surplus + 1)))
-            .await?;
-        // Give back what was popped beyond the surplus: the new entry, or the extra one.
-        let mut give_back: Vec<(f64, String)> = Vec::new();
-        if let Some(pos) = popped.iter().position(|(k, _)| k == just_written) {
-            let (k, score) = popped.remove(pos);
-            give_back.push((score, k));
+        if let Err(err) = self.flush_access().await {
+            tracing::debug!(error = %err, "access flush before eviction failed");
         }
-        while popped.len() > surplus {
-            if let Some((k, score)) = popped.pop() {
-                give_back.push((score, k));
+        let layout = &self.inner.layout;
+        let pipe = self.inner.pool.next_connected().pipeline();
+        let op = async {
+            for shard in 0..layout.shards {
+                let _: () = pipe
+                    .zrange(
+                        layout.policy(shard),
+                        0,
+                        surplus as i64,
+                        None,
+                        false,
+                        None,
+                        true,
+                    )
+                    .await?;
             }
-        }
-        if !give_back.is_empty() {
-            let client = self.inner.pool.next_connected();
-            let members: Vec<(f64, &str)> =
-                give_back.iter().map(|(s, k)| (*s, k.as_str())).collect();
-            let _: i64 = self
-                .run(client.zadd(
-                    &self.inner.policy_index,
-                    Some(SetOptions::NX),
-                    None,
-                    false,
-                    false,
-                    members,
-                ))
-                .await?;
-        }
-        if popped.is_empty() {
+            pipe.all::<Vec<Vec<(String, f64)>>>().await
+        };
+        let lowest = self.run(op).await?;
+        let mut candidates: Vec<(f64, String)> = lowest
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k != just_written)
+            .map(|(k, score)| (score, k))
+            .collect();
+        // Lowest score first; ties by name, as one sorted set orders them.
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        candidates.truncate(surplus);
+        if candidates.is_empty() {
             return Ok(());
         }
         let pipe = self.inner.pool.next_connected().pipeline();
         let op = async {
-            for (key, _) in &popped {
+            for (_, key) in &candidates {
+                let _: () = pipe.zrem(layout.policy_of(key), key.as_str()).await?;
                 let _: () = pipe.del(self.entry_key(key)).await?;
+                let _: () = pipe.zrem(layout.expiry_of(key), key.as_str()).await?;
             }
-            let members: Vec<&str> = popped.iter().map(|(k, _)| k.as_str()).collect();
-            let _: () = pipe.zrem(&self.inner.expiry_index, members).await?;
-            let _: Vec<Value> = pipe.all().await?;
-            Ok(())
+            pipe.all::<Vec<i64>>().await
         };
-        self.run(op).await?;
-        self.inner.stats.evicted(popped.len() as u64);
+        let replies = self.run(op).await?;
+        let evicted = replies.chunks(3).filter(|r| r[0] > 0).count();
+        for (_, key) in &candidates {
+            self.inner.access.forget(key);
+        }
+        self.inner.stats.evicted(evicted as u64);
         Ok(())
     }
 }
@@ -735,19 +814,190 @@ impl RedisCache {
 /// Where a layout keeps its entries and indexes.
 struct Layout {
     prefix: String,
-    expiry_index: String,
-    policy_index: String,
+    /// The index prefix: the entry prefix without its trailing `:` plus `-index`, so no
+    /// object key can collide with an index.
+    index: String,
+    shards: usize,
 }
 
 impl Layout {
-    /// The index prefix is the entry prefix without its trailing `:` plus `-index`, so no
-    /// object key can collide with an index.
-    fn new(prefix: &str) -> Self {
-        let index = format!("{}-index", prefix.trim_end_matches(':'));
+    fn new(prefix: &str, shards: usize) -> Self {
         Layout {
             prefix: prefix.to_owned(),
-            expiry_index: format!("{index}:expiry"),
-            policy_index: format!("{index}:policy"),
+            index: format!("{}-index", prefix.trim_end_matches(':')),
+            shards: shards.max(1),
+        }
+    }
+
+    fn entry_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        (fnv1a(key) % self.shards as u64) as usize
+    }
+
+    /// Expiry shard `shard`; its hash tag puts it in the slot of the same policy shard.
+    fn expiry(&self, shard: usize) -> String {
+        format!("{{{}:{shard}}}:expiry", self.index)
+    }
+
+    fn policy(&self, shard: usize) -> String {
+        format!("{{{}:{shard}}}:policy", self.index)
+    }
+
+    fn expiry_of(&self, key: &str) -> String {
+        self.expiry(self.shard_of(key))
+    }
+
+    fn policy_of(&self, key: &str) -> String {
+        self.policy(self.shard_of(key))
+    }
+
+    /// The single expiry index of the layout before shards.
+    fn legacy_expiry(&self) -> String {
+        format!("{}:expiry", self.index)
+    }
+
+    /// The single policy index of the layout before shards.
+    fn legacy_policy(&self) -> String {
+        format!("{}:policy", self.index)
+    }
+}
+
+/// Writes `access`'s pending accesses in one pipeline: per key `HINCRBY access_count`,
+/// `HSET last_accessed`, `EXPIRE 60 NX` (a no-op on a live entry; it bounds the stub an
+/// entry deleted since its read would leave) and the policy index (`ZADD XX GT` for LRU,
+/// `ZADD XX INCR` for LFU; `XX`: never index a key that is gone). Accesses of a flush
+/// that fails are dropped and counted: they are statistics, not data.
+async fn flush(
+    pool: &Pool,
+    layout: &Layout,
+    kind: Kind,
+    access: &AccessBuffer,
+    timeout: Duration,
+) -> Result<usize> {
+    let pending: Vec<(String, Pending)> = access.take();
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let pipe = pool.next_connected().pipeline();
+    let op = async {
+        for (key, p) in &pending {
+            let entry_key = layout.entry_key(key);
+            let _: () = pipe
+                .hincrby(&entry_key, "access_count", p.count as i64)
+                .await?;
+            let _: () = pipe
+                .hset(&entry_key, ("last_accessed", p.last.to_string()))
+                .await?;
+            let _: () = pipe
+                .expire(&entry_key, STUB_TTL_SECS, Some(ExpireOptions::NX))
+                .await?;
+            let (ordering, increment, score) = match kind {
+                Kind::Lru => (
+                    Some(fred::types::sorted_sets::Ordering::GreaterThan),
+                    false,
+                    p.last,
+                ),
+                Kind::Lfu => (None, true, p.count as f64),
+                Kind::Fifo => continue,
+            };
+            let _: () = pipe
+                .zadd(
+                    layout.policy_of(key),
+                    Some(SetOptions::XX),
+                    ordering,
+                    false,
+                    increment,
+                    (score, key.as_str()),
+                )
+                .await?;
+        }
+        pipe.all::<Vec<Value>>().await
+    };
+    match tokio::time::timeout(timeout, op).await {
+        Ok(Ok(_)) => Ok(pending.len()),
+        Ok(Err(err)) => {
+            access.lost(pending.iter().map(|(_, p)| p.count).sum());
+            Err(map_error(&err, timeout))
+        }
+        Err(_) => {
+            access.lost(pending.iter().map(|(_, p)| p.count).sum());
+            Err(CacheError::Timeout(timeout))
+        }
+    }
+}
+
+/// Flushes the access buffer every `every` until aborted (with the cache).
+async fn flush_loop(
+    pool: Pool,
+    layout: Arc<Layout>,
+    kind: Kind,
+    access: Arc<AccessBuffer>,
+    every: Duration,
+    timeout: Duration,
+) {
+    let mut interval = tokio::time::interval(every.max(Duration::from_millis(1)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(err) = flush(&pool, &layout, kind, &access, timeout).await {
+            tracing::debug!(error = %err, "access flush failed; those accesses are dropped");
+        }
+    }
+}
+
+/// Moves the members of the unsharded indexes of earlier versions (`{index}:expiry`,
+/// `{index}:policy`) into the shards, 1000 at a time, once, at start. Idempotent: two
+/// replicas starting together move the same members to the same shards.
+async fn migrate_unsharded(pool: Pool, layout: Arc<Layout>, timeout: Duration) {
+    for (legacy, shard_of) in [
+        (
+            layout.legacy_expiry(),
+            Layout::expiry as fn(&Layout, usize) -> String,
+        ),
+        (layout.legacy_policy(), Layout::policy),
+    ] {
+        loop {
+            let client = pool.next_connected();
+            let batch: Result<Vec<(String, f64)>, _> = tokio::time::timeout(
+                timeout,
+                client.zrange(legacy.as_str(), 0, 999, None, false, None, true),
+            )
+            .await
+            .map_err(|_| ())
+            .and_then(|r| r.map_err(|_| ()));
+            let Ok(batch) = batch else {
+                tracing::debug!(index = %legacy, "could not read an unsharded index; left for the next start");
+                break;
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let pipe = pool.next_connected().pipeline();
+            let op = async {
+                for (key, score) in &batch {
+                    let shard = shard_of(&layout, layout.shard_of(key));
+                    let _: () = pipe
+                        .zadd(
+                            shard,
+                            Some(SetOptions::NX),
+                            None,
+                            false,
+                            false,
+                            (*score, key.as_str()),
+                        )
+                        .await?;
+                }
+                let members: Vec<&str> = batch.iter().map(|(k, _)| k.as_str()).collect();
+                let _: () = pipe.zrem(legacy.as_str(), members).await?;
+                pipe.all::<Vec<Value>>().await
+            };
+            if !matches!(tokio::time::timeout(timeout, op).await, Ok(Ok(_))) {
+                break;
+            }
+            tracing::info!(index = %legacy, moved = batch.len(), "unsharded index members moved into the shards");
         }
     }
 }
@@ -769,6 +1019,15 @@ async fn health_loop(pool: Pool, healthy: Arc<AtomicBool>, every: Duration, time
             }
         }
     }
+}
+
+/// `keys` grouped by index shard.
+fn by_shard<'k>(layout: &Layout, keys: &[&'k str]) -> Vec<(usize, Vec<&'k str>)> {
+    let mut shards: std::collections::BTreeMap<usize, Vec<&str>> = Default::default();
+    for key in keys {
+        shards.entry(layout.shard_of(key)).or_default().push(key);
+    }
+    shards.into_iter().collect()
 }
 
 /// A reply saying the key holds a value of another type than the command expects.
@@ -846,9 +1105,18 @@ impl UrlCache for RedisCache {
         if !fields.contains_key("url") {
             return Ok(None);
         }
+        // With this process's accesses not written yet, as the next flush will leave it.
+        let pending = self.inner.access.pending(key);
         Ok(parse_entry(key, &fields)
             .ok()
-            .filter(|entry| now < entry.expires_at_unix()))
+            .filter(|entry| now < entry.expires_at_unix())
+            .map(|mut entry| {
+                if let Some(p) = pending {
+                    entry.access_count += p.count;
+                    entry.last_accessed = entry.last_accessed.max(from_unix_secs(p.last));
+                }
+                entry
+            }))
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
@@ -863,9 +1131,11 @@ impl UrlCache for RedisCache {
         // worth it for a single lookup, not for a batch, whose misses are signed anew
         // (the old entries then simply expire).
         let migrate = keys.len() == 1;
+        // One read per key, nothing written: the accesses go to the buffer.
         let pipe = self.inner.pool.next_connected().pipeline();
         for key in keys {
-            self.queue_lookup(&pipe, key, now)
+            let _: () = pipe
+                .hgetall(self.entry_key(key))
                 .await
                 .map_err(|e| map_error(&e, self.inner.command_timeout))?;
         }
@@ -922,9 +1192,9 @@ impl UrlCache for RedisCache {
             for entry in live.iter().cloned() {
                 self.queue_store(&pipe, entry).await?;
             }
-            let _: () = pipe.zcard(&self.inner.policy_index).await?;
+            self.queue_count(&pipe).await?;
             let replies: Vec<Value> = pipe.all().await?;
-            Ok(replies.last().and_then(|v| v.as_u64()).unwrap_or(0))
+            Ok(self.counted(&replies))
         };
         match self.run(op).await {
             Ok(held) => self.enforce_capacity(held, &last).await,
@@ -946,15 +1216,21 @@ impl UrlCache for RedisCache {
         if keys.is_empty() {
             return Ok(0);
         }
+        // One DEL per key (in a Cluster the keys are in different slots), and the index
+        // members per shard.
+        let layout = &self.inner.layout;
         let pipe = self.inner.pool.next_connected().pipeline();
         let op = async {
-            let entry_keys: Vec<String> = keys.iter().map(|k| self.entry_key(k)).collect();
-            let _: () = pipe.del(entry_keys).await?;
-            let members: Vec<&str> = keys.to_vec();
-            let _: () = pipe.zrem(&self.inner.expiry_index, members.clone()).await?;
-            let _: () = pipe.zrem(&self.inner.policy_index, members).await?;
-            let (deleted, _, _): (i64, i64, i64) = pipe.all().await?;
-            Ok(deleted.max(0) as usize)
+            for key in keys {
+                self.inner.access.forget(key);
+                let _: () = pipe.del(self.entry_key(key)).await?;
+            }
+            for (shard, members) in by_shard(layout, keys) {
+                let _: () = pipe.zrem(layout.expiry(shard), members.clone()).await?;
+                let _: () = pipe.zrem(layout.policy(shard), members).await?;
+            }
+            let replies: Vec<i64> = pipe.all().await?;
+            Ok(replies[..keys.len()].iter().filter(|&&d| d > 0).count())
         };
         self.run(op).await
     }
@@ -1004,32 +1280,48 @@ impl UrlCache for RedisCache {
         }
         let now = self.inner.clock.now_unix();
         let until = now + within.as_secs_f64();
-        let client = self.inner.pool.next_connected();
-        let keys: Vec<String> = self
-            .run(client.zrangebyscore(
-                &self.inner.expiry_index,
-                now,
-                until,
-                false,
-                Some((0, limit as i64)),
-            ))
-            .await?;
-        if keys.is_empty() {
+        let layout = &self.inner.layout;
+        // The first `limit` of every shard, merged: the first `limit` overall.
+        let pipe = self.inner.pool.next_connected().pipeline();
+        let op = async {
+            for shard in 0..layout.shards {
+                let _: () = pipe
+                    .zrangebyscore(
+                        layout.expiry(shard),
+                        now,
+                        until,
+                        true,
+                        Some((0, limit as i64)),
+                    )
+                    .await?;
+            }
+            pipe.all::<Vec<Vec<(String, f64)>>>().await
+        };
+        let mut due: Vec<(f64, String)> = self
+            .run(op)
+            .await?
+            .into_iter()
+            .flatten()
+            .map(|(key, score)| (score, key))
+            .collect();
+        due.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        due.truncate(limit);
+        if due.is_empty() {
             return Ok(Vec::new());
         }
         let pipe = self.inner.pool.next_connected().pipeline();
         let op = async {
-            for key in &keys {
+            for (_, key) in &due {
                 let _: () = pipe.hgetall(self.entry_key(key)).await?;
             }
             pipe.all::<Vec<HashMap<String, String>>>().await
         };
         let hashes = self.run(op).await?;
-        let mut found: Vec<CacheEntry> = keys
+        let mut found: Vec<CacheEntry> = due
             .iter()
             .zip(hashes)
             .filter(|(_, fields)| fields.contains_key("url"))
-            .filter_map(|(key, fields)| parse_entry(key, &fields).ok())
+            .filter_map(|((_, key), fields)| parse_entry(key, &fields).ok())
             .filter(|e| now < e.expires_at_unix() && e.expires_at_unix() <= until)
             .collect();
         found.sort_by_key(|e| e.expires_at);
@@ -1038,45 +1330,57 @@ impl UrlCache for RedisCache {
 
     async fn remove_expired(&self, batch_size: usize) -> Result<usize> {
         let batch_size = batch_size.max(1);
+        let layout = &self.inner.layout;
         let mut total = 0;
-        loop {
-            let now = self.inner.clock.now_unix();
-            let client = self.inner.pool.next_connected();
-            let keys: Vec<String> = self
-                .run(client.zrangebyscore(
-                    &self.inner.expiry_index,
-                    f64::NEG_INFINITY,
-                    now,
-                    false,
-                    Some((0, batch_size as i64)),
-                ))
-                .await?;
-            if keys.is_empty() {
-                break;
-            }
-            let pipe = self.inner.pool.next_connected().pipeline();
-            let op = async {
-                let members: Vec<&str> = keys.iter().map(String::as_str).collect();
-                let _: () = pipe.zrem(&self.inner.expiry_index, members.clone()).await?;
-                let _: () = pipe.zrem(&self.inner.policy_index, members).await?;
-                for key in &keys {
-                    let _: () = pipe.del(self.entry_key(key)).await?;
+        for shard in 0..layout.shards {
+            loop {
+                let now = self.inner.clock.now_unix();
+                let client = self.inner.pool.next_connected();
+                let keys: Vec<String> = self
+                    .run(client.zrangebyscore(
+                        layout.expiry(shard),
+                        f64::NEG_INFINITY,
+                        now,
+                        false,
+                        Some((0, batch_size as i64)),
+                    ))
+                    .await?;
+                if keys.is_empty() {
+                    break;
                 }
-                pipe.all::<Vec<Value>>().await
-            };
-            self.run(op).await?;
-            total += keys.len();
-            if keys.len() < batch_size {
-                break;
+                let pipe = self.inner.pool.next_connected().pipeline();
+                let op = async {
+                    let members: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    let _: () = pipe.zrem(layout.expiry(shard), members.clone()).await?;
+                    let _: () = pipe.zrem(layout.policy(shard), members).await?;
+                    for key in &keys {
+                        let _: () = pipe.del(self.entry_key(key)).await?;
+                    }
+                    pipe.all::<Vec<Value>>().await
+                };
+                self.run(op).await?;
+                for key in &keys {
+                    self.inner.access.forget(key);
+                }
+                total += keys.len();
+                if keys.len() < batch_size {
+                    break;
+                }
             }
         }
         Ok(total)
     }
 
     async fn len(&self) -> Result<usize> {
-        let client = self.inner.pool.next_connected();
-        let n: u64 = self.run(client.zcard(&self.inner.expiry_index)).await?;
-        Ok(n as usize)
+        let layout = &self.inner.layout;
+        let pipe = self.inner.pool.next_connected().pipeline();
+        let op = async {
+            for shard in 0..layout.shards {
+                let _: () = pipe.zcard(layout.expiry(shard)).await?;
+            }
+            pipe.all::<Vec<u64>>().await
+        };
+        Ok(self.run(op).await?.into_iter().sum::<u64>() as usize)
     }
 
     async fn health_check(&self) -> Result<()> {

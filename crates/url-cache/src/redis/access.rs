@@ -1,0 +1,150 @@
+//! Access bookkeeping of the Redis backend, kept in the process and written in batches.
+//!
+//! A cache hit on Redis is one read (`HGETALL`). What LRU and LFU need from it — the
+//! access count, the last access time and the entry's place in the policy index — is
+//! added up here per key and written by [`flush`] once per interval (default 1 s), one
+//! pipeline for everything pending. The eviction order is therefore exact to within one
+//! interval across replicas, and exact within this process: a put that must evict flushes
+//! first.
+//!
+//! The buffer is bounded: past `max_keys` distinct keys, the accesses of new keys are
+//! dropped and counted rather than blocking a reader or growing without end.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Accesses of one key not yet written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Pending {
+    /// How many.
+    pub count: u64,
+    /// The latest, unix seconds.
+    pub last: f64,
+}
+
+/// Independent locks, so that readers of different keys rarely wait for each other.
+const SHARDS: usize = 16;
+
+/// Accesses per key since the last flush.
+pub(crate) struct AccessBuffer {
+    shards: [Mutex<HashMap<String, Pending>>; SHARDS],
+    keys: AtomicUsize,
+    max_keys: usize,
+    dropped: AtomicU64,
+}
+
+impl AccessBuffer {
+    /// A buffer holding at most `max_keys` distinct keys.
+    pub fn new(max_keys: usize) -> Self {
+        AccessBuffer {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            keys: AtomicUsize::new(0),
+            max_keys: max_keys.max(1),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Pending>> {
+        &self.shards[(super::fnv1a(key) as usize) % SHARDS]
+    }
+
+    /// Records an access of `key` at `now`; the key's pending accesses afterwards (none
+    /// when the buffer is full and the access was dropped).
+    pub fn record(&self, key: &str, now: f64) -> Option<Pending> {
+        let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pending) = shard.get_mut(key) {
+            pending.count += 1;
+            pending.last = pending.last.max(now);
+            return Some(*pending);
+        }
+        if self.keys.fetch_add(1, Ordering::Relaxed) >= self.max_keys {
+            self.keys.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let pending = Pending {
+            count: 1,
+            last: now,
+        };
+        shard.insert(key.to_owned(), pending);
+        Some(pending)
+    }
+
+    /// The key's pending accesses, if any.
+    pub fn pending(&self, key: &str) -> Option<Pending> {
+        self.shard(key)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// Forgets the key's pending accesses (it was written whole, or deleted).
+    pub fn forget(&self, key: &str) {
+        if self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key)
+            .is_some()
+        {
+            self.keys.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes everything pending, leaving the buffer empty.
+    pub fn take(&self) -> Vec<(String, Pending)> {
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()));
+            self.keys.fetch_sub(taken.len(), Ordering::Relaxed);
+            all.extend(taken);
+        }
+        all
+    }
+
+    /// Accesses dropped because the buffer was full, or because a flush failed.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` accesses lost (a flush that failed).
+    pub fn lost(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accesses_add_up_per_key_and_the_buffer_is_bounded() {
+        let buffer = AccessBuffer::new(2);
+        assert_eq!(buffer.record("a", 1.0).unwrap().count, 1);
+        assert_eq!(
+            buffer.record("a", 3.0),
+            Some(Pending {
+                count: 2,
+                last: 3.0
+            })
+        );
+        // An older time never moves the last access back.
+        assert_eq!(buffer.record("a", 2.0).unwrap().last, 3.0);
+        assert!(buffer.record("b", 1.0).is_some());
+        // Full: a third key is dropped and counted; known keys still add up.
+        assert!(buffer.record("c", 1.0).is_none());
+        assert_eq!(buffer.dropped(), 1);
+        assert_eq!(buffer.record("b", 5.0).unwrap().count, 2);
+        buffer.forget("a");
+        assert!(buffer.pending("a").is_none());
+        assert!(buffer.record("c", 1.0).is_some());
+        let mut taken = buffer.take();
+        taken.sort_by(|x, y| x.0.cmp(&y.0));
+        let keys: Vec<&str> = taken.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["b", "c"]);
+        assert!(buffer.take().is_empty());
+        assert!(buffer.record("d", 1.0).is_some());
+    }
+}
