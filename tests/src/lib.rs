@@ -20,6 +20,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// More `redis-server` arguments (a Cluster node's).
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
@@ -30,6 +32,11 @@ impl RedisServer {
     /// when the binary is missing: these tests need a real Redis, and silently skipping
     /// them would hide that.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisServer::start`] with more `redis-server` arguments.
+    pub fn start_with(extra_args: &[&str]) -> Self {
         for _ in 0..10 {
             let port = free_port();
             let dir =
@@ -39,6 +46,7 @@ impl RedisServer {
                 child: None,
                 port,
                 dir,
+                extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             };
             if server.try_spawn() {
                 return server;
@@ -56,6 +64,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--dir", self.dir.to_str().expect("utf-8 temp dir")])
             .args(["--logfile", ""])
+            .args(&self.extra_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -112,18 +121,7 @@ impl RedisServer {
     }
 
     fn try_info(&self, section: &str) -> Option<String> {
-        let mut stream = TcpStream::connect(self.addr()).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        stream
-            .write_all(format!("INFO {section}\r\n").as_bytes())
-            .ok()?;
-        let mut reader = BufReader::new(stream);
-        let mut header = String::new();
-        reader.read_line(&mut header).ok()?;
-        let len: usize = header.trim().strip_prefix('$')?.parse().ok()?;
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body).ok()?;
-        String::from_utf8(body).ok()
+        self.bulk(&["INFO", section])
     }
 
     /// Runs one command on the server over a plain connection and returns the first
@@ -145,6 +143,25 @@ impl RedisServer {
             .read_line(&mut line)
             .expect("read the reply");
         line.trim_end().to_owned()
+    }
+
+    /// Runs one command whose reply is a bulk string (`CLUSTER INFO`, `INFO`) and returns
+    /// it; `None` if the reply is anything else.
+    pub fn bulk(&self, args: &[&str]) -> Option<String> {
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        let mut stream = TcpStream::connect(self.addr()).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let len: usize = header.trim().strip_prefix('$')?.parse().ok()?;
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).ok()?;
+        String::from_utf8(body).ok()
     }
 
     /// Sends `SIGSTOP` (the server looks stuck: connections stay open, nothing answers)
@@ -194,6 +211,86 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of `masters` nodes (no replicas) this test started on free loopback
+/// ports with `redis-cli --cluster create`, killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// The nodes, each a [`RedisServer`] started with `--cluster-enabled yes`.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, joins them into a cluster covering every slot, and waits until
+    /// every node reports `cluster_state:ok` (bounded: 30 s).
+    pub fn start(masters: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                ])
+            })
+            .collect();
+        let cli = std::env::var("REDIS_CLI_BIN").unwrap_or_else(|_| "redis-cli".into());
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+        let out = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cli:?} ({e}); it comes with redis-server"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !cluster.nodes.iter().all(|n| n.cluster_ok()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster did not reach cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// `redis-cluster://` URL naming every node.
+    pub fn url(&self) -> String {
+        let mut nodes = self.nodes.iter();
+        let first = nodes.next().expect("a node");
+        let rest: Vec<String> = nodes.map(|n| format!("node={}", n.addr())).collect();
+        let mut url = format!("redis-cluster://{}", first.addr());
+        if !rest.is_empty() {
+            url.push('?');
+            url.push_str(&rest.join("&"));
+        }
+        url
+    }
+}
+
+impl RedisServer {
+    /// Whether this Cluster node reports `cluster_state:ok`.
+    pub fn cluster_ok(&self) -> bool {
+        self.bulk(&["CLUSTER", "INFO"])
+            .is_some_and(|info| info.contains("cluster_state:ok"))
+    }
+
+    /// How many keys this node holds (`DBSIZE`).
+    pub fn key_count(&self) -> u64 {
+        self.command(&["DBSIZE"])
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     }
 }
 
