@@ -327,6 +327,7 @@ mod tests {
             child: None,
             port: first.port,
             dir: std::env::temp_dir().join(format!("image-url-redis-taken-{}", std::process::id())),
+            extra_args: Vec::new(),
         };
         std::fs::create_dir_all(&second.dir).unwrap();
         assert!(!second.try_spawn(), "the port is taken");
