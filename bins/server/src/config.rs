@@ -187,6 +187,8 @@ pub struct Cache {
     pub cleanup_interval_secs: u64,
     pub namespace: String,
     pub migrate_unnamespaced: bool,
+    pub index_shards: usize,
+    pub access_flush_ms: u64,
 }
 
 /// `[proxy]`: fetching objects from COS in `?mode=proxy`.

@@ -87,6 +87,9 @@ pub async fn serve(config: Config, figment: Figment, hooks: Hooks) -> Result<(),
                     custom => Some(custom.to_owned()),
                 };
                 redis.migrate_unnamespaced = config.cache.migrate_unnamespaced;
+                redis.index_shards = config.cache.index_shards;
+                redis.access_flush_interval =
+                    Duration::from_millis(config.cache.access_flush_ms.max(1));
                 let cache = RedisCache::connect(redis).await.map_err(|e| {
                     format!(
                         "cache.redis_url from {}: {e}",
