@@ -294,6 +294,110 @@ impl RedisServer {
     }
 }
 
+/// A master, its replica and three sentinels watching them as `mymaster`, started by
+/// this test on free loopback ports and killed on drop. Sentinels decide a master is
+/// down after 1 s.
+#[derive(Debug)]
+pub struct RedisSentinels {
+    /// The master at start.
+    pub master: RedisServer,
+    /// Its replica (the master after a failover).
+    pub replica: RedisServer,
+    sentinels: Vec<(Child, u16)>,
+    dir: PathBuf,
+}
+
+impl RedisSentinels {
+    /// Starts everything and waits until each sentinel says it monitors the master.
+    pub fn start() -> Self {
+        let master = RedisServer::start();
+        let master_port = master.addr().port().to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port]);
+        let dir = std::env::temp_dir().join(format!(
+            "image-url-sentinels-{}-{master_port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the sentinels' dir");
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let mut sentinels = Vec::new();
+        while sentinels.len() < 3 {
+            let port = free_port();
+            let conf = dir.join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 2\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                    dir.display()
+                ),
+            )
+            .expect("write a sentinel config");
+            let mut child = Command::new(&bin)
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start a sentinel");
+            let stdout = child.stdout.take().expect("piped stdout");
+            let mut lines = BufReader::new(stdout).lines();
+            // Its own signal that it watches the master, or the end of its output when
+            // it could not bind (then another port).
+            let ready = lines
+                .by_ref()
+                .map_while(Result::ok)
+                .any(|line| line.contains("+monitor master mymaster"));
+            if !ready {
+                let _ = child.kill();
+                let _ = child.wait();
+                continue;
+            }
+            std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+            sentinels.push((child, port));
+        }
+        RedisSentinels {
+            master,
+            replica,
+            sentinels,
+            dir,
+        }
+    }
+
+    /// `redis-sentinel://` URL naming the three sentinels and the service.
+    pub fn url(&self) -> String {
+        let mut ports = self.sentinels.iter().map(|(_, port)| *port);
+        let first = ports.next().expect("a sentinel");
+        let nodes: Vec<String> = ports.map(|p| format!("&node=127.0.0.1:{p}")).collect();
+        format!(
+            "redis-sentinel://127.0.0.1:{first}?sentinelServiceName=mymaster{}",
+            nodes.concat()
+        )
+    }
+
+    /// The port of the master the first sentinel names now.
+    pub fn master_port(&self) -> Option<u16> {
+        let port = self.sentinels.first()?.1;
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let request =
+            "*3\r\n$8\r\nSENTINEL\r\n$23\r\nget-master-addr-by-name\r\n$8\r\nmymaster\r\n";
+        stream.write_all(request.as_bytes()).ok()?;
+        // *2, $9, 127.0.0.1, $5, PORT
+        let mut lines = BufReader::new(stream).lines();
+        let reply: Vec<String> = lines.by_ref().take(5).map_while(Result::ok).collect();
+        reply.get(4)?.trim().parse().ok()
+    }
+}
+
+impl Drop for RedisSentinels {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

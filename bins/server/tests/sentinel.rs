@@ -1,0 +1,140 @@
+//! A server process on a master behind three sentinels the test starts: the master is
+//! killed under load, the sentinels promote its replica, the client follows, no request
+//! fails, and caching goes on on the new master.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{http, origin, serve_for, start};
+use image_url_tests::RedisSentinels;
+use serde_json::{json, Value};
+
+mod common;
+
+async fn batch(http: &reqwest::Client, base: &str, keys: &[String]) -> Value {
+    http.post(format!("{base}/api/v1/images/batch/urls"))
+        .json(&json!({ "keys": keys }))
+        .send()
+        .await
+        .expect("the server answers")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_follows_a_failover_and_no_request_fails() {
+    let mut redis = RedisSentinels::start();
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<String> = (0..20).map(|i| format!("s{i}.jpg")).collect();
+    for key in &keys {
+        std::fs::write(dir.path().join(key), b"jpeg").unwrap();
+    }
+    let origin = origin(dir.path(), "AKIDsentinel", "sentinel-secret").await;
+    let server = start(
+        serve_for(&origin, "AKIDsentinel", "sentinel-secret")
+            .env("IMAGE_URL_CACHE__BACKEND", "redis")
+            .env("IMAGE_URL_CACHE__REDIS_URL", redis.url())
+            .env("IMAGE_URL_CACHE__POOL_SIZE", "2")
+            .env("IMAGE_URL_REFRESHER__ENABLED", "false"),
+    );
+    let http = http();
+    let first = batch(&http, &server.base, &keys).await;
+    let again = batch(&http, &server.base, &keys).await;
+    for key in &keys {
+        assert_eq!(first["results"][key]["from_cache"], false, "{first}");
+        assert_eq!(again["results"][key]["from_cache"], true, "{again}");
+    }
+    assert!(redis.master.key_count() > 0, "entries are on the master");
+
+    let answered = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let (http, keys, base) = (http.clone(), keys.clone(), server.base.clone());
+        let (answered, failed, stop, progress) = (
+            answered.clone(),
+            failed.clone(),
+            stop.clone(),
+            progress.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let mut i = worker;
+            while !stop.load(Ordering::Relaxed) {
+                let key = &keys[i % keys.len()];
+                i += 1;
+                let ok = http
+                    .get(format!("{base}/api/v1/images/{key}/proxy"))
+                    .send()
+                    .await
+                    .is_ok_and(|res| res.status() == 302);
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                answered.fetch_add(1, Ordering::Relaxed);
+                progress.notify_waiters();
+            }
+        }));
+    }
+    let reach = |n: usize| {
+        let (answered, progress) = (answered.clone(), progress.clone());
+        async move {
+            loop {
+                let notified = progress.notified();
+                if answered.load(Ordering::Relaxed) >= n {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), reach(100))
+        .await
+        .expect("load runs");
+
+    // Kill the master; the sentinels promote the replica (down after 1 s, then a vote).
+    let replica_port = redis.replica.addr().port();
+    redis.master.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis.master_port() != Some(replica_port) {
+        assert!(Instant::now() < deadline, "no failover");
+        tokio::task::yield_now().await;
+    }
+    let promoted = answered.load(Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(60), reach(promoted + 300))
+        .await
+        .expect("requests go on after the failover");
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "every request got its 302"
+    );
+
+    // The client follows the new master: new entries are written there and read back.
+    let fresh: Vec<String> = keys.iter().map(|k| format!("new/{k}")).collect();
+    for key in &fresh {
+        std::fs::create_dir_all(dir.path().join("new")).unwrap();
+        std::fs::write(dir.path().join(key), b"jpeg").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        batch(&http, &server.base, &fresh).await;
+        let read = batch(&http, &server.base, &fresh).await;
+        if fresh
+            .iter()
+            .all(|k| read["results"][k]["from_cache"] == true)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "caching did not resume: {read}");
+    }
+    assert!(redis.replica.key_count() > 0);
+    origin.stop().await;
+}
