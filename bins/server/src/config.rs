@@ -189,6 +189,8 @@ pub struct Cache {
     pub migrate_unnamespaced: bool,
     pub index_shards: usize,
     pub access_flush_ms: u64,
+    pub l1_max_entries: usize,
+    pub l1_ttl_secs: u64,
 }
 
 /// `[proxy]`: fetching objects from COS in `?mode=proxy`.

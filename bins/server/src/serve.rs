@@ -90,6 +90,8 @@ pub async fn serve(config: Config, figment: Figment, hooks: Hooks) -> Result<(),
                 redis.index_shards = config.cache.index_shards;
                 redis.access_flush_interval =
                     Duration::from_millis(config.cache.access_flush_ms.max(1));
+                redis.l1_max_entries = config.cache.l1_max_entries;
+                redis.l1_ttl = Duration::from_secs(config.cache.l1_ttl_secs.max(1));
                 let cache = RedisCache::connect(redis).await.map_err(|e| {
                     format!(
                         "cache.redis_url from {}: {e}",

@@ -83,6 +83,11 @@ impl Metrics {
                     s.misses,
                 ),
                 (
+                    "image_url_cache_l1_hits_total",
+                    "Cache hits served from the in-process L1 in front of Redis (no round trip)",
+                    s.cache.l1_hits,
+                ),
+                (
                     "image_url_pre_refreshes_total",
                     "Cached URLs re-signed inside the pre-refresh threshold",
                     s.pre_refreshes,

@@ -24,6 +24,9 @@ pub struct CacheStats {
     /// Entries found unreadable (a value of the wrong type, a malformed field) and
     /// dropped; each such lookup also counts as a miss.
     pub corrupt: u64,
+    /// Of the `hits`, those served from an in-process L1 in front of the backend (no
+    /// round trip); 0 for backends without one.
+    pub l1_hits: u64,
 }
 
 impl CacheStats {
@@ -86,6 +89,7 @@ impl StatsCounters {
             evictions: self.evictions.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             corrupt: self.corrupt.load(Ordering::Relaxed),
+            l1_hits: 0,
         }
     }
 }

@@ -30,6 +30,32 @@ impl CacheFactory for Memory {
     }
 }
 
+/// [`Redis`] with an L1 in front (the in-process cache the server's `l1_max_entries`
+/// turns on): the contract holds through it too.
+struct RedisWithL1(RedisServer);
+
+#[async_trait]
+impl CacheFactory for RedisWithL1 {
+    async fn make(
+        &self,
+        capacity: usize,
+        policy: EvictionPolicy,
+        clock: Arc<ManualClock>,
+    ) -> Arc<dyn UrlCache> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let mut config = RedisConfig::new(self.0.url());
+        config.max_entries = capacity;
+        config.policy = policy;
+        config.pool_size = 4;
+        config.l1_max_entries = 1000;
+        config.key_prefix = format!("conformance-l1-{}:", NEXT.fetch_add(1, Ordering::Relaxed));
+        let cache = RedisCache::connect_with_clock(config, clock)
+            .await
+            .expect("connect");
+        Arc::new(cache)
+    }
+}
+
 /// A Redis of the test's own, stopped when the test ends. (Not a `static`: statics are
 /// never dropped, so every test process would leave its `redis-server` running.)
 struct Redis(RedisServer);
@@ -84,6 +110,8 @@ macro_rules! conformance {
         backend_suite!(redis_lru, Redis::start(), EvictionPolicy::lru());
         backend_suite!(redis_lfu, Redis::start(), EvictionPolicy::lfu());
         backend_suite!(redis_fifo, Redis::start(), EvictionPolicy::fifo());
+        backend_suite!(redis_l1_lru, RedisWithL1(RedisServer::start()), EvictionPolicy::lru());
+        backend_suite!(redis_l1_lfu, RedisWithL1(RedisServer::start()), EvictionPolicy::lfu());
     };
 }
 

@@ -585,3 +585,52 @@ async fn leases_are_exclusive_and_run_out() {
         Some("replica-a")
     );
 }
+
+/// Two replicas with an L1: a hot key is served from the process (no command reaches
+/// Redis, counted as an L1 hit), and a write, a refresh or a delete through one replica
+/// reaches the other's L1 within a second, through Redis pub/sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_serves_hot_keys_locally_and_replicas_invalidate_each_other() {
+    let server = RedisServer::start();
+    let replica = || {
+        let mut config = RedisConfig::new(server.url());
+        config.l1_max_entries = 100;
+        RedisCache::connect(config)
+    };
+    let a = replica().await.unwrap();
+    let b = replica().await.unwrap();
+    let now = SystemClock.now_unix();
+    a.put(entry("hot.jpg", now, 3600.0)).await.unwrap();
+    assert_eq!(
+        b.get("hot.jpg").await.unwrap().unwrap().url,
+        "https://b.example/hot.jpg?q-signature=s"
+    );
+    assert_eq!(server.command(&["CONFIG", "RESETSTAT"]), "+OK");
+    for _ in 0..5 {
+        assert!(b.get("hot.jpg").await.unwrap().is_some());
+    }
+    assert_eq!(command_calls(&server).get("hgetall"), None);
+    assert_eq!(b.stats().l1_hits, 5);
+    assert_eq!(b.stats().hits, 6);
+
+    // A refresh through A: B serves the new URL within a second.
+    let mut refreshed = entry("hot.jpg", now, 7200.0);
+    refreshed.url = "https://b.example/hot.jpg?q-signature=refreshed".into();
+    a.put(refreshed.clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let seen = b.get("hot.jpg").await.unwrap().unwrap().url;
+        if seen == refreshed.url {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B still serves {seen}");
+        tokio::task::yield_now().await;
+    }
+    // A delete through A: gone from B's L1 too.
+    assert!(a.delete("hot.jpg").await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while b.get("hot.jpg").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "B still serves a deleted entry");
+        tokio::task::yield_now().await;
+    }
+}

@@ -40,7 +40,10 @@ use tokio::task::JoinHandle;
 use crate::clock::from_unix_secs;
 
 mod access;
+mod l1;
 use access::{AccessBuffer, Pending};
+use fred::interfaces::PubsubInterface;
+use l1::L1;
 
 /// Takes the lease (`KEYS[1]`) for `ARGV[1]` for `ARGV[2]` ms if it is free, or extends
 /// it if `ARGV[1]` holds it; 1 if `ARGV[1]` holds it afterwards.
@@ -130,6 +133,12 @@ pub struct RedisConfig {
     /// Most distinct keys whose accesses wait for the next flush (default 65 536);
     /// beyond, accesses of new keys are dropped (and counted), never blocking a read.
     pub access_buffer_keys: usize,
+    /// Entries kept in the process in front of Redis (an L1), so that a hot key costs no
+    /// round trip; 0 (the default) turns the L1 off. Kept coherent across replicas by
+    /// invalidations over Redis pub/sub.
+    pub l1_max_entries: usize,
+    /// Longest time an entry stays in the L1 (default 60 s), whatever the invalidations.
+    pub l1_ttl: Duration,
 }
 
 impl RedisConfig {
@@ -161,6 +170,8 @@ impl Default for RedisConfig {
             index_shards: 16,
             access_flush_interval: Duration::from_secs(1),
             access_buffer_keys: 65_536,
+            l1_max_entries: 0,
+            l1_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -179,6 +190,8 @@ impl fmt::Debug for RedisConfig {
             .field("policy", &self.policy)
             .field("index_shards", &self.index_shards)
             .field("access_flush_interval", &self.access_flush_interval)
+            .field("l1_max_entries", &self.l1_max_entries)
+            .field("l1_ttl", &self.l1_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -214,6 +227,10 @@ struct Inner {
     unnamespaced: Option<Layout>,
     /// Accesses not yet written to Redis.
     access: Arc<AccessBuffer>,
+    /// The in-process cache in front of Redis, when on.
+    l1: Option<Arc<L1>>,
+    /// The L1's subscription to invalidations.
+    subscriber: Option<fred::clients::SubscriberClient>,
     policy: EvictionPolicy,
     max_entries: usize,
     /// Connections (re)established, counted from fred's reconnection events.
@@ -230,9 +247,13 @@ impl Drop for Inner {
         }
         // Stop the pool's reconnect loops too; nobody can use it any more.
         let pool = self.pool.clone();
+        let subscriber = self.subscriber.take();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 let _ = pool.quit().await;
+                if let Some(subscriber) = subscriber {
+                    let _ = subscriber.quit().await;
+                }
             });
         }
     }
@@ -295,6 +316,7 @@ impl RedisCache {
             2,
         );
         reconnect.set_jitter(100);
+        let subscriber_config = fred_config.clone();
         let pool = Builder::from_config(fred_config)
             .with_connection_config(|c| {
                 c.connection_timeout = config.connect_timeout;
@@ -381,6 +403,34 @@ impl RedisCache {
             layout.clone(),
             config.command_timeout,
         )));
+        let (l1, subscriber) = if config.l1_max_entries > 0 {
+            let l1 = Arc::new(L1::new(
+                config.l1_max_entries,
+                config.l1_ttl,
+                format!("{}:invalidate", layout.index),
+            ));
+            let mut reconnect = ReconnectPolicy::new_exponential(
+                0,
+                config.reconnect_min_delay.as_millis() as u32,
+                config.reconnect_max_delay.as_millis() as u32,
+                2,
+            );
+            reconnect.set_jitter(100);
+            let subscriber = Builder::from_config(subscriber_config)
+                .with_connection_config(|c| {
+                    c.connection_timeout = config.connect_timeout;
+                    c.internal_command_timeout = config.command_timeout;
+                })
+                .set_policy(reconnect)
+                .build_subscriber_client()
+                .map_err(|e| {
+                    CacheError::InvalidInput(format!("Redis subscriber: {}", e.details()))
+                })?;
+            tasks.push(tokio::spawn(invalidations(subscriber.clone(), l1.clone())));
+            (Some(l1), Some(subscriber))
+        } else {
+            (None, None)
+        };
         Ok(RedisCache {
             inner: Arc::new(Inner {
                 pool,
@@ -391,6 +441,8 @@ impl RedisCache {
                 layout,
                 unnamespaced,
                 access,
+                l1,
+                subscriber,
                 policy: config.policy,
                 max_entries: config.max_entries.max(1),
                 reconnects,
@@ -500,6 +552,9 @@ impl RedisCache {
             self.delete_or_log(key).await;
             return Ok(None);
         }
+        if let Some(l1) = &self.inner.l1 {
+            l1.insert(&entry);
+        }
         // The access is recorded here and written with the next flush; the entry shows
         // the stored count plus this process's pending ones, this access included.
         let pending = self.inner.access.record(key, now);
@@ -507,6 +562,36 @@ impl RedisCache {
         entry.last_accessed = from_unix_secs(now);
         self.inner.stats.hit(1);
         Ok(Some(entry))
+    }
+
+    /// An entry the L1 held, as a lookup answers it: counted (a hit, and an L1 hit), its
+    /// access recorded for the next flush.
+    fn served_from_l1(&self, key: &str, mut entry: CacheEntry, now: f64) -> CacheEntry {
+        if let Some(l1) = &self.inner.l1 {
+            l1.hit();
+        }
+        self.inner.stats.hit(1);
+        let pending = self.inner.access.record(key, now);
+        entry.access_count += pending.map_or(1, |p| p.count);
+        entry.last_accessed = from_unix_secs(now);
+        entry
+    }
+
+    /// With an L1: drops `keys` from it and queues their invalidation on `pipe` for the
+    /// other replicas' L1s.
+    async fn queue_invalidation<S: AsRef<str>>(
+        &self,
+        pipe: &fred::clients::Pipeline<fred::clients::Client>,
+        keys: &[S],
+    ) -> Result<(), FredError> {
+        if let Some(l1) = &self.inner.l1 {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            l1.invalidate(keys);
+            let _: () = pipe.publish(&l1.channel, l1.message(keys)).await?;
+        }
+        Ok(())
     }
 
     /// Moves an entry kept in an older form into this layout and answers the lookup:
@@ -625,8 +710,9 @@ impl RedisCache {
             let _: () = pipe.del(&entry_key).await?;
             let _: () = pipe.zrem(layout.expiry_of(key), key).await?;
             let _: () = pipe.zrem(layout.policy_of(key), key).await?;
-            let (deleted, _, _): (i64, i64, i64) = pipe.all().await?;
-            Ok(deleted > 0)
+            self.queue_invalidation(&pipe, &[key]).await?;
+            let replies: Vec<i64> = pipe.all().await?;
+            Ok(replies.first().is_some_and(|&deleted| deleted > 0))
         };
         self.run(op).await
     }
@@ -650,12 +736,26 @@ impl RedisCache {
         let pipe = self.inner.pool.next_connected().pipeline();
         let op = async {
             self.queue_store(&pipe, entry).await?;
+            self.queue_published(&pipe, &[key.as_str()]).await?;
             self.queue_count(&pipe).await?;
             let replies: Vec<Value> = pipe.all().await?;
             Ok(self.counted(&replies))
         };
         let held = self.run(op).await?;
         self.enforce_capacity(held, &key).await
+    }
+
+    /// With an L1: queues the message that drops `keys` from the other replicas' L1s
+    /// (this one's holds what was just written).
+    async fn queue_published(
+        &self,
+        pipe: &fred::clients::Pipeline<fred::clients::Client>,
+        keys: &[&str],
+    ) -> Result<(), FredError> {
+        if let Some(l1) = &self.inner.l1 {
+            let _: () = pipe.publish(&l1.channel, l1.message(keys)).await?;
+        }
+        Ok(())
     }
 
     /// Queues a `ZCARD` of every policy shard on `pipe`: the entries held, summed by
@@ -689,6 +789,9 @@ impl RedisCache {
         // The entry carries its bookkeeping whole: accesses pending for it are its
         // writer's to count, not the next flush's.
         self.inner.access.forget(&entry.image_key);
+        if let Some(l1) = &self.inner.l1 {
+            l1.insert(&entry);
+        }
         let entry_key = self.entry_key(&entry.image_key);
         let layout = &self.inner.layout;
         // From the entry, not the clock: a refreshed entry (same creation and last use)
@@ -799,10 +902,16 @@ impl RedisCache {
                 let _: () = pipe.del(self.entry_key(key)).await?;
                 let _: () = pipe.zrem(layout.expiry_of(key), key.as_str()).await?;
             }
+            let victims: Vec<&str> = candidates.iter().map(|(_, k)| k.as_str()).collect();
+            self.queue_invalidation(&pipe, &victims).await?;
             pipe.all::<Vec<i64>>().await
         };
         let replies = self.run(op).await?;
-        let evicted = replies.chunks(3).filter(|r| r[0] > 0).count();
+        let evicted = replies
+            .chunks(3)
+            .take(candidates.len())
+            .filter(|r| r[0] > 0)
+            .count();
         for (_, key) in &candidates {
             self.inner.access.forget(key);
         }
@@ -944,6 +1053,43 @@ async fn flush_loop(
         interval.tick().await;
         if let Err(err) = flush(&pool, &layout, kind, &access, timeout).await {
             tracing::debug!(error = %err, "access flush failed; those accesses are dropped");
+        }
+    }
+}
+
+/// The L1's subscription: applies other replicas' invalidations, and drops the whole L1
+/// after a reconnection (messages may have been missed meanwhile). fred resubscribes on
+/// its own after a reconnection, a Sentinel failover or a Cluster change.
+async fn invalidations(subscriber: fred::clients::SubscriberClient, l1: Arc<L1>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut messages = subscriber.message_rx();
+    let mut reconnects = subscriber.reconnect_rx();
+    let _resubscribe = subscriber.manage_subscriptions();
+    let _connection = subscriber.connect();
+    loop {
+        if subscriber.wait_for_connect().await.is_ok()
+            && subscriber.subscribe(l1.channel.as_str()).await.is_ok()
+        {
+            break;
+        }
+        // Not up yet (Redis down at start): fred keeps reconnecting; ask again later.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    loop {
+        tokio::select! {
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    if let Some(text) = message.value.as_str() {
+                        l1.receive(&text);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => l1.clear(),
+                Err(RecvError::Closed) => break,
+            },
+            reconnect = reconnects.recv() => match reconnect {
+                Ok(_) | Err(RecvError::Lagged(_)) => l1.clear(),
+                Err(RecvError::Closed) => break,
+            },
         }
     }
 }
@@ -1131,6 +1277,34 @@ impl UrlCache for RedisCache {
         // worth it for a single lookup, not for a batch, whose misses are signed anew
         // (the old entries then simply expire).
         let migrate = keys.len() == 1;
+        // The L1 first: a live entry there costs no round trip.
+        let mut from_l1: Vec<Option<CacheEntry>> = vec![None; keys.len()];
+        if let Some(l1) = &self.inner.l1 {
+            for (slot, key) in from_l1.iter_mut().zip(keys) {
+                match l1.get(key) {
+                    Some(entry) if now < entry.expires_at_unix() => *slot = Some(entry),
+                    Some(_) => l1.invalidate(&[key]),
+                    None => {}
+                }
+            }
+        }
+        let remote: Vec<&str> = keys
+            .iter()
+            .zip(&from_l1)
+            .filter(|(_, hit)| hit.is_none())
+            .map(|(key, _)| *key)
+            .collect();
+        if remote.is_empty() {
+            return Ok(keys
+                .iter()
+                .zip(from_l1)
+                .map(|(key, entry)| entry.map(|entry| self.served_from_l1(key, entry, now)))
+                .collect());
+        }
+        let migrate = migrate && remote.len() == 1;
+        let keys_in_l1 = from_l1;
+        let all_keys = keys;
+        let keys = remote.as_slice();
         // One read per key, nothing written: the accesses go to the buffer.
         let pipe = self.inner.pool.next_connected().pipeline();
         for key in keys {
@@ -1151,9 +1325,18 @@ impl UrlCache for RedisCache {
             return Err(CacheError::Unavailable("truncated pipeline reply".into()));
         }
         let mut replies = replies.into_iter();
-        let mut found = Vec::with_capacity(keys.len());
+        let mut fetched = Vec::with_capacity(keys.len());
         for key in keys {
-            found.push(self.finish_lookup(key, &mut replies, now, migrate).await?);
+            fetched.push(self.finish_lookup(key, &mut replies, now, migrate).await?);
+        }
+        // Back in the order asked, L1 hits in their places.
+        let mut fetched = fetched.into_iter();
+        let mut found = Vec::with_capacity(all_keys.len());
+        for (key, in_l1) in all_keys.iter().zip(keys_in_l1) {
+            found.push(match in_l1 {
+                Some(entry) => Some(self.served_from_l1(key, entry, now)),
+                None => fetched.next().flatten(),
+            });
         }
         Ok(found)
     }
@@ -1192,6 +1375,8 @@ impl UrlCache for RedisCache {
             for entry in live.iter().cloned() {
                 self.queue_store(&pipe, entry).await?;
             }
+            let written: Vec<&str> = live.iter().map(|e| e.image_key.as_str()).collect();
+            self.queue_published(&pipe, &written).await?;
             self.queue_count(&pipe).await?;
             let replies: Vec<Value> = pipe.all().await?;
             Ok(self.counted(&replies))
@@ -1229,6 +1414,7 @@ impl UrlCache for RedisCache {
                 let _: () = pipe.zrem(layout.expiry(shard), members.clone()).await?;
                 let _: () = pipe.zrem(layout.policy(shard), members).await?;
             }
+            self.queue_invalidation(&pipe, keys).await?;
             let replies: Vec<i64> = pipe.all().await?;
             Ok(replies[..keys.len()].iter().filter(|&&d| d > 0).count())
         };
@@ -1356,6 +1542,7 @@ impl UrlCache for RedisCache {
                     for key in &keys {
                         let _: () = pipe.del(self.entry_key(key)).await?;
                     }
+                    self.queue_invalidation(&pipe, &keys).await?;
                     pipe.all::<Vec<Value>>().await
                 };
                 self.run(op).await?;
@@ -1391,7 +1578,9 @@ impl UrlCache for RedisCache {
     }
 
     fn stats(&self) -> CacheStats {
-        self.inner.stats.snapshot()
+        let mut stats = self.inner.stats.snapshot();
+        stats.l1_hits = self.inner.l1.as_ref().map_or(0, |l1| l1.hits());
+        stats
     }
 
     fn reconnects(&self) -> u64 {
