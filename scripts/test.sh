@@ -95,3 +95,8 @@ cargo build -q -p image-url-server
 E2E_SERVER_BIN="$PWD/target/debug/image-url-server" npm --prefix web run -s test:e2e
 echo "front end: ok"
 
+
+# The deployment files: the binary built by the Dockerfile's own build command, started
+# and stopped as the systemd unit does (what this machine cannot run is listed in the
+# script).
+bash scripts/deploy-check.sh
