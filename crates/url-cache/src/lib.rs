@@ -2,8 +2,10 @@
 //!
 //! [`UrlCache`] is a small object-safe async trait (`Arc<dyn UrlCache>`) with a written
 //! contract; [`MemoryCache`] (LRU, LFU or FIFO, with a capacity) is the embedded default
-//! and what tests use, [`RedisCache`] shares one cache between replicas. Both take "now"
-//! from an injected [`Clock`], so expiry is tested without sleeping.
+//! and what tests use, [`RedisCache`] shares one cache between replicas — on a standalone
+//! Redis, a Cluster or behind Sentinel, with one read per hit, sharded indexes and an
+//! optional in-process L1 kept coherent over pub/sub (`docs/redis-layout.md`). Both take
+//! "now" from an injected [`Clock`], so expiry is tested without sleeping.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
