@@ -634,3 +634,48 @@ async fn l1_serves_hot_keys_locally_and_replicas_invalidate_each_other() {
         tokio::task::yield_now().await;
     }
 }
+
+/// On a current-thread runtime (an actix-web worker) lookups use a client of that
+/// thread once it has connected. A thread that runs one runtime after another must never
+/// send a lookup to a client whose connection task died with an earlier runtime: every
+/// lookup answers, in every runtime.
+#[test]
+fn lookups_on_one_thread_survive_its_runtimes_one_after_another() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let shared = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = shared.block_on(async {
+        let cache = RedisCache::connect(RedisConfig::new(url)).await.unwrap();
+        cache
+            .put(entry("a.jpg", SystemClock.now_unix(), 3600.0))
+            .await
+            .unwrap();
+        cache
+    });
+    for round in 0..3 {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // The first lookups on this runtime go through the shared pool while the
+            // thread's client connects; the later ones through it. Every one answers.
+            for _ in 0..200 {
+                let got = tokio::time::timeout(Duration::from_secs(2), cache.get("a.jpg"))
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: a lookup hung"))
+                    .unwrap();
+                assert!(got.is_some(), "round {round}");
+                tokio::task::yield_now().await;
+            }
+        });
+        drop(runtime);
+    }
+    assert_eq!(cache.stats().errors, 0);
+    drop(cache);
+    drop(shared);
+}

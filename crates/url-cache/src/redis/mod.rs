@@ -71,6 +71,16 @@ use crate::{
 /// it was read (`HINCRBY` creates the hash), it has no `url`, reads as a miss, and goes.
 const STUB_TTL_SECS: i64 = 60;
 
+thread_local! {
+    /// Per-thread clients of the lookup path, by cache id. They live as long as their
+    /// thread (an actix worker lives as long as the server); a cache dropped earlier
+    /// leaves its client to the thread's end, whose runtime then ends its connection.
+    #[allow(clippy::type_complexity)]
+    static THREAD_CLIENTS: std::cell::RefCell<
+        HashMap<u64, (fred::clients::Client, std::sync::Weak<()>)>,
+    > = std::cell::RefCell::new(HashMap::new());
+}
+
 /// FNV-1a, 64 bits: which index shard (and which access-buffer lock) a key belongs to.
 /// Fixed forever: changing it would move every key to another shard.
 pub(crate) fn fnv1a(key: &str) -> u64 {
@@ -218,6 +228,10 @@ pub struct RedisCache {
 
 struct Inner {
     pool: Pool,
+    /// Builds the per-thread clients of the lookup path ([`RedisCache::lookup_client`]).
+    builder: Builder,
+    /// This cache among the per-thread clients of a thread.
+    id: u64,
     clock: Arc<dyn Clock>,
     stats: StatsCounters,
     healthy: Arc<AtomicBool>,
@@ -317,7 +331,8 @@ impl RedisCache {
         );
         reconnect.set_jitter(100);
         let subscriber_config = fred_config.clone();
-        let pool = Builder::from_config(fred_config)
+        let mut builder = Builder::from_config(fred_config);
+        builder
             .with_connection_config(|c| {
                 c.connection_timeout = config.connect_timeout;
                 c.internal_command_timeout = config.command_timeout;
@@ -326,7 +341,8 @@ impl RedisCache {
             .with_performance_config(|p| {
                 p.default_command_timeout = config.command_timeout;
             })
-            .set_policy(reconnect)
+            .set_policy(reconnect);
+        let pool = builder
             .build_pool(config.pool_size.max(1))
             .map_err(|e| CacheError::InvalidInput(format!("Redis pool: {}", e.details())))?;
         // Every (re)connection of every pooled client, the first included. Subscribed
@@ -431,9 +447,12 @@ impl RedisCache {
         } else {
             (None, None)
         };
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(RedisCache {
             inner: Arc::new(Inner {
                 pool,
+                builder,
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 clock,
                 stats: StatsCounters::default(),
                 healthy,
@@ -458,6 +477,56 @@ impl RedisCache {
 
     fn entry_key(&self, key: &str) -> String {
         self.inner.layout.entry_key(key)
+    }
+
+    /// The client a lookup sends its read with. On a current-thread runtime (an actix-web
+    /// worker: each has its own) it is a client of this thread, created on first use,
+    /// whose connection task runs on the same runtime: the read and its reply then never
+    /// cross to another thread. Measured, the crossing to the pool's connection tasks on
+    /// the main runtime was most of a Redis-backed request's CPU (two thread wake-ups per
+    /// command). Anywhere else, the shared pool.
+    fn lookup_client(&self) -> fred::clients::Client {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let current_thread = Handle::try_current()
+            .is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::CurrentThread);
+        if !current_thread {
+            return self.inner.pool.next_connected().clone();
+        }
+        THREAD_CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            // A client whose runtime has ended (a thread can run one runtime after
+            // another) has lost its connection task: build another.
+            if let Some((client, alive)) = clients.get(&self.inner.id) {
+                if alive.upgrade().is_some() {
+                    // Until it has connected (the first calls on a thread, or during a
+                    // reconnection), the shared pool answers: a new client's first
+                    // command would wait for its connection (and, on a Cluster, for the
+                    // slot map) past the service's deadline.
+                    return if client.is_connected() {
+                        client.clone()
+                    } else {
+                        self.inner.pool.next_connected().clone()
+                    };
+                }
+            }
+            match self.inner.builder.build() {
+                Ok(client) => {
+                    // The connection task joins this thread's runtime and reconnects on
+                    // its own, like the pool's. A task that only holds `runtime` says
+                    // whether that runtime still runs: it is dropped with it.
+                    let _connection = client.connect();
+                    let runtime = Arc::new(());
+                    let alive = Arc::downgrade(&runtime);
+                    tokio::spawn(async move {
+                        let _runtime = runtime;
+                        std::future::pending::<()>().await
+                    });
+                    clients.insert(self.inner.id, (client, alive));
+                    self.inner.pool.next_connected().clone()
+                }
+                Err(_) => self.inner.pool.next_connected().clone(),
+            }
+        })
     }
 
     /// Writes the accesses recorded in this process now (the background task does it
@@ -1306,7 +1375,7 @@ impl UrlCache for RedisCache {
         let all_keys = keys;
         let keys = remote.as_slice();
         // One read per key, nothing written: the accesses go to the buffer.
-        let pipe = self.inner.pool.next_connected().pipeline();
+        let pipe = self.lookup_client().pipeline();
         for key in keys {
             let _: () = pipe
                 .hgetall(self.entry_key(key))
