@@ -253,6 +253,8 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         let cluster = RedisCluster { nodes };
+        // Redis announces no event when the slots settle: poll each node's own state,
+        // bounded.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !cluster.nodes.iter().all(|n| n.cluster_ok()) {
             assert!(

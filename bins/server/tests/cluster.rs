@@ -3,11 +3,9 @@
 //! (the replicas sign directly while its slots are gone) and caching resumes when it
 //! returns.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{http, origin, serve_for, start, Running};
+use common::{http, origin, serve_for, start, Load, Running};
 use image_url_tests::RedisCluster;
 use serde_json::{json, Value};
 
@@ -57,87 +55,24 @@ async fn replicas_share_a_cluster_and_survive_a_master_going_down() {
     }
 
     // Load on both replicas; one master is killed, then started again.
-    let answered = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(tokio::sync::Notify::new());
-    let mut load = Vec::new();
-    for worker in 0..8 {
-        let base = if worker % 2 == 0 {
-            a.base.clone()
-        } else {
-            b.base.clone()
-        };
-        let (http, keys) = (http.clone(), keys.clone());
-        let (answered, failed, stop, progress) = (
-            answered.clone(),
-            failed.clone(),
-            stop.clone(),
-            progress.clone(),
-        );
-        load.push(tokio::spawn(async move {
-            let mut i = worker;
-            while !stop.load(Ordering::Relaxed) {
-                let key = &keys[i % keys.len()];
-                i += 1;
-                let res = http
-                    .get(format!("{base}/api/v1/images/{key}/proxy"))
-                    .send()
-                    .await;
-                match res {
-                    Ok(res) if res.status() == 302 => {}
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                answered.fetch_add(1, Ordering::Relaxed);
-                progress.notify_waiters();
-            }
-        }));
-    }
-    let reach = |n: usize| {
-        let (answered, progress) = (answered.clone(), progress.clone());
-        async move {
-            loop {
-                let notified = progress.notified();
-                if answered.load(Ordering::Relaxed) >= n {
-                    return;
-                }
-                notified.await;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), reach(200))
-        .await
-        .expect("load runs");
+    let load = Load::start(&http, &[&a.base, &b.base], &keys, 8);
+    load.reach(200, Duration::from_secs(30), "load runs").await;
     assert!(
         cluster.nodes[1].key_count() > 0,
         "the master to kill holds entries"
     );
     cluster.nodes[1].stop();
-    let at_kill = answered.load(Ordering::Relaxed);
-    tokio::time::timeout(Duration::from_secs(60), reach(at_kill + 600))
-        .await
-        .expect("requests go on while a master is down");
+    load.reach(600, Duration::from_secs(60), "while a master is down")
+        .await;
     cluster.nodes[1].start_again();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cluster.nodes.iter().all(|n| n.cluster_ok()) {
         assert!(Instant::now() < deadline, "the cluster did not recover");
         tokio::task::yield_now().await;
     }
-    let at_return = answered.load(Ordering::Relaxed);
-    tokio::time::timeout(Duration::from_secs(60), reach(at_return + 300))
-        .await
-        .expect("requests go on after the master returns");
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "every request got its 302"
-    );
+    load.reach(300, Duration::from_secs(60), "after the master returns")
+        .await;
+    assert_eq!(load.stop().await, 0, "every request got its 302");
 
     // Caching resumes on every slot, the returned master's included: a round of batches
     // ends with every key a hit on both replicas.

@@ -2,11 +2,9 @@
 //! killed under load, the sentinels promote its replica, the client follows, no request
 //! fails, and caching goes on on the new master.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{http, origin, serve_for, start};
+use common::{http, origin, serve_for, start, Load};
 use image_url_tests::RedisSentinels;
 use serde_json::{json, Value};
 
@@ -48,52 +46,8 @@ async fn the_client_follows_a_failover_and_no_request_fails() {
     }
     assert!(redis.master.key_count() > 0, "entries are on the master");
 
-    let answered = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(tokio::sync::Notify::new());
-    let mut load = Vec::new();
-    for worker in 0..4 {
-        let (http, keys, base) = (http.clone(), keys.clone(), server.base.clone());
-        let (answered, failed, stop, progress) = (
-            answered.clone(),
-            failed.clone(),
-            stop.clone(),
-            progress.clone(),
-        );
-        load.push(tokio::spawn(async move {
-            let mut i = worker;
-            while !stop.load(Ordering::Relaxed) {
-                let key = &keys[i % keys.len()];
-                i += 1;
-                let ok = http
-                    .get(format!("{base}/api/v1/images/{key}/proxy"))
-                    .send()
-                    .await
-                    .is_ok_and(|res| res.status() == 302);
-                if !ok {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                answered.fetch_add(1, Ordering::Relaxed);
-                progress.notify_waiters();
-            }
-        }));
-    }
-    let reach = |n: usize| {
-        let (answered, progress) = (answered.clone(), progress.clone());
-        async move {
-            loop {
-                let notified = progress.notified();
-                if answered.load(Ordering::Relaxed) >= n {
-                    return;
-                }
-                notified.await;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), reach(100))
-        .await
-        .expect("load runs");
+    let load = Load::start(&http, &[&server.base], &keys, 4);
+    load.reach(100, Duration::from_secs(30), "load runs").await;
 
     // Kill the master; the sentinels promote the replica (down after 1 s, then a vote).
     let replica_port = redis.replica.addr().port();
@@ -103,19 +57,9 @@ async fn the_client_follows_a_failover_and_no_request_fails() {
         assert!(Instant::now() < deadline, "no failover");
         tokio::task::yield_now().await;
     }
-    let promoted = answered.load(Ordering::Relaxed);
-    tokio::time::timeout(Duration::from_secs(60), reach(promoted + 300))
-        .await
-        .expect("requests go on after the failover");
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "every request got its 302"
-    );
+    load.reach(300, Duration::from_secs(60), "after the failover")
+        .await;
+    assert_eq!(load.stop().await, 0, "every request got its 302");
 
     // The client follows the new master: new entries are written there and read back.
     let fresh: Vec<String> = keys.iter().map(|k| format!("new/{k}")).collect();

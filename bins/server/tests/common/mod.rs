@@ -197,3 +197,89 @@ pub async fn metrics(http: &reqwest::Client, base: &str) -> String {
         .await
         .expect("a text body")
 }
+
+/// Redirect requests kept going by `workers` tasks until [`Load::stop`], spread over
+/// `bases` and `keys`; each answer counts, and any that is not a 302 (or no answer)
+/// counts as failed. Tests wait on [`Load::reach`], which wakes on every answer.
+pub struct Load {
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    progress: std::sync::Arc<tokio::sync::Notify>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts the workers.
+    pub fn start(http: &reqwest::Client, bases: &[&str], keys: &[String], workers: usize) -> Self {
+        use std::sync::atomic::Ordering;
+        let load = Load {
+            answered: Default::default(),
+            failed: Default::default(),
+            stop: Default::default(),
+            progress: Default::default(),
+            tasks: Vec::new(),
+        };
+        let tasks = (0..workers)
+            .map(|worker| {
+                let base = bases[worker % bases.len()].to_owned();
+                let (http, keys) = (http.clone(), keys.to_vec());
+                let (answered, failed, stop, progress) = (
+                    load.answered.clone(),
+                    load.failed.clone(),
+                    load.stop.clone(),
+                    load.progress.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut i = worker;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = &keys[i % keys.len()];
+                        i += 1;
+                        let redirected = http
+                            .get(format!("{base}/api/v1/images/{key}/proxy"))
+                            .send()
+                            .await
+                            .is_ok_and(|res| res.status() == 302);
+                        if !redirected {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        progress.notify_waiters();
+                    }
+                })
+            })
+            .collect();
+        Load { tasks, ..load }
+    }
+
+    /// Requests answered so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `more` requests have been answered from now, at most `within`.
+    pub async fn reach(&self, more: usize, within: Duration, what: &str) {
+        let target = self.answered() + more;
+        let wait = async {
+            loop {
+                let notified = self.progress.notified();
+                if self.answered() >= target {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(within, wait)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: fewer than {more} answers in {within:?}"));
+    }
+
+    /// Stops the workers; how many requests failed.
+    pub async fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("a load worker");
+        }
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
