@@ -5,9 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use common::{http, origin, serve_for, start, Load, Running};
+use common::{batch, http, origin, serve_for, start, Load, Running};
 use image_url_tests::RedisCluster;
-use serde_json::{json, Value};
 
 mod common;
 
@@ -19,17 +18,6 @@ fn replica(origin: &dev_origin::DevOrigin, cluster: &RedisCluster) -> Running {
             .env("IMAGE_URL_CACHE__POOL_SIZE", "2")
             .env("IMAGE_URL_REFRESHER__ENABLED", "false"),
     )
-}
-
-async fn batch(http: &reqwest::Client, base: &str, keys: &[String]) -> Value {
-    http.post(format!("{base}/api/v1/images/batch/urls"))
-        .json(&json!({ "keys": keys }))
-        .send()
-        .await
-        .expect("the replica answers")
-        .json()
-        .await
-        .expect("a JSON body")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

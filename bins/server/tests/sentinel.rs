@@ -4,22 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use common::{http, origin, serve_for, start, Load};
+use common::{batch, http, origin, serve_for, start, Load};
 use image_url_tests::RedisSentinels;
-use serde_json::{json, Value};
 
 mod common;
-
-async fn batch(http: &reqwest::Client, base: &str, keys: &[String]) -> Value {
-    http.post(format!("{base}/api/v1/images/batch/urls"))
-        .json(&json!({ "keys": keys }))
-        .send()
-        .await
-        .expect("the server answers")
-        .json()
-        .await
-        .expect("a JSON body")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_follows_a_failover_and_no_request_fails() {

@@ -283,3 +283,15 @@ impl Load {
         self.failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+/// `POST {base}/api/v1/images/batch/urls` with `keys`, as JSON.
+pub async fn batch(http: &reqwest::Client, base: &str, keys: &[String]) -> serde_json::Value {
+    http.post(format!("{base}/api/v1/images/batch/urls"))
+        .json(&serde_json::json!({ "keys": keys }))
+        .send()
+        .await
+        .expect("the server answers")
+        .json()
+        .await
+        .expect("a JSON body")
+}

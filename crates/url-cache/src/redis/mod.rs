@@ -330,7 +330,6 @@ impl RedisCache {
             2,
         );
         reconnect.set_jitter(100);
-        let subscriber_config = fred_config.clone();
         let mut builder = Builder::from_config(fred_config);
         builder
             .with_connection_config(|c| {
@@ -425,23 +424,10 @@ impl RedisCache {
                 config.l1_ttl,
                 format!("{}:invalidate", layout.index),
             ));
-            let mut reconnect = ReconnectPolicy::new_exponential(
-                0,
-                config.reconnect_min_delay.as_millis() as u32,
-                config.reconnect_max_delay.as_millis() as u32,
-                2,
-            );
-            reconnect.set_jitter(100);
-            let subscriber = Builder::from_config(subscriber_config)
-                .with_connection_config(|c| {
-                    c.connection_timeout = config.connect_timeout;
-                    c.internal_command_timeout = config.command_timeout;
-                })
-                .set_policy(reconnect)
-                .build_subscriber_client()
-                .map_err(|e| {
-                    CacheError::InvalidInput(format!("Redis subscriber: {}", e.details()))
-                })?;
+            // The pool's builder: the same server, timeouts and reconnection policy.
+            let subscriber = builder.build_subscriber_client().map_err(|e| {
+                CacheError::InvalidInput(format!("Redis subscriber: {}", e.details()))
+            })?;
             tasks.push(tokio::spawn(invalidations(subscriber.clone(), l1.clone())));
             (Some(l1), Some(subscriber))
         } else {
