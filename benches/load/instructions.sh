@@ -7,8 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-3000}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# KEEP=dir keeps the callgrind profiles there (for callgrind_annotate).
+work=${KEEP:-$(mktemp -d)}
+[ -n "${KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
+mkdir -p "$work"
 cargo build --release -q -p image-url-server
 cargo build --release -q -p image-url-benches --example const302
 

@@ -102,6 +102,8 @@ pub struct Server {
     pub admin_tokens: Vec<String>,
     pub workers: usize,
     pub json_logs: bool,
+    pub access_log: String,
+    pub access_log_sample_rate: f64,
     pub header_timeout_ms: u64,
     pub cors_origins: Vec<String>,
 }
@@ -119,6 +121,8 @@ impl std::fmt::Debug for Server {
             )
             .field("workers", &self.workers)
             .field("json_logs", &self.json_logs)
+            .field("access_log", &self.access_log)
+            .field("access_log_sample_rate", &self.access_log_sample_rate)
             .field("header_timeout_ms", &self.header_timeout_ms)
             .field("cors_origins", &self.cors_origins)
             .finish()

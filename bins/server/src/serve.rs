@@ -13,7 +13,10 @@ use figment::Figment;
 use image_url_service::{
     AccessPolicy, AlertConfig, ImageUrlService, MaintenanceConfig, ServiceConfig,
 };
-use proxy_http::{ApiConfig, AppState, ExtraRoutes, HttpServerHandle, WebhookSink};
+use proxy_http::{
+    AccessLog, AccessLogError, AccessLogFormat, AccessLogOptions, AccessLogWriter, ApiConfig,
+    AppState, ExtraRoutes, HttpServerHandle, WebhookSink,
+};
 use url_cache::{EvictionPolicy, MemoryCache, RedisCache, RedisConfig, UrlCache};
 
 use crate::cli::ServeArgs;
@@ -131,7 +134,15 @@ pub async fn serve(config: Config, figment: Figment, hooks: Hooks) -> Result<(),
         };
         let background = service.as_ref().ok().cloned();
         let alerts = alert_config(&config, &figment)?;
-        let api = api_config(&config, &figment)?;
+        let mut api = api_config(&config, &figment)?;
+        // Held until the server has stopped: dropping it writes the last lines.
+        let _access_log_writer = match access_log(&config, &figment)? {
+            Some((log, writer)) => {
+                api = api.access_log(log);
+                Some(writer)
+            }
+            None => None,
+        };
         let state = match service {
             Ok(service) => AppState::new(service, api),
             Err(why) => AppState::unconfigured(why, api),
@@ -318,6 +329,52 @@ fn endpoint(config: &Config, figment: &Figment) -> Result<Endpoint, String> {
             .map_err(|e| format!("cos.domain from {}: {e}", at("cos.domain")))?
     };
     Ok(endpoint.with_scheme(scheme))
+}
+
+/// The access log of `[server] access_log`, unless it is `off` — or `RUST_LOG` turns
+/// off `image_url::access`, as it could when the access line was a `tracing` event.
+fn access_log(
+    config: &Config,
+    figment: &Figment,
+) -> Result<Option<(AccessLog, AccessLogWriter)>, String> {
+    let server = &config.server;
+    if matches!(server.access_log.as_str(), "off" | "")
+        || !tracing::enabled!(target: "image_url::access", tracing::Level::INFO)
+    {
+        return Ok(None);
+    }
+    let mut options = AccessLogOptions::default();
+    options.sample_rate = server.access_log_sample_rate;
+    if server.json_logs {
+        options.format = AccessLogFormat::Json;
+    }
+    let out: Box<dyn std::io::Write + Send> = match server.access_log.as_str() {
+        "stderr" => {
+            // Whole lines, at most 4 KiB a write: atomic on a pipe, so they never
+            // interleave with the other log lines on stderr.
+            options.write_buffer_bytes = 4096;
+            Box::new(std::io::stderr())
+        }
+        path => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    format!(
+                        "server.access_log from {}: cannot open {path}: {e}",
+                        config::source_of(figment, "server.access_log")
+                    )
+                })?,
+        ),
+    };
+    AccessLog::start(out, options).map(Some).map_err(|e| {
+        let key = match e {
+            AccessLogError::SampleRate(_) => "server.access_log_sample_rate",
+            _ => "server.access_log",
+        };
+        format!("{key} from {}: {e}", config::source_of(figment, key))
+    })
 }
 
 fn api_config(config: &Config, figment: &Figment) -> Result<ApiConfig, String> {

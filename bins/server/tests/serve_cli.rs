@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use common::{http, server, start, Running};
+use common::{http, server, start, terminate};
 
 mod common;
 
@@ -83,17 +83,14 @@ async fn starts_on_the_embedded_default_says_what_is_missing_and_stops_on_sigter
         "{body}"
     );
 
-    let Running { process, log, .. } = running;
-    let mut child = process.take();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "clean exit on SIGTERM");
-    let log = log.join().unwrap().join("\n");
+    let log = terminate(running);
     assert!(log.contains("COS credentials missing"), "{log}");
     assert!(log.contains("stopped"), "{log}");
+    // The default access log: stderr, a line for the 503 (ids are 21 characters).
+    assert!(
+        log.lines()
+            .any(|l| l.contains("image_url::access: request request_id=")
+                && l.contains("route=\"/api/v1/images/{key}/proxy\" status=503")),
+        "{log}"
+    );
 }

@@ -690,9 +690,13 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, A
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text exposition")))]
 pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let stats = state.service.as_ref().ok().map(|s| s.stats());
+    let mut text = state.metrics.render(stats.as_ref());
+    if let Some(log) = &state.config.access_log {
+        crate::metrics::render_access_log(&mut text, log);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(stats.as_ref()))
+        .body(text)
 }
 
 async fn openapi() -> HttpResponse {

@@ -35,6 +35,7 @@ use std::time::Duration;
 use actix_web::{web, App, HttpServer};
 use image_url_service::ImageUrlService;
 
+mod access_log;
 mod assets;
 mod cors;
 mod error;
@@ -46,6 +47,9 @@ mod rate_limit;
 pub mod request_id;
 mod webhook;
 
+pub use access_log::{
+    AccessLog, AccessLogError, AccessLogFormat, AccessLogOptions, AccessLogWriter,
+};
 pub use assets::smart_image_path;
 pub use cors::InvalidOrigin;
 pub use error::{ApiError, Problem};
@@ -91,6 +95,10 @@ pub struct ApiConfig {
     /// `"*"` for any (never with credentials). Default: none. Set with
     /// [`ApiConfig::cors_origins`], which checks them.
     pub cors_origins: Vec<String>,
+    /// Where access lines go: an [`AccessLog`] (formatted and written off the workers),
+    /// or, by default, `tracing` events at `info` with the target `image_url::access`.
+    /// Set with [`ApiConfig::access_log`].
+    pub access_log: Option<AccessLog>,
 }
 
 impl Default for ApiConfig {
@@ -108,6 +116,7 @@ impl Default for ApiConfig {
             proxy_max_object_bytes: 256 * 1024 * 1024,
             proxy_max_concurrent: 256,
             cors_origins: Vec::new(),
+            access_log: None,
         }
     }
 }
@@ -131,6 +140,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("proxy_max_concurrent", &self.proxy_max_concurrent)
             .field("max_redirect_age", &self.max_redirect_age)
             .field("cors_origins", &self.cors_origins)
+            .field("access_log", &self.access_log)
             .finish()
     }
 }
@@ -153,6 +163,12 @@ impl ApiConfig {
             .map(|o| cors::check_origin(o.as_ref()))
             .collect::<Result<_, _>>()?;
         Ok(self)
+    }
+
+    /// Sends access lines to `log` instead of `tracing`.
+    pub fn access_log(mut self, log: AccessLog) -> Self {
+        self.access_log = Some(log);
+        self
     }
 
     /// Replaces the admin tokens (empty ones are ignored).
@@ -319,7 +335,10 @@ impl HttpServerHandle {
             App::new()
                 .app_data(state.clone())
                 .app_data(handlers::json_config(state.config.max_body_bytes))
-                .wrap(request_id::RequestContext::new(metrics.clone()))
+                .wrap(
+                    request_id::RequestContext::new(metrics.clone())
+                        .with_access_log(state.config.access_log.clone()),
+                )
                 // Outermost, so that preflights are answered before anything else; off
                 // (no per-request cost) unless origins are configured.
                 .wrap(actix_web::middleware::Condition::new(

@@ -302,6 +302,27 @@ struct Series {
     latency: Histogram,
 }
 
+/// The access log's counters, in the exposition format.
+pub(crate) fn render_access_log(text: &mut String, log: &crate::AccessLog) {
+    for (name, help, value) in [
+        (
+            "image_url_access_log_lines_total",
+            "Access log lines written",
+            log.written(),
+        ),
+        (
+            "image_url_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind or its output failed",
+            log.dropped(),
+        ),
+    ] {
+        let _ = writeln!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+}
+
 /// A request method as a label or a log field: one of the standard methods, or `other`
 /// (a client can send any token as a method, and each distinct one would otherwise add a
 /// permanent series, and its bytes to every log line).

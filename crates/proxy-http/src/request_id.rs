@@ -11,6 +11,7 @@
 //! reads it where it renders the body. Mounted without this middleware, the routes still
 //! answer with a fresh id in the body and in `X-Request-Id`.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
@@ -25,6 +26,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use tracing::instrument::Instrumented;
 use tracing::Instrument;
 
+use crate::access_log::{AccessLog, WorkerAccessLog};
 use crate::metrics::{Metrics, WorkerMetrics};
 
 /// The header carrying the request id, in and out.
@@ -106,16 +108,37 @@ fn accepted(id: &HeaderValue) -> bool {
 /// writes one access-log line (method, route pattern, status, latency — never the query,
 /// never a `Location`). Log lines written while the request runs carry the id too (the
 /// handler runs inside a `request` span).
+///
+/// The access line goes to the [`AccessLog`] given with
+/// [`RequestContext::with_access_log`], or else is a `tracing` event at `info` with the
+/// target `image_url::access` (formatted on the worker: slower, see [`AccessLog`]).
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     metrics: Metrics,
+    access_log: Option<AccessLog>,
 }
 
 impl RequestContext {
-    /// Records into `metrics`.
+    /// Records into `metrics`; access lines as `tracing` events.
     pub fn new(metrics: Metrics) -> Self {
-        RequestContext { metrics }
+        RequestContext {
+            metrics,
+            access_log: None,
+        }
     }
+
+    /// Access lines into `log` (`None`: as `tracing` events).
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.access_log = log;
+        self
+    }
+}
+
+/// What one worker's middleware keeps: its metrics and its access-log buffer.
+#[derive(Debug)]
+struct PerWorker {
+    metrics: WorkerMetrics,
+    access_log: Option<WorkerAccessLog>,
 }
 
 impl<S, B> Transform<S, ServiceRequest> for RequestContext
@@ -132,7 +155,10 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(RequestContextService {
             service,
-            metrics: Rc::new(WorkerMetrics::new(self.metrics.clone())),
+            worker: Rc::new(PerWorker {
+                metrics: WorkerMetrics::new(self.metrics.clone()),
+                access_log: self.access_log.as_ref().map(AccessLog::worker),
+            }),
         }))
     }
 }
@@ -141,9 +167,9 @@ where
 #[derive(Debug)]
 pub struct RequestContextService<S> {
     service: S,
-    // An `Rc`: each worker builds its own app (so its own `WorkerMetrics`), and the
-    // future needs the metrics after the inner service has answered.
-    metrics: Rc<WorkerMetrics>,
+    // An `Rc`: each worker builds its own app (so its own `PerWorker`), and the future
+    // needs it after the inner service has answered.
+    worker: Rc<PerWorker>,
 }
 
 impl<S, B> Service<ServiceRequest> for RequestContextService<S>
@@ -176,7 +202,7 @@ where
             inner: inner.instrument(span),
             started,
             id: Some(id),
-            metrics: Rc::clone(&self.metrics),
+            worker: Rc::clone(&self.worker),
         }
     }
 }
@@ -189,7 +215,7 @@ pin_project_lite::pin_project! {
         inner: Instrumented<F>,
         started: Instant,
         id: Option<HeaderValue>,
-        metrics: Rc<WorkerMetrics>,
+        worker: Rc<PerWorker>,
     }
 }
 
@@ -211,7 +237,7 @@ where
             Poll::Ready(response) => response?,
         };
         let id = this.id.take().unwrap_or_else(new_id);
-        Poll::Ready(Ok(finish(response, id, *this.started, this.metrics)))
+        Poll::Ready(Ok(finish(response, id, *this.started, this.worker)))
     }
 }
 
@@ -220,31 +246,42 @@ fn finish<B: MessageBody>(
     mut response: ServiceResponse<B>,
     id: HeaderValue,
     started: Instant,
-    metrics: &WorkerMetrics,
+    worker: &PerWorker,
 ) -> ServiceResponse<B> {
-    let id_text = id.to_str().unwrap_or("");
     let request = response.request();
     // Key routes are matched by hand and named here the same way; the others ask the
     // router (a small allocation, off the hot path).
-    let route_pattern;
-    let route = match crate::handlers::key_route(request.path()) {
-        Some((_, pattern)) => pattern,
-        None => {
-            route_pattern = request.match_pattern();
-            route_pattern.as_deref().unwrap_or("unmatched")
-        }
+    let route: Cow<'static, str> = match crate::handlers::key_route(request.path()) {
+        Some((_, pattern)) => Cow::Borrowed(pattern),
+        None => request
+            .match_pattern()
+            .map_or(Cow::Borrowed("unmatched"), Cow::Owned),
     };
     let status = response.status();
     let elapsed = started.elapsed();
-    metrics.observe_request(request.method(), route, status, elapsed);
-    tracing::info!(
-        request_id = id_text,
-        method = crate::metrics::method_label(request.method()),
-        route,
-        status = status.as_u16(),
-        latency_us = elapsed.as_micros() as u64,
-        "request"
-    );
+    let method = crate::metrics::method_label(request.method());
+    worker
+        .metrics
+        .observe_request(request.method(), &route, status, elapsed);
+    match &worker.access_log {
+        Some(log) => log.record(
+            started,
+            elapsed,
+            method,
+            route,
+            status.as_u16(),
+            id.as_bytes(),
+        ),
+        None => tracing::info!(
+            target: "image_url::access",
+            request_id = id.to_str().unwrap_or(""),
+            method,
+            route = route.as_ref(),
+            status = status.as_u16(),
+            latency_us = elapsed.as_micros() as u64,
+            "request"
+        ),
+    }
     response.headers_mut().insert(REQUEST_ID, id);
     response
 }

@@ -98,10 +98,15 @@ pub fn start(command: &mut Command) -> Running {
     let line = listening_rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the server says it is listening (or it exited: see its log)");
-    let addr = line
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("addr="))
-        .expect("the listening line names the address");
+    // Text (`addr=…`) or JSON lines (`json_logs`).
+    let addr = match serde_json::from_str::<serde_json::Value>(&line) {
+        Ok(json) => json["fields"]["addr"].as_str().map(str::to_owned),
+        Err(_) => line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("addr="))
+            .map(str::to_owned),
+    }
+    .expect("the listening line names the address");
     Running {
         process,
         base: format!("http://{addr}"),
@@ -122,6 +127,21 @@ pub async fn origin(
     )
     .await
     .expect("start the dev origin")
+}
+
+/// Stops `running` with SIGTERM, checks that it exits cleanly, and returns its log.
+pub fn terminate(running: Running) -> String {
+    let Running { process, log, .. } = running;
+    let mut child = process.take();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM");
+    log.join().unwrap().join("\n")
 }
 
 /// `serve` on one worker, signing with (`secret_id`, `secret_key`) for `origin` over
