@@ -47,13 +47,19 @@ PY
 }
 
 const=$(count const302 /a.jpg target/release/examples/const302)
-ours=$(IMAGE_URL_SERVER__WORKERS=1 IMAGE_URL_COS__DOMAIN=127.0.0.1:9 IMAGE_URL_COS__SCHEME=http \
-  RUST_LOG=warn COS_SECRET_ID=AKIDload COS_SECRET_KEY=load-secret \
-  count server /api/v1/images/a.jpg/proxy target/release/image-url-server serve)
+# Each `count` runs in a subshell, so what it exports stays there.
+export IMAGE_URL_SERVER__WORKERS=1 IMAGE_URL_COS__DOMAIN=127.0.0.1:9 IMAGE_URL_COS__SCHEME=http \
+  COS_SECRET_ID=AKIDload COS_SECRET_KEY=load-secret
+server=(target/release/image-url-server serve)
+quiet=$(export RUST_LOG=warn; count quiet /api/v1/images/a.jpg/proxy "${server[@]}")
+logged=$(export RUST_LOG=info IMAGE_URL_SERVER__ACCESS_LOG="$work/access.log"
+  count logged /api/v1/images/a.jpg/proxy "${server[@]}")
 echo
-echo "User-space instructions per redirect request (callgrind, $N keep-alive requests, one connection)"
+echo "User-space instructions per redirect request, all threads (callgrind, $N keep-alive requests, one connection)"
 echo
-echo "| server | instructions/request |"
-echo "|---|---|"
-echo "| actix-web constant 302 | $const |"
-echo "| image-url-server, memory cache | $ours |"
+echo "| server | instructions/request | vs constant 302 |"
+echo "|---|---|---|"
+ratio() { python3 -c "print(f'{$1 / $const:.2f} ×')"; }
+echo "| actix-web constant 302 | $const | 1.00 × |"
+echo "| image-url-server, memory cache, logs off (RUST_LOG=warn) | $quiet | $(ratio "$quiet") |"
+echo "| image-url-server, memory cache, default logging, access log to a file | $logged | $(ratio "$logged") |"

@@ -3,9 +3,11 @@
 # Usage: bash benches/load/run.sh   (needs wrk and nginx: apt-get install wrk nginx-light;
 #        the link section needs root and iproute2, and is skipped without them)
 #
-# Redirect: wrk -t1 -c64 against (a) nginx `return 302`, (b) a minimal actix-web handler
-# returning a constant 302, (c) image-url-server with the memory cache, (d) with Redis;
-# every server on one worker. Proxy: a 10 MiB object through `?mode=proxy` versus fetched
+# Redirect: wrk -t1 -c64 against (a) nginx `return 302`, without and with its access log
+# (to a file, buffer=64k), (b) a minimal actix-web handler returning a constant 302,
+# (c) image-url-server with the memory cache: access log off, access log to a file, two
+# workers, and a rate limit plus an allowed-prefix rule; (d) with Redis; every server on
+# one worker unless said. SKIP_PROXY=1 stops after the redirect table. Proxy: a 10 MiB object through `?mode=proxy` versus fetched
 # directly from the origin with a presigned URL, (e) over loopback, where client, proxy
 # and origin share this machine's cores, and (f) with the origin in a network namespace
 # behind a veth link shaped with tbf, as a COS bucket is reached over a network.
@@ -29,7 +31,15 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Twenty distinct free ports, all held while they are chosen (one at a time could repeat).
+mapfile -t FREE < <(python3 -c '
+import socket
+held = [socket.socket() for _ in range(20)]
+for s in held: s.bind(("127.0.0.1", 0))
+for s in held: print(s.getsockname()[1])')
+next_port=0
+# Sets the variable named $1 to the next free port (not in a subshell, so it advances).
+port() { printf -v "$1" '%s' "${FREE[$next_port]}"; next_port=$((next_port + 1)); }
 wait_port() { # host port
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done
   echo "port $1:$2 never opened" >&2; return 1
@@ -106,56 +116,81 @@ for t in targets:
 PY
 }
 
-# (a) nginx
-NGINX_PORT=$(port)
-mkdir -p "$work/nginx"
-cat > "$work/nginx/nginx.conf" <<CONF
+# (a) nginx, without and with an access log
+nginx_conf() { # name port access_log-directive
+  mkdir -p "$work/$1"
+  cat > "$work/$1/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
-pid $work/nginx/nginx.pid;
+pid $work/$1/nginx.pid;
 error_log /dev/null;
 events { worker_connections 1024; }
 http {
-  access_log off;
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
-  server { listen 127.0.0.1:$NGINX_PORT; location / { add_header Cache-Control "private, max-age=2700"; return 302 https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/a.jpg; } }
+  $3
+  client_body_temp_path $work/$1; proxy_temp_path $work/$1; fastcgi_temp_path $work/$1;
+  uwsgi_temp_path $work/$1; scgi_temp_path $work/$1;
+  server { listen 127.0.0.1:$2; location / { add_header Cache-Control "private, max-age=2700"; return 302 https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/a.jpg; } }
 }
 CONF
-nginx -c "$work/nginx/nginx.conf" & pids+=($!)
+  nginx -c "$work/$1/nginx.conf" & pids+=($!)
+}
+port NGINX_PORT; port NGINX_LOG_PORT
+nginx_conf nginx "$NGINX_PORT" "access_log off;"
+nginx_conf nginx-log "$NGINX_LOG_PORT" "access_log $work/nginx-log/access.log combined buffer=64k;"
 # (b) constant actix 302
-CONST_PORT=$(port)
+port CONST_PORT
 target/release/examples/const302 "127.0.0.1:$CONST_PORT" & pids+=($!)
 # the origin and the servers
-ORIGIN_PORT=$(port); MEM_PORT=$(port); REDIS_SRV_PORT=$(port); REDIS_PORT=$(port)
+port ORIGIN_PORT; port MEM_PORT; port LOG_PORT; port TWO_PORT; port RULES_PORT
+port REDIS_SRV_PORT; port REDIS_PORT
 mkdir -p "$work/images"
 head -c 10485760 /dev/urandom > "$work/images/big.bin"
 printf 'jpeg' > "$work/images/a.jpg"
 $bin dev-origin --dir "$work/images" --listen "127.0.0.1:$ORIGIN_PORT" 2>/dev/null & pids+=($!)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
-common=(IMAGE_URL_SERVER__WORKERS=1 IMAGE_URL_COS__SCHEME=http RUST_LOG=warn)
-env "${common[@]}" IMAGE_URL_COS__DOMAIN="127.0.0.1:$ORIGIN_PORT" IMAGE_URL_SERVER__LISTEN="127.0.0.1:$MEM_PORT" \
-  $bin serve 2>/dev/null & pids+=($!)
-env "${common[@]}" IMAGE_URL_COS__DOMAIN="127.0.0.1:$ORIGIN_PORT" IMAGE_URL_SERVER__LISTEN="127.0.0.1:$REDIS_SRV_PORT" \
-  IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
-  $bin serve 2>/dev/null & pids+=($!)
-for p in $NGINX_PORT $CONST_PORT $ORIGIN_PORT $MEM_PORT $REDIS_SRV_PORT $REDIS_PORT; do wait_port 127.0.0.1 "$p"; done
-curl -s -o /dev/null "http://127.0.0.1:$MEM_PORT/api/v1/images/a.jpg/proxy"
-curl -s -o /dev/null "http://127.0.0.1:$REDIS_SRV_PORT/api/v1/images/a.jpg/proxy"
+common=(IMAGE_URL_SERVER__WORKERS=1 IMAGE_URL_COS__SCHEME=http RUST_LOG=info
+  IMAGE_URL_COS__DOMAIN="127.0.0.1:$ORIGIN_PORT" IMAGE_URL_SERVER__ACCESS_LOG=off)
+serve() { # port env...
+  local p=$1; shift
+  env "${common[@]}" IMAGE_URL_SERVER__LISTEN="127.0.0.1:$p" "$@" $bin serve 2>/dev/null & pids+=($!)
+}
+serve "$MEM_PORT"
+serve "$LOG_PORT" IMAGE_URL_SERVER__ACCESS_LOG="$work/access.log"
+serve "$TWO_PORT" IMAGE_URL_SERVER__WORKERS=2
+serve "$RULES_PORT" IMAGE_URL_LIMITS__REQUESTS_PER_SECOND=100000000 IMAGE_URL_LIMITS__BURST=100000000 \
+  IMAGE_URL_ACCESS__ALLOWED_PREFIXES='["a"]'
+serve "$REDIS_SRV_PORT" IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+for p in $NGINX_PORT $NGINX_LOG_PORT $CONST_PORT $ORIGIN_PORT $MEM_PORT $LOG_PORT $TWO_PORT $RULES_PORT \
+  $REDIS_SRV_PORT $REDIS_PORT; do wait_port 127.0.0.1 "$p"; done
+for p in $MEM_PORT $LOG_PORT $TWO_PORT $RULES_PORT $REDIS_SRV_PORT; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/api/v1/images/a.jpg/proxy")
+  [ "$code" = 302 ] || { echo "server on $p answers $code, not 302" >&2; exit 1; }
+done
 # nginx: the master and its worker; the others: the process holding the port.
-NGINX_PIDS="$(cat "$work/nginx/nginx.pid") $(pgrep -P "$(cat "$work/nginx/nginx.pid")" | tr '\n' ' ')"
+nginx_pids() { echo "$(cat "$work/$1/nginx.pid") $(pgrep -P "$(cat "$work/$1/nginx.pid")" | tr '\n' ' ')"; }
+NGINX_PIDS=$(nginx_pids nginx); NGINX_LOG_PIDS=$(nginx_pids nginx-log)
 CONST_PID=$(pid_of_port "$CONST_PORT"); MEM_PID=$(pid_of_port "$MEM_PORT")
-REDIS_SRV_PID=$(pid_of_port "$REDIS_SRV_PORT")
+LOG_PID=$(pid_of_port "$LOG_PORT"); TWO_PID=$(pid_of_port "$TWO_PORT")
+RULES_PID=$(pid_of_port "$RULES_PORT"); REDIS_SRV_PID=$(pid_of_port "$REDIS_SRV_PORT")
+KEY=/api/v1/images/a.jpg/proxy
 
 echo
-echo "Redirect, wrk -t1 -c64 -d$DURATION, one server worker each, $ROUNDS rounds (CPU/req: the server's)"
+echo "Redirect, wrk -t1 -c64 -d$DURATION, one server worker each unless said, $ROUNDS rounds (CPU/req: the server's)"
 echo
 table rps <<EOF
 nginx return 302|http://127.0.0.1:$NGINX_PORT/a.jpg|64|$NGINX_PIDS|
+nginx return 302, access log to a file|http://127.0.0.1:$NGINX_LOG_PORT/a.jpg|64|$NGINX_LOG_PIDS|nginx return 302
 actix-web constant 302|http://127.0.0.1:$CONST_PORT/a.jpg|64|$CONST_PID|nginx return 302
-image-url-server, memory cache|http://127.0.0.1:$MEM_PORT/api/v1/images/a.jpg/proxy|64|$MEM_PID|nginx return 302
-image-url-server, Redis cache|http://127.0.0.1:$REDIS_SRV_PORT/api/v1/images/a.jpg/proxy|64|$REDIS_SRV_PID|nginx return 302
+image-url-server, memory cache, access log off|http://127.0.0.1:$MEM_PORT$KEY|64|$MEM_PID|nginx return 302
+image-url-server, memory cache, access log to a file|http://127.0.0.1:$LOG_PORT$KEY|64|$LOG_PID|nginx return 302, access log to a file
+image-url-server, memory cache, 2 workers, access log off|http://127.0.0.1:$TWO_PORT$KEY|64|$TWO_PID|image-url-server, memory cache, access log off
+image-url-server, rate limit + allowed prefix, access log off|http://127.0.0.1:$RULES_PORT$KEY|64|$RULES_PID|nginx return 302
+image-url-server, Redis cache, access log off|http://127.0.0.1:$REDIS_SRV_PORT$KEY|64|$REDIS_SRV_PID|nginx return 302
 EOF
+echo
+echo "access log lines: image-url-server $(wc -l < "$work/access.log"), nginx $(wc -l < "$work/nginx-log/access.log");" \
+  "dropped by image-url-server: $(curl -s "http://127.0.0.1:$LOG_PORT/metrics" | awk '/^image_url_access_log_dropped_total/ {print $2}')"
+[ -z "${SKIP_PROXY:-}" ] || exit 0
 
 echo
 echo "Proxy over loopback, 10 MiB object, wrk -t1 -c8 -d$DURATION, $ROUNDS rounds (CPU/req: the proxy's)"
@@ -181,9 +216,8 @@ ip addr add 10.231.77.1/24 dev "iu-h$$"; ip link set "iu-h$$" up
 ip netns exec "$NS" ip addr add 10.231.77.2/24 dev "iu-o$$"
 ip netns exec "$NS" ip link set "iu-o$$" up; ip netns exec "$NS" ip link set lo up
 ip netns exec "$NS" $bin dev-origin --dir "$work/images" --listen 10.231.77.2:9000 2>/dev/null & pids+=($!)
-LINK_SRV_PORT=$(port)
-env "${common[@]}" IMAGE_URL_COS__DOMAIN=10.231.77.2:9000 IMAGE_URL_SERVER__LISTEN="127.0.0.1:$LINK_SRV_PORT" \
-  $bin serve 2>/dev/null & pids+=($!)
+port LINK_SRV_PORT
+serve "$LINK_SRV_PORT" IMAGE_URL_COS__DOMAIN=10.231.77.2:9000
 wait_port 10.231.77.2 9000; wait_port 127.0.0.1 "$LINK_SRV_PORT"
 LINK_SRV_PID=$(pid_of_port "$LINK_SRV_PORT")
 direct=$($bin presign big.bin --bucket local-1250000000 --domain 10.231.77.2:9000 --scheme http)

@@ -14,8 +14,8 @@ use image_url_service::{
     AccessPolicy, AlertConfig, ImageUrlService, MaintenanceConfig, ServiceConfig,
 };
 use proxy_http::{
-    AccessLog, AccessLogError, AccessLogFormat, AccessLogOptions, AccessLogWriter, ApiConfig,
-    AppState, ExtraRoutes, HttpServerHandle, WebhookSink,
+    AccessLines, AccessLog, AccessLogError, AccessLogFormat, AccessLogOptions, AccessLogWriter,
+    ApiConfig, AppState, ExtraRoutes, HttpServerHandle, WebhookSink,
 };
 use url_cache::{EvictionPolicy, MemoryCache, RedisCache, RedisConfig, UrlCache};
 
@@ -135,13 +135,18 @@ pub async fn serve(config: Config, figment: Figment, hooks: Hooks) -> Result<(),
         let background = service.as_ref().ok().cloned();
         let alerts = alert_config(&config, &figment)?;
         let mut api = api_config(&config, &figment)?;
+        // `logging::init`'s format puts the request id on a request's lines.
+        api.request_spans = false;
         // Held until the server has stopped: dropping it writes the last lines.
         let _access_log_writer = match access_log(&config, &figment)? {
             Some((log, writer)) => {
                 api = api.access_log(log);
                 Some(writer)
             }
-            None => None,
+            None => {
+                api.access_log = AccessLines::Off;
+                None
+            }
         };
         let state = match service {
             Ok(service) => AppState::new(service, api),

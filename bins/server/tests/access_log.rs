@@ -149,3 +149,58 @@ fn an_access_log_that_cannot_be_opened_is_refused() {
         "{err}"
     );
 }
+
+/// A log line written while a request is handled names the request's id (from the
+/// request context, as the server runs without per-request spans), in text and JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_written_during_a_request_carry_its_id() {
+    // A Redis nobody listens on: every lookup fails, and says so at debug.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redis_url = format!("redis://{}", dead.local_addr().unwrap());
+    drop(dead);
+    // Both at once: each waits a few seconds for its Redis before it listens.
+    let starting = ["false", "true"].map(|json| {
+        let redis_url = redis_url.clone();
+        std::thread::spawn(move || {
+            start(
+                serve_signing("AKIDlog", "log-secret")
+                    .env("IMAGE_URL_CACHE__BACKEND", "redis")
+                    .env("IMAGE_URL_CACHE__REDIS_URL", &redis_url)
+                    .env("IMAGE_URL_SERVER__JSON_LOGS", json)
+                    .env(
+                        "RUST_LOG",
+                        "warn,image_url_server=info,image_url_service=debug",
+                    ),
+            )
+        })
+    });
+    for (json, running) in ["false", "true"].into_iter().zip(starting) {
+        let running = running.join().unwrap();
+        let res = http()
+            .get(format!("{}/api/v1/images/a.jpg/proxy", running.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 302, "degraded, never failed");
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let log = terminate(running);
+        // The lookup fails inside the request; the store after signing fails in a task
+        // of its own, outside it.
+        let carries_id = |line: &str| {
+            if json == "true" {
+                serde_json::from_str::<serde_json::Value>(line).unwrap()["request_id"]
+                    == id.as_str()
+            } else {
+                line.ends_with(&format!(" request_id=\"{id}\""))
+            }
+        };
+        assert!(
+            log.lines()
+                .any(|l| l.contains("signing directly") && carries_id(l)),
+            "the lookup's failure names the request:\n{log}"
+        );
+        // Lines outside any request carry no id.
+        let listening = log.lines().find(|l| l.contains("listening")).unwrap();
+        assert!(!listening.contains("request_id"), "{listening}");
+    }
+}

@@ -16,6 +16,7 @@
 //! options.sample_rate = 0.1;
 //! let (log, _writer) = AccessLog::start(std::io::stdout(), options).unwrap();
 //! let config = ApiConfig::default().access_log(log);
+//! # let _ = config;
 //! // Keep `_writer` until exit: dropping it writes what is pending.
 //! ```
 
@@ -26,6 +27,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
+
+/// Where a server's access lines go ([`crate::ApiConfig::access_log`]).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum AccessLines {
+    /// `tracing` events at `info` with the target `image_url::access`, formatted on the
+    /// worker (what an application embedding the routes gets unless it chooses).
+    #[default]
+    Tracing,
+    /// None at all.
+    Off,
+    /// Into an [`AccessLog`]: formatted and written off the workers.
+    To(AccessLog),
+}
 
 /// How the lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -298,6 +313,7 @@ fn write_loop(shared: &Shared, out: impl Write, stopped: &mpsc::Receiver<()>) {
     let mut out = std::io::BufWriter::with_capacity(options.write_buffer_bytes.max(256), out);
     let mut batch: Vec<Record> = Vec::new();
     let mut line = String::with_capacity(256);
+    let mut clock = SecondText::default();
     let mut failing = false;
     loop {
         let last = !matches!(
@@ -329,7 +345,7 @@ fn write_loop(shared: &Shared, out: impl Write, stopped: &mpsc::Receiver<()>) {
                 let at = wall
                     .checked_sub(now.saturating_duration_since(record.started))
                     .unwrap_or(wall);
-                format_line(&mut line, options.format, at, &record);
+                format_line(&mut line, options.format, at, &record, &mut clock);
                 if out.write_all(line.as_bytes()).is_ok() {
                     written += 1;
                 } else {
@@ -355,49 +371,91 @@ fn write_loop(shared: &Shared, out: impl Write, stopped: &mpsc::Receiver<()>) {
 
 /// Appends one line, newline included. Request ids are plain ASCII (the middleware
 /// admits no other) and routes are route patterns, so nothing needs escaping but what
-/// JSON would (done by `serde_json` for the route, to be safe).
-fn format_line(line: &mut String, format: AccessLogFormat, at: SystemTime, record: &Record) {
-    use std::fmt::Write as _;
-    let time = time::OffsetDateTime::from(at);
+/// JSON would (done by `serde_json` for the route, to be safe). Pieces are pushed, not
+/// `format!`ted, and the timestamp's text up to the second is reused: this runs once a
+/// request, on the writer thread, which shares the machine with the workers.
+fn format_line(
+    line: &mut String,
+    format: AccessLogFormat,
+    at: SystemTime,
+    record: &Record,
+    clock: &mut SecondText,
+) {
     let id = std::str::from_utf8(&record.id[..usize::from(record.id_len)]).unwrap_or("");
-    let timestamp = TimeText(time);
-    let _ = match format {
-        AccessLogFormat::Text => writeln!(
-            line,
-            "{timestamp}  INFO image_url::access: request request_id=\"{id}\" method=\"{}\" \
-             route=\"{}\" status={} latency_us={}",
-            record.method, record.route, record.status, record.latency_us
-        ),
-        AccessLogFormat::Json => writeln!(
-            line,
-            "{{\"timestamp\":\"{timestamp}\",\"level\":\"INFO\",\"fields\":{{\"message\":\"request\",\
-             \"request_id\":\"{id}\",\"method\":\"{}\",\"route\":{},\"status\":{},\
-             \"latency_us\":{}}},\"target\":\"image_url::access\"}}",
-            record.method,
-            serde_json::Value::from(record.route.as_ref()),
-            record.status,
-            record.latency_us
-        ),
-    };
+    let mut number = itoa::Buffer::new();
+    match format {
+        AccessLogFormat::Text => {
+            clock.push(line, at);
+            line.push_str("  INFO image_url::access: request request_id=\"");
+            line.push_str(id);
+            line.push_str("\" method=\"");
+            line.push_str(record.method);
+            line.push_str("\" route=\"");
+            line.push_str(&record.route);
+            line.push_str("\" status=");
+            line.push_str(number.format(record.status));
+            line.push_str(" latency_us=");
+            line.push_str(number.format(record.latency_us));
+        }
+        AccessLogFormat::Json => {
+            line.push_str("{\"timestamp\":\"");
+            clock.push(line, at);
+            line.push_str(
+                "\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"request_id\":\"",
+            );
+            line.push_str(id);
+            line.push_str("\",\"method\":\"");
+            line.push_str(record.method);
+            line.push_str("\",\"route\":");
+            line.push_str(&serde_json::Value::from(record.route.as_ref()).to_string());
+            line.push_str(",\"status\":");
+            line.push_str(number.format(record.status));
+            line.push_str(",\"latency_us\":");
+            line.push_str(number.format(record.latency_us));
+            line.push_str("},\"target\":\"image_url::access\"}");
+        }
+    }
+    line.push('\n');
 }
 
-/// `2026-11-28T11:59:18.123456Z`: UTC, microseconds.
-struct TimeText(time::OffsetDateTime);
+/// Writes `2026-11-28T11:59:18.123456Z` (UTC, microseconds), keeping the text of the
+/// last second.
+#[derive(Default)]
+struct SecondText {
+    second: Option<u64>,
+    text: String,
+}
 
-impl std::fmt::Display for TimeText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let t = self.0;
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.microsecond()
-        )
+impl SecondText {
+    fn push(&mut self, line: &mut String, at: SystemTime) {
+        let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let second = since_epoch.as_secs();
+        if self.second != Some(second) {
+            use std::fmt::Write as _;
+            let t = time::OffsetDateTime::from(at);
+            self.text.clear();
+            let _ = write!(
+                self.text,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+            self.second = Some(second);
+        }
+        line.push_str(&self.text);
+        let micros = since_epoch.subsec_micros();
+        let mut digits = [b'0'; 6];
+        let mut rest = micros;
+        for digit in digits.iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        line.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
+        line.push('Z');
     }
 }
 
@@ -477,6 +535,21 @@ mod tests {
         assert!(stamp.ends_with('Z') && &stamp[10..11] == "T", "{stamp}");
         assert!(lines.iter().any(|l| l.contains("status=404")));
         assert_eq!((log.written(), log.dropped()), (2, 0));
+    }
+
+    #[test]
+    fn timestamps_are_utc_with_microseconds_across_seconds() {
+        let mut clock = SecondText::default();
+        let mut line = String::new();
+        let at = std::time::UNIX_EPOCH + Duration::new(1_000_000_000, 42_000);
+        for t in [at, at + Duration::from_micros(5), at + Duration::from_secs(1)] {
+            clock.push(&mut line, t);
+            line.push(' ');
+        }
+        assert_eq!(
+            line,
+            "2001-09-09T01:46:40.000042Z 2001-09-09T01:46:40.000047Z 2001-09-09T01:46:41.000042Z "
+        );
     }
 
     #[test]

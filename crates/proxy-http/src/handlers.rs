@@ -691,7 +691,7 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, A
 pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let stats = state.service.as_ref().ok().map(|s| s.stats());
     let mut text = state.metrics.render(stats.as_ref());
-    if let Some(log) = &state.config.access_log {
+    if let crate::AccessLines::To(log) = &state.config.access_log {
         crate::metrics::render_access_log(&mut text, log);
     }
     HttpResponse::Ok()

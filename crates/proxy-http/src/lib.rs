@@ -48,7 +48,7 @@ pub mod request_id;
 mod webhook;
 
 pub use access_log::{
-    AccessLog, AccessLogError, AccessLogFormat, AccessLogOptions, AccessLogWriter,
+    AccessLines, AccessLog, AccessLogError, AccessLogFormat, AccessLogOptions, AccessLogWriter,
 };
 pub use assets::smart_image_path;
 pub use cors::InvalidOrigin;
@@ -95,10 +95,13 @@ pub struct ApiConfig {
     /// `"*"` for any (never with credentials). Default: none. Set with
     /// [`ApiConfig::cors_origins`], which checks them.
     pub cors_origins: Vec<String>,
-    /// Where access lines go: an [`AccessLog`] (formatted and written off the workers),
-    /// or, by default, `tracing` events at `info` with the target `image_url::access`.
-    /// Set with [`ApiConfig::access_log`].
-    pub access_log: Option<AccessLog>,
+    /// Where access lines go: by default `tracing` events at `info` with the target
+    /// `image_url::access`; [`ApiConfig::access_log`] sends them to an [`AccessLog`]
+    /// (formatted and written off the workers).
+    pub access_log: AccessLines,
+    /// Whether each request runs in a `request` span carrying its id (default true); see
+    /// [`request_id::RequestContext::with_request_spans`].
+    pub request_spans: bool,
 }
 
 impl Default for ApiConfig {
@@ -116,7 +119,8 @@ impl Default for ApiConfig {
             proxy_max_object_bytes: 256 * 1024 * 1024,
             proxy_max_concurrent: 256,
             cors_origins: Vec::new(),
-            access_log: None,
+            access_log: AccessLines::Tracing,
+            request_spans: true,
         }
     }
 }
@@ -141,6 +145,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("max_redirect_age", &self.max_redirect_age)
             .field("cors_origins", &self.cors_origins)
             .field("access_log", &self.access_log)
+            .field("request_spans", &self.request_spans)
             .finish()
     }
 }
@@ -167,7 +172,7 @@ impl ApiConfig {
 
     /// Sends access lines to `log` instead of `tracing`.
     pub fn access_log(mut self, log: AccessLog) -> Self {
-        self.access_log = Some(log);
+        self.access_log = AccessLines::To(log);
         self
     }
 
@@ -337,7 +342,8 @@ impl HttpServerHandle {
                 .app_data(handlers::json_config(state.config.max_body_bytes))
                 .wrap(
                     request_id::RequestContext::new(metrics.clone())
-                        .with_access_log(state.config.access_log.clone()),
+                        .with_access_log(state.config.access_log.clone())
+                        .with_request_spans(state.config.request_spans),
                 )
                 // Outermost, so that preflights are answered before anything else; off
                 // (no per-request cost) unless origins are configured.

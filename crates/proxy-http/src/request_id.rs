@@ -26,7 +26,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use tracing::instrument::Instrumented;
 use tracing::Instrument;
 
-use crate::access_log::{AccessLog, WorkerAccessLog};
+use crate::access_log::{AccessLines, WorkerAccessLog};
 use crate::metrics::{Metrics, WorkerMetrics};
 
 /// The header carrying the request id, in and out.
@@ -47,6 +47,16 @@ pub(crate) fn current_or_new() -> (HeaderValue, bool) {
         Some(id) => (id, false),
         None => (new_id(), true),
     }
+}
+
+/// Calls `f` with the id of the request whose handler this thread is running now, if
+/// any: for a log formatter that puts the id on every line of a request without the
+/// `request` span (see [`RequestContext::with_request_spans`]).
+pub fn with_current_request_id<R>(f: impl FnOnce(Option<&str>) -> R) -> R {
+    CURRENT.with(|current| {
+        let current = current.borrow();
+        f(current.as_ref().and_then(|id| id.to_str().ok()))
+    })
 }
 
 /// Makes `id` the thread's current request id until dropped, then restores the one
@@ -109,13 +119,14 @@ fn accepted(id: &HeaderValue) -> bool {
 /// never a `Location`). Log lines written while the request runs carry the id too (the
 /// handler runs inside a `request` span).
 ///
-/// The access line goes to the [`AccessLog`] given with
-/// [`RequestContext::with_access_log`], or else is a `tracing` event at `info` with the
-/// target `image_url::access` (formatted on the worker: slower, see [`AccessLog`]).
+/// The access line goes where [`RequestContext::with_access_log`] says: by default it
+/// is a `tracing` event at `info` with the target `image_url::access` (formatted on the
+/// worker: slower than an [`crate::AccessLog`]).
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     metrics: Metrics,
-    access_log: Option<AccessLog>,
+    access_lines: AccessLines,
+    request_spans: bool,
 }
 
 impl RequestContext {
@@ -123,13 +134,23 @@ impl RequestContext {
     pub fn new(metrics: Metrics) -> Self {
         RequestContext {
             metrics,
-            access_log: None,
+            access_lines: AccessLines::Tracing,
+            request_spans: true,
         }
     }
 
-    /// Access lines into `log` (`None`: as `tracing` events).
-    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
-        self.access_log = log;
+    /// Whether each request runs inside a `request` span carrying its id (default: yes),
+    /// which puts the id on every log line written while it runs. The span costs a few
+    /// thousand instructions a request; a server whose log formatter adds the id itself
+    /// (from [`with_current_request_id`]) turns it off.
+    pub fn with_request_spans(mut self, on: bool) -> Self {
+        self.request_spans = on;
+        self
+    }
+
+    /// Access lines where `lines` says.
+    pub fn with_access_log(mut self, lines: AccessLines) -> Self {
+        self.access_lines = lines;
         self
     }
 }
@@ -137,8 +158,17 @@ impl RequestContext {
 /// What one worker's middleware keeps: its metrics and its access-log buffer.
 #[derive(Debug)]
 struct PerWorker {
+    request_spans: bool,
     metrics: WorkerMetrics,
-    access_log: Option<WorkerAccessLog>,
+    access_log: WorkerAccessLines,
+}
+
+/// [`AccessLines`] as one worker holds them.
+#[derive(Debug)]
+enum WorkerAccessLines {
+    Tracing,
+    Off,
+    To(WorkerAccessLog),
 }
 
 impl<S, B> Transform<S, ServiceRequest> for RequestContext
@@ -156,8 +186,13 @@ where
         ready(Ok(RequestContextService {
             service,
             worker: Rc::new(PerWorker {
+                request_spans: self.request_spans,
                 metrics: WorkerMetrics::new(self.metrics.clone()),
-                access_log: self.access_log.as_ref().map(AccessLog::worker),
+                access_log: match &self.access_lines {
+                    AccessLines::To(log) => WorkerAccessLines::To(log.worker()),
+                    AccessLines::Off => WorkerAccessLines::Off,
+                    _ => WorkerAccessLines::Tracing,
+                },
             }),
         }))
     }
@@ -192,7 +227,11 @@ where
             .cloned()
             .unwrap_or_else(new_id);
         // `accepted` and `new_id` only let ASCII through.
-        let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or(""));
+        let span = if self.worker.request_spans {
+            tracing::info_span!("request", request_id = id.to_str().unwrap_or(""))
+        } else {
+            tracing::Span::none()
+        };
         // The inner service may answer (or fail) right inside `call`.
         let inner = {
             let _current = Current::enter(&id);
@@ -264,7 +303,7 @@ fn finish<B: MessageBody>(
         .metrics
         .observe_request(request.method(), &route, status, elapsed);
     match &worker.access_log {
-        Some(log) => log.record(
+        WorkerAccessLines::To(log) => log.record(
             started,
             elapsed,
             method,
@@ -272,7 +311,8 @@ fn finish<B: MessageBody>(
             status.as_u16(),
             id.as_bytes(),
         ),
-        None => tracing::info!(
+        WorkerAccessLines::Off => {}
+        WorkerAccessLines::Tracing => tracing::info!(
             target: "image_url::access",
             request_id = id.to_str().unwrap_or(""),
             method,
