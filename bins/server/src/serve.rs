@@ -133,6 +133,9 @@ pub async fn serve(config: Config, figment: Figment, hooks: Hooks) -> Result<(),
             Err(missing) => Err(missing),
         };
         let background = service.as_ref().ok().cloned();
+        let cache = background
+            .as_ref()
+            .map(|service| Arc::clone(service.cache()));
         let alerts = alert_config(&config, &figment)?;
         let mut api = api_config(&config, &figment)?;
         // `logging::init`'s format puts the request id on a request's lines.
@@ -194,6 +197,18 @@ pub async fn serve(config: Config, figment: Figment, hooks: Hooks) -> Result<(),
         server.stop(true).await;
         if let Some(maintenance) = maintenance {
             maintenance.shutdown().await;
+        }
+        // What the cache buffers in the process (Redis: a second of access bookkeeping)
+        // is written now, or the eviction order forgets the last reads. Bounded: a cache
+        // that does not answer must not hold up the exit.
+        if let Some(cache) = cache {
+            match tokio::time::timeout(Duration::from_secs(2), cache.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "pending cache writes lost at shutdown"),
+                Err(_) => tracing::warn!(
+                    "pending cache writes lost at shutdown: the cache did not answer within 2 s"
+                ),
+            }
         }
         tracing::info!("stopped");
         Ok(())

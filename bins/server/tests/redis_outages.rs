@@ -259,3 +259,43 @@ async fn wrong_types_and_foreign_urls_in_redis_are_misses_not_outages() {
         );
     }
 }
+
+/// Accesses buffered in the process (written to Redis once a flush interval) are written
+/// when the server stops: a replica started after it sees every read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accesses_pending_at_shutdown_are_written() {
+    let redis = RedisServer::start();
+    let serve = || {
+        let mut command = common::serve_signing("AKIDflush", "flush-secret");
+        command
+            .env("IMAGE_URL_CACHE__BACKEND", "redis")
+            .env("IMAGE_URL_CACHE__REDIS_URL", redis.url())
+            // No periodic flush while the test runs: only the one at shutdown.
+            .env("IMAGE_URL_CACHE__ACCESS_FLUSH_MS", "600000");
+        start(&mut command)
+    };
+    let http = http();
+    let first = serve();
+    for _ in 0..5 {
+        let res = http
+            .get(format!("{}/api/v1/images/a.jpg/proxy", first.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FOUND);
+    }
+    common::terminate(first);
+
+    let second = serve();
+    let status: Value = http
+        .get(format!("{}/api/v1/images/a.jpg/status", second.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["cached"], true, "{status}");
+    // The first request signed and stored it; the four after it read it.
+    assert_eq!(status["access_count"], 4, "{status}");
+}

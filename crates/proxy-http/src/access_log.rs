@@ -542,7 +542,11 @@ mod tests {
         let mut clock = SecondText::default();
         let mut line = String::new();
         let at = std::time::UNIX_EPOCH + Duration::new(1_000_000_000, 42_000);
-        for t in [at, at + Duration::from_micros(5), at + Duration::from_secs(1)] {
+        for t in [
+            at,
+            at + Duration::from_micros(5),
+            at + Duration::from_secs(1),
+        ] {
             clock.push(&mut line, t);
             line.push(' ');
         }

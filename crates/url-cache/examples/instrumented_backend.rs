@@ -66,6 +66,9 @@ impl<C: UrlCache> UrlCache for Counted<C> {
         self.count();
         self.inner.health_check().await
     }
+    async fn flush(&self) -> Result<()> {
+        self.inner.flush().await
+    }
     fn stats(&self) -> CacheStats {
         self.inner.stats()
     }

@@ -170,6 +170,13 @@ pub trait UrlCache: Send + Sync + Debug {
         CacheStats::default()
     }
 
+    /// Writes out what the backend holds in this process and has not written yet (the
+    /// Redis backend: access bookkeeping, otherwise written once a flush interval). Call
+    /// it before the process exits. The default has nothing to write.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// How many times the backend has (re)established its connection since it was
     /// created. A change tells a circuit breaker that the backend is back, so it can
     /// probe at once instead of waiting out its cool-down. Backends without connections

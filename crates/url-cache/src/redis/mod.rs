@@ -1638,6 +1638,10 @@ impl UrlCache for RedisCache {
         stats
     }
 
+    async fn flush(&self) -> Result<()> {
+        self.flush_access().await.map(|_| ())
+    }
+
     fn reconnects(&self) -> u64 {
         self.inner.reconnects.load(Ordering::Relaxed)
     }
