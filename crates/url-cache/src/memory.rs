@@ -140,15 +140,74 @@ type OrderKey = (u64, u64);
 /// Position in the expiry order: (expires_at in ms, tick).
 type ExpiryKey = (u64, u64);
 
+/// An entry as a shard keeps it, in 64 bytes plus its text: the key is stored once (as
+/// the map's key), text is boxed to its length, and times are nanoseconds since the Unix
+/// epoch (`u64`: until 2554; later times are kept as 2554).
+#[derive(Debug)]
+struct Stored {
+    url: Box<str>,
+    mime_type: Option<Box<str>>,
+    expires_at: u64,
+    created_at: u64,
+    last_accessed: u64,
+    access_count: u64,
+}
+
+fn nanos(time: SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn from_nanos(nanos: u64) -> SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+impl Stored {
+    fn new(entry: CacheEntry) -> Self {
+        Stored {
+            url: entry.url.into_boxed_str(),
+            mime_type: entry.mime_type.map(String::into_boxed_str),
+            expires_at: nanos(entry.expires_at),
+            created_at: nanos(entry.created_at),
+            last_accessed: nanos(entry.last_accessed),
+            access_count: entry.access_count,
+        }
+    }
+
+    /// As [`CacheEntry::is_expired`].
+    fn is_expired(&self, now: SystemTime) -> bool {
+        nanos(now) >= self.expires_at
+    }
+
+    fn to_entry(&self, key: &str) -> CacheEntry {
+        CacheEntry {
+            url: self.url.as_ref().to_owned(),
+            expires_at: from_nanos(self.expires_at),
+            access_count: self.access_count,
+            created_at: from_nanos(self.created_at),
+            last_accessed: from_nanos(self.last_accessed),
+            image_key: key.to_owned(),
+            mime_type: self.mime_type.as_deref().map(str::to_owned),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
-    entry: CacheEntry,
+    stored: Stored,
     /// Where the entry sits in `Shard::order`.
     indexed: OrderKey,
     /// Where it should sit. Reads only raise this (no tree update on the hot path);
     /// eviction repairs the index lazily, see `Shard::evict_one`.
     current: OrderKey,
-    expiry: ExpiryKey,
+    /// The tick of its place in `Shard::expiry` (whose key is `(expires_at in ms, tick)`).
+    expiry_tick: u64,
+}
+
+impl Slot {
+    fn expiry(&self) -> ExpiryKey {
+        (self.stored.expires_at / 1_000_000, self.expiry_tick)
+    }
 }
 
 #[derive(Debug)]
@@ -161,8 +220,7 @@ struct Shard {
 }
 
 fn millis(time: SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    nanos(time) / 1_000_000
 }
 
 impl Shard {
@@ -181,10 +239,10 @@ impl Shard {
     }
 
     fn remove(&mut self, key: &str) -> Option<CacheEntry> {
-        let (_, slot) = self.map.remove_entry(key)?;
+        let (name, slot) = self.map.remove_entry(key)?;
         self.order.remove(&slot.indexed);
-        self.expiry.remove(&slot.expiry);
-        Some(slot.entry)
+        self.expiry.remove(&slot.expiry());
+        Some(slot.stored.to_entry(&name))
     }
 
     /// Looks `key` up at `now`, recording the access. `Err(())` means "was expired".
@@ -193,19 +251,18 @@ impl Shard {
         let Some(slot) = self.map.get_mut(key) else {
             return Ok(None);
         };
-        if slot.entry.is_expired(now) {
+        if slot.stored.is_expired(now) {
             self.remove(key);
             return Err(());
         }
-        slot.entry.access_count += 1;
-        slot.entry.last_accessed = now;
+        slot.stored.access_count += 1;
+        slot.stored.last_accessed = nanos(now);
         match policy {
             Kind::Lru => slot.current = (0, tick),
-            Kind::Lfu => slot.current = (slot.entry.access_count, tick),
+            Kind::Lfu => slot.current = (slot.stored.access_count, tick),
             Kind::Fifo => {}
         }
-        let entry = slot.entry.clone();
-        Ok(Some(entry))
+        Ok(Some(slot.stored.to_entry(key)))
     }
 
     /// Inserts or replaces; whether the key is new.
@@ -220,21 +277,22 @@ impl Shard {
         let key: Arc<str> = match self.map.entry(Arc::from(entry.image_key.as_str())) {
             MapEntry::Occupied(mut occupied) => {
                 let old = occupied.get_mut();
+                let stored = Stored::new(entry);
                 // The same lifetime and last use: a refresh of the URL, which keeps the
                 // entry's place in the eviction order.
-                let refresh = old.entry.created_at == entry.created_at
-                    && old.entry.last_accessed == entry.last_accessed;
-                let (old_order, old_expiry) = (old.indexed, old.expiry);
+                let refresh = old.stored.created_at == stored.created_at
+                    && old.stored.last_accessed == stored.last_accessed;
+                let (old_order, old_expiry) = (old.indexed, old.expiry());
                 let (indexed, current) = if refresh {
                     (old.indexed, old.current)
                 } else {
                     (order, order)
                 };
                 *old = Slot {
-                    entry,
+                    stored,
                     indexed,
                     current,
-                    expiry,
+                    expiry_tick: tick,
                 };
                 let name = occupied.key().clone();
                 if !refresh {
@@ -248,10 +306,10 @@ impl Shard {
                 inserted = true;
                 let name = vacant.key().clone();
                 vacant.insert(Slot {
-                    entry,
+                    stored: Stored::new(entry),
                     indexed: order,
                     current: order,
-                    expiry,
+                    expiry_tick: tick,
                 });
                 self.order.insert(order, name.clone());
                 name
@@ -292,7 +350,7 @@ impl Shard {
                 continue;
             }
             if let Some(slot) = self.map.remove(&name) {
-                self.expiry.remove(&slot.expiry);
+                self.expiry.remove(&slot.expiry());
             }
             if let Some((order, name)) = skipped {
                 self.order.insert(order, name);
@@ -314,7 +372,7 @@ impl Shard {
             }
             let name = name.clone();
             // The index is in whole milliseconds; the entry decides.
-            if !self.map.get(&name).is_some_and(|s| s.entry.is_expired(now)) {
+            if !self.map.get(&name).is_some_and(|s| s.stored.is_expired(now)) {
                 break;
             }
             self.remove(&name);
@@ -326,11 +384,12 @@ impl Shard {
     fn expiring_within(&self, now: SystemTime, until: SystemTime, limit: usize) -> Vec<CacheEntry> {
         self.expiry
             .range((millis(now), 0)..=(millis(until), u64::MAX))
-            .filter_map(|(_, name)| self.map.get(name))
-            .map(|slot| &slot.entry)
-            .filter(|e| !e.is_expired(now) && e.expires_at <= until)
+            .filter_map(|(_, name)| self.map.get_key_value(name))
+            .filter(|(_, slot)| {
+                !slot.stored.is_expired(now) && slot.stored.expires_at <= nanos(until)
+            })
             .take(limit)
-            .cloned()
+            .map(|(name, slot)| slot.stored.to_entry(name))
             .collect()
     }
 }
@@ -417,10 +476,9 @@ impl UrlCache for MemoryCache {
         let shard = self.shard(key);
         Ok(shard
             .map
-            .get(key)
-            .map(|slot| &slot.entry)
-            .filter(|e| !e.is_expired(now))
-            .cloned())
+            .get_key_value(key)
+            .filter(|(_, slot)| !slot.stored.is_expired(now))
+            .map(|(name, slot)| slot.stored.to_entry(name)))
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
@@ -546,6 +604,36 @@ mod tests {
             crate::from_unix_secs(4e9),
             crate::from_unix_secs(1.7e9),
         )
+    }
+
+    /// Entries are kept compactly (one copy of the key, times in nanoseconds) and come
+    /// back exactly as they went in.
+    #[test]
+    fn entries_come_back_exactly_as_stored() {
+        let cache = MemoryCache::builder()
+            .clock(Arc::new(crate::ManualClock::from_unix_secs(1.7e9 + 1.0)))
+            .build();
+        let created = std::time::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        let stored = CacheEntry::new(
+            "a/b.jpg",
+            "https://h/a/b.jpg?sig",
+            std::time::UNIX_EPOCH + Duration::new(4_000_000_000, 987_654_321),
+            created,
+        )
+        .with_mime_type("image/jpeg");
+        now(cache.put(stored.clone())).unwrap();
+        assert_eq!(now(cache.peek("a/b.jpg")).unwrap().as_ref(), Some(&stored));
+        let read = now(cache.get("a/b.jpg")).unwrap().unwrap();
+        assert_eq!(read.access_count, 1);
+        assert_eq!(
+            CacheEntry {
+                access_count: 0,
+                last_accessed: created,
+                ..read.clone()
+            },
+            stored
+        );
+        assert_eq!(read.last_accessed, crate::from_unix_secs(1.7e9 + 1.0));
     }
 
     #[test]
