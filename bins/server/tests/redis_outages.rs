@@ -287,14 +287,12 @@ async fn accesses_pending_at_shutdown_are_written() {
     common::terminate(first);
 
     let second = serve();
-    let status: Value = http
-        .get(format!("{}/api/v1/images/a.jpg/status", second.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = common::get_json(
+        &http,
+        &format!("{}/api/v1/images/a.jpg/status", second.base),
+        None,
+    )
+    .await;
     assert_eq!(status["cached"], true, "{status}");
     // The first request signed and stored it; the four after it read it.
     assert_eq!(status["access_count"], 4, "{status}");

@@ -372,7 +372,11 @@ impl Shard {
             }
             let name = name.clone();
             // The index is in whole milliseconds; the entry decides.
-            if !self.map.get(&name).is_some_and(|s| s.stored.is_expired(now)) {
+            if !self
+                .map
+                .get(&name)
+                .is_some_and(|s| s.stored.is_expired(now))
+            {
                 break;
             }
             self.remove(&name);
