@@ -635,6 +635,55 @@ async fn l1_serves_hot_keys_locally_and_replicas_invalidate_each_other() {
     }
 }
 
+/// When a replica's subscription to invalidations drops, it stops serving from its L1
+/// at once, long before its subscriber reconnects: what another replica writes meanwhile
+/// (whose invalidation it cannot hear) is served from Redis, never a stale URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_subscription_drops_stops_using_its_l1() {
+    let server = RedisServer::start();
+    let replica = |reconnect: Duration| {
+        let mut config = RedisConfig::new(server.url());
+        config.l1_max_entries = 100;
+        // B reconnects slowly: the gap stays open while the test runs.
+        config.reconnect_min_delay = reconnect;
+        config.reconnect_max_delay = reconnect;
+        RedisCache::connect(config)
+    };
+    let a = replica(Duration::from_millis(100)).await.unwrap();
+    let b = replica(Duration::from_millis(1500)).await.unwrap();
+    let now = SystemClock.now_unix();
+    a.put(entry("hot.jpg", now, 3600.0)).await.unwrap();
+    assert!(b.get("hot.jpg").await.unwrap().is_some());
+    assert!(b.get("hot.jpg").await.unwrap().is_some());
+    assert_eq!(b.stats().l1_hits, 1, "served from B's L1");
+
+    // Every subscription dropped; the pools' connections stay.
+    assert!(server
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .starts_with(':'));
+    // B notices at once, long before it reconnects: its lookups stop being L1 hits.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        let before = b.stats().l1_hits;
+        assert!(b.get("hot.jpg").await.unwrap().is_some());
+        if b.stats().l1_hits == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B still serves from its L1 without a subscription"
+        );
+        tokio::task::yield_now().await;
+    }
+    // A refreshes the URL; nobody hears the invalidation. B serves the new URL.
+    let mut refreshed = entry("hot.jpg", now, 7200.0);
+    refreshed.url = "https://b.example/hot.jpg?q-signature=refreshed".into();
+    a.put(refreshed.clone()).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(b.get("hot.jpg").await.unwrap().unwrap().url, refreshed.url);
+    }
+}
+
 /// On a current-thread runtime (an actix-web worker) lookups use a client of that
 /// thread once it has connected. A thread that runs one runtime after another must never
 /// send a lookup to a client whose connection task died with an earlier runtime: every

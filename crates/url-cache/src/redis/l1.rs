@@ -3,13 +3,14 @@
 //! A hot key then costs no round trip. Every write a replica makes through the cache
 //! (put, refresh, delete, eviction, cleanup) also publishes the keys on the namespace's
 //! channel, `{index}:invalidate`, in the same pipeline; every replica subscribes and drops
-//! those keys from its L1 when the message arrives, within milliseconds. When the
-//! subscription's connection drops, messages may have been missed, so the whole L1 is
-//! dropped on reconnection. Entries also leave after `l1_ttl` whatever happens, and an
+//! those keys from its L1 when the message arrives, within milliseconds. The L1 is only
+//! used while the subscription is up: when its connection drops, the L1 is emptied and
+//! bypassed (lookups go to Redis) until the subscription is back, since invalidations
+//! published meanwhile are lost. Entries also leave after `l1_ttl` whatever happens, and an
 //! entry past its URL's expiry is never served. With stable windows the replicas serve
 //! byte-identical URLs anyway.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::CacheEntry;
@@ -17,6 +18,10 @@ use crate::CacheEntry;
 /// The L1 of one replica.
 pub(crate) struct L1 {
     entries: moka::sync::Cache<String, CacheEntry>,
+    /// Whether the subscription to invalidations is up: only then is the L1 used.
+    live: AtomicBool,
+    /// Wakes whoever waits for the subscription (see [`L1::wait_live`]).
+    went_live: tokio::sync::Notify,
     hits: AtomicU64,
     /// This replica's id in its messages (its own writes need no invalidation).
     id: String,
@@ -32,6 +37,8 @@ impl L1 {
                 .max_capacity(max_entries as u64)
                 .time_to_live(ttl.max(Duration::from_millis(1)))
                 .build(),
+            live: AtomicBool::new(false),
+            went_live: tokio::sync::Notify::new(),
             hits: AtomicU64::new(0),
             id: format!(
                 "{}-{}-{}",
@@ -43,12 +50,45 @@ impl L1 {
         }
     }
 
+    /// The entry, while the subscription is up.
     pub fn get(&self, key: &str) -> Option<CacheEntry> {
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
         self.entries.get(key)
     }
 
+    /// Keeps `entry`, while the subscription is up.
     pub fn insert(&self, entry: &CacheEntry) {
-        self.entries.insert(entry.image_key.clone(), entry.clone());
+        if self.live.load(Ordering::Acquire) {
+            self.entries.insert(entry.image_key.clone(), entry.clone());
+        }
+    }
+
+    /// The subscription is up (again): the L1 starts empty, since messages may have been
+    /// missed before.
+    pub fn resume(&self) {
+        self.entries.invalidate_all();
+        self.live.store(true, Ordering::Release);
+        self.went_live.notify_waiters();
+    }
+
+    /// The subscription dropped: nothing is served from the L1 or kept in it until
+    /// [`L1::resume`].
+    pub fn suspend(&self) {
+        self.live.store(false, Ordering::Release);
+        self.entries.invalidate_all();
+    }
+
+    /// Returns once the subscription is up.
+    pub async fn wait_live(&self) {
+        loop {
+            let notified = self.went_live.notified();
+            if self.live.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn invalidate<S: AsRef<str>>(&self, keys: &[S]) {
@@ -112,6 +152,7 @@ mod tests {
         let a = L1::new(10, Duration::from_secs(60), "c".into());
         let b = L1::new(10, Duration::from_secs(60), "c".into());
         for l1 in [&a, &b] {
+            l1.resume();
             l1.insert(&entry("x"));
             l1.insert(&entry("y"));
         }
@@ -123,5 +164,26 @@ mod tests {
         assert!(b.get("y").is_some());
         b.clear();
         assert!(b.get("y").is_none());
+    }
+
+    #[test]
+    fn a_suspended_l1_serves_and_keeps_nothing_and_resumes_empty() {
+        let l1 = L1::new(10, Duration::from_secs(60), "c".into());
+        l1.insert(&entry("x"));
+        assert!(
+            l1.get("x").is_none(),
+            "not live before the first subscription"
+        );
+        l1.resume();
+        l1.insert(&entry("x"));
+        assert!(l1.get("x").is_some());
+        l1.suspend();
+        assert!(l1.get("x").is_none());
+        l1.insert(&entry("y"));
+        l1.resume();
+        assert!(
+            l1.get("x").is_none() && l1.get("y").is_none(),
+            "resumes empty"
+        );
     }
 }

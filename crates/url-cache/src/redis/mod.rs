@@ -429,6 +429,11 @@ impl RedisCache {
                 CacheError::InvalidInput(format!("Redis subscriber: {}", e.details()))
             })?;
             tasks.push(tokio::spawn(invalidations(subscriber.clone(), l1.clone())));
+            // The L1 is off until subscribed: with Redis up, wait for that here, so that a
+            // replica is whole when `connect` returns.
+            if connected {
+                let _ = tokio::time::timeout(config.connect_timeout, l1.wait_live()).await;
+            }
             (Some(l1), Some(subscriber))
         } else {
             (None, None)
@@ -1112,24 +1117,31 @@ async fn flush_loop(
     }
 }
 
-/// The L1's subscription: applies other replicas' invalidations, and drops the whole L1
-/// after a reconnection (messages may have been missed meanwhile). fred resubscribes on
-/// its own after a reconnection, a Sentinel failover or a Cluster change.
+/// The L1's subscription: applies other replicas' invalidations. The L1 is used only
+/// while the subscription is up: a connection error suspends it (invalidations published
+/// meanwhile would be lost), and it resumes, empty, once subscribed again. fred
+/// reconnects on its own after an error, a Sentinel failover or a Cluster change; the
+/// channel is subscribed again here before the L1 resumes.
 async fn invalidations(subscriber: fred::clients::SubscriberClient, l1: Arc<L1>) {
     use tokio::sync::broadcast::error::RecvError;
     let mut messages = subscriber.message_rx();
     let mut reconnects = subscriber.reconnect_rx();
+    let mut errors = subscriber.error_rx();
     let _resubscribe = subscriber.manage_subscriptions();
     let _connection = subscriber.connect();
-    loop {
-        if subscriber.wait_for_connect().await.is_ok()
-            && subscriber.subscribe(l1.channel.as_str()).await.is_ok()
-        {
-            break;
+    let subscribe = || async {
+        loop {
+            if subscriber.wait_for_connect().await.is_ok()
+                && subscriber.subscribe(l1.channel.as_str()).await.is_ok()
+            {
+                return;
+            }
+            // Not up (Redis down): fred keeps reconnecting; ask again later.
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        // Not up yet (Redis down at start): fred keeps reconnecting; ask again later.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
+    subscribe().await;
+    l1.resume();
     loop {
         tokio::select! {
             message = messages.recv() => match message {
@@ -1138,11 +1150,22 @@ async fn invalidations(subscriber: fred::clients::SubscriberClient, l1: Arc<L1>)
                         l1.receive(&text);
                     }
                 }
+                // Messages were lost: what the L1 holds may be stale.
                 Err(RecvError::Lagged(_)) => l1.clear(),
                 Err(RecvError::Closed) => break,
             },
+            error = errors.recv() => match error {
+                Ok(_) | Err(RecvError::Lagged(_)) => l1.suspend(),
+                Err(RecvError::Closed) => break,
+            },
             reconnect = reconnects.recv() => match reconnect {
-                Ok(_) | Err(RecvError::Lagged(_)) => l1.clear(),
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    // Subscribed again (fred does it too; twice is harmless) before the
+                    // L1 is used again.
+                    l1.suspend();
+                    subscribe().await;
+                    l1.resume();
+                }
                 Err(RecvError::Closed) => break,
             },
         }
