@@ -1154,14 +1154,20 @@ async fn invalidations(subscriber: fred::clients::SubscriberClient, l1: Arc<L1>)
                 Err(RecvError::Lagged(_)) => l1.clear(),
                 Err(RecvError::Closed) => break,
             },
-            error = errors.recv() => match error {
-                Ok(_) | Err(RecvError::Lagged(_)) => l1.suspend(),
+            // A connection error, or a reconnection (after which fred subscribes again
+            // by itself): either way the L1 waits, empty, until a SUBSCRIBE of ours has
+            // gone through on a live connection (twice is harmless). Resuming only then,
+            // whichever event comes first, never leaves it on without a subscription.
+            event = errors.recv() => match event {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    l1.suspend();
+                    subscribe().await;
+                    l1.resume();
+                }
                 Err(RecvError::Closed) => break,
             },
-            reconnect = reconnects.recv() => match reconnect {
+            event = reconnects.recv() => match event {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
-                    // Subscribed again (fred does it too; twice is harmless) before the
-                    // L1 is used again.
                     l1.suspend();
                     subscribe().await;
                     l1.resume();
