@@ -2,7 +2,7 @@
 //! request with the id the client saw, never a query or a signed URL; sampling; counted
 //! in the metrics; a bad setting refused.
 
-use common::{http, metrics, serve_signing, start, terminate};
+use common::{http, metrics, redirect, serve_signing, start, terminate};
 
 mod common;
 
@@ -92,12 +92,7 @@ async fn a_zero_sample_rate_logs_only_errors_in_json() {
     );
     let http = http();
     for _ in 0..20 {
-        let res = http
-            .get(format!("{}/api/v1/images/a.jpg/proxy", running.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 302);
+        redirect(&http, &running.base, "a.jpg").await;
     }
     let res = http
         .get(format!("{}/api/v1/images/a%01b/proxy", running.base))
@@ -176,12 +171,8 @@ async fn lines_written_during_a_request_carry_its_id() {
     });
     for (json, running) in ["false", "true"].into_iter().zip(starting) {
         let running = running.join().unwrap();
-        let res = http()
-            .get(format!("{}/api/v1/images/a.jpg/proxy", running.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 302, "degraded, never failed");
+        // Degraded, never failed.
+        let res = redirect(&http(), &running.base, "a.jpg").await;
         let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
         let log = terminate(running);
         // The lookup fails inside the request; the store after signing fails in a task

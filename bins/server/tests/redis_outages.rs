@@ -277,12 +277,7 @@ async fn accesses_pending_at_shutdown_are_written() {
     let http = http();
     let first = serve();
     for _ in 0..5 {
-        let res = http
-            .get(format!("{}/api/v1/images/a.jpg/proxy", first.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::FOUND);
+        common::redirect(&http, &first.base, "a.jpg").await;
     }
     common::terminate(first);
 

@@ -462,31 +462,8 @@ impl SecondText {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::Captured;
     use std::sync::Barrier;
-
-    /// Collects what the writer writes.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn lines(&self) -> Vec<String> {
-            String::from_utf8(self.0.lock().unwrap().clone())
-                .unwrap()
-                .lines()
-                .map(str::to_owned)
-                .collect()
-        }
-    }
 
     /// A flush interval no test waits for: lines come out when the guard is dropped.
     fn options() -> AccessLogOptions {

@@ -45,6 +45,8 @@ mod openapi;
 mod proxy;
 mod rate_limit;
 pub mod request_id;
+#[cfg(test)]
+mod test_support;
 mod webhook;
 
 pub use access_log::{

@@ -353,22 +353,9 @@ mod tests {
         assert_eq!(&out, b"00abcdef");
     }
 
-    /// Collects what the subscriber writes.
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[actix_web::test]
     async fn ids_are_echoed_and_carried_by_every_log_line_of_the_request() {
+        use crate::test_support::Captured;
         use actix_web::{test, web, App, HttpResponse};
         let captured = Captured::default();
         let writer = captured.clone();
@@ -405,7 +392,7 @@ mod tests {
             .to_owned();
         assert_eq!(fresh.len(), 21, "{fresh}");
 
-        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let log = captured.text();
         for id in ["trace-me-1", fresh.as_str()] {
             assert!(
                 log.lines()

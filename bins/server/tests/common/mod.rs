@@ -207,6 +207,17 @@ pub async fn get_json(http: &reqwest::Client, url: &str, token: Option<&str>) ->
         .expect("a JSON body")
 }
 
+/// `GET {base}/api/v1/images/{key}/proxy`, which must answer a redirect; the answer.
+pub async fn redirect(http: &reqwest::Client, base: &str, key: &str) -> reqwest::Response {
+    let res = http
+        .get(format!("{base}/api/v1/images/{key}/proxy"))
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(res.status(), 302, "{key}: a redirect");
+    res
+}
+
 /// `GET {base}/metrics` as text.
 pub async fn metrics(http: &reqwest::Client, base: &str) -> String {
     http.get(format!("{base}/metrics"))

@@ -1142,6 +1142,11 @@ async fn invalidations(subscriber: fred::clients::SubscriberClient, l1: Arc<L1>)
     };
     subscribe().await;
     l1.resume();
+    let resync = || async {
+        l1.suspend();
+        subscribe().await;
+        l1.resume();
+    };
     loop {
         tokio::select! {
             message = messages.recv() => match message {
@@ -1159,20 +1164,12 @@ async fn invalidations(subscriber: fred::clients::SubscriberClient, l1: Arc<L1>)
             // gone through on a live connection (twice is harmless). Resuming only then,
             // whichever event comes first, never leaves it on without a subscription.
             event = errors.recv() => match event {
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    l1.suspend();
-                    subscribe().await;
-                    l1.resume();
-                }
                 Err(RecvError::Closed) => break,
+                Ok(_) | Err(RecvError::Lagged(_)) => resync().await,
             },
             event = reconnects.recv() => match event {
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    l1.suspend();
-                    subscribe().await;
-                    l1.resume();
-                }
                 Err(RecvError::Closed) => break,
+                Ok(_) | Err(RecvError::Lagged(_)) => resync().await,
             },
         }
     }
