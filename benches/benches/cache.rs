@@ -40,7 +40,7 @@ fn fill_memory(policy: EvictionPolicy) -> Arc<MemoryCache> {
     let now = SystemClock.now();
     for key in keys() {
         let entry = CacheEntry::new(
-            &key,
+            key.as_str(),
             url_450(&key),
             now + std::time::Duration::from_secs(3600),
             now,
@@ -83,7 +83,7 @@ fn bench_memory(c: &mut Criterion) {
             (
                 k.clone(),
                 CacheEntry::new(
-                    k,
+                    k.as_str(),
                     url_450(k),
                     now + std::time::Duration::from_secs(3600),
                     now,
@@ -162,7 +162,7 @@ fn bench_redis(c: &mut Criterion) {
         for key in keys.iter().take(1000) {
             cache
                 .put(CacheEntry::new(
-                    key,
+                    key.as_str(),
                     url_450(key),
                     now + std::time::Duration::from_secs(3600),
                     now,

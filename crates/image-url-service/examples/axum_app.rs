@@ -34,7 +34,7 @@ async fn image(State(service): State<ImageUrlService>, Path(key): Path<String>) 
             (
                 StatusCode::FOUND,
                 [
-                    (header::LOCATION, url.url),
+                    (header::LOCATION, url.url.to_string()),
                     (header::CACHE_CONTROL, format!("private, max-age={max_age}")),
                 ],
             )

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cos_sign::{ObjectKey, PresignOptions};
@@ -233,9 +234,10 @@ fn push_escaped(out: &mut String, s: &str, special: &[u8]) {
 #[non_exhaustive]
 pub struct ImageUrl {
     /// The object key.
-    pub key: String,
-    /// The presigned URL. A bearer credential: never log it.
-    pub url: String,
+    pub key: Arc<str>,
+    /// The presigned URL. A bearer credential: never log it. Shared with the cache
+    /// entry it came from: a hit copies no text.
+    pub url: Arc<str>,
     /// When the URL stops working.
     #[serde(serialize_with = "crate::unix_time::serialize_time")]
     pub expires_at: SystemTime,
@@ -249,7 +251,7 @@ pub struct ImageUrl {
     /// A cached URL was replaced (pre-refresh near expiry, or `force_refresh`).
     pub refreshed: bool,
     /// The object's MIME type, guessed from its extension.
-    pub mime_type: Option<String>,
+    pub mime_type: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for ImageUrl {

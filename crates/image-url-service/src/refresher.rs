@@ -275,7 +275,7 @@ impl ImageUrlService {
         let align = self.inner.config.effective_align();
         for entry in batch {
             if now - entry.last_accessed_unix() > config.idle_drop.as_secs_f64() {
-                idle.push(entry.image_key.as_str());
+                idle.push(&*entry.image_key);
                 continue;
             }
             let Some((key, options)) = parse_cache_key(&entry.image_key) else {

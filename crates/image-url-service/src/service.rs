@@ -59,7 +59,7 @@ struct Flight {
 
 #[derive(Debug, Clone)]
 struct Signed {
-    url: String,
+    url: Arc<str>,
     expires_at: f64,
     /// When the flight signed it (the service clock).
     signed_at: f64,
@@ -513,6 +513,13 @@ impl ImageUrlService {
                             bump(&counters.hits);
                             // The entry carries the MIME type guessed when it was stored.
                             let mime = entry.mime_type.or_else(|| mime_type(key));
+                            // The entry's key is the object key unless options made the
+                            // cache key longer: then share it rather than copy the key.
+                            let key = if *entry.image_key == *key.as_str() {
+                                entry.image_key
+                            } else {
+                                key.as_str().into()
+                            };
                             return Ok(ImageUrl {
                                 from_cache: true,
                                 ..answer(key, entry.url, expires_at, now, mime)
@@ -552,7 +559,13 @@ impl ImageUrlService {
         Ok(ImageUrl {
             degraded,
             refreshed,
-            ..answer(key, signed.url, signed.expires_at, now, mime_type(key))
+            ..answer(
+                key.as_str().into(),
+                signed.url,
+                signed.expires_at,
+                now,
+                mime_type(key),
+            )
         })
     }
 
@@ -654,7 +667,7 @@ impl ImageUrlService {
     }
 
     /// Signs `key` for the configured window, clamped to the credentials' lifetime.
-    pub(crate) fn sign(&self, key: &ObjectKey, options: &UrlOptions) -> Result<(String, f64)> {
+    pub(crate) fn sign(&self, key: &ObjectKey, options: &UrlOptions) -> Result<(Arc<str>, f64)> {
         let config = &self.inner.config;
         let now = self.inner.clock.now_unix().floor() as i64;
         let ttl = config.ttl.as_secs() as i64;
@@ -691,7 +704,7 @@ impl ImageUrlService {
                 other => ServiceError::Signing(other),
             })?;
         bump(&self.inner.counters.signings);
-        Ok((url, window.end() as f64))
+        Ok((url.into(), window.end() as f64))
     }
 
     /// Runs a cache call through the breaker and the deadline. `None`: skipped or failed
@@ -826,14 +839,14 @@ async fn fly(
 
 /// An answer with every flag off; callers set the ones that apply.
 fn answer(
-    key: &ObjectKey,
-    url: String,
+    key: Arc<str>,
+    url: Arc<str>,
     expires_at: f64,
     now: f64,
-    mime_type: Option<String>,
+    mime_type: Option<Arc<str>>,
 ) -> ImageUrl {
     ImageUrl {
-        key: key.as_str().to_owned(),
+        key,
         url,
         expires_at: from_unix_secs(expires_at),
         ttl_remaining: Duration::try_from_secs_f64(expires_at - now).unwrap_or(Duration::ZERO),
@@ -844,8 +857,8 @@ fn answer(
     }
 }
 
-fn mime_type(key: &ObjectKey) -> Option<String> {
+fn mime_type(key: &ObjectKey) -> Option<Arc<str>> {
     mime_guess::from_path(key.as_str())
         .first_raw()
-        .map(str::to_owned)
+        .map(Arc::from)
 }

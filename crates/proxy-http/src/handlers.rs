@@ -316,7 +316,7 @@ pub(crate) async fn proxy_or_redirect(
             );
             // Built directly rather than through `HttpResponse::Found()`'s builder: this
             // is the hot path, and the builder converts each header pair generically.
-            let location = header::HeaderValue::try_from(answer.url).map_err(|_| {
+            let location = location(answer.url).map_err(|_| {
                 ApiError::Service(ServiceError::InvalidConfig(
                     "the signed URL is not a valid Location header (check cos.domain)".into(),
                 ))
@@ -332,6 +332,19 @@ pub(crate) async fn proxy_or_redirect(
             "mode must be redirect or proxy, not {other:?}"
         ))),
     }
+}
+
+/// The `Location` value for a signed URL, sharing its bytes with the cache entry (no
+/// copy of the URL per redirect); an error if it is not a valid header value.
+fn location(url: std::sync::Arc<str>) -> Result<header::HeaderValue, header::InvalidHeaderValue> {
+    /// `Arc<str>` as the byte owner `Bytes::from_owner` takes.
+    struct SharedUrl(std::sync::Arc<str>);
+    impl AsRef<[u8]> for SharedUrl {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_bytes()
+        }
+    }
+    header::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(SharedUrl(url)))
 }
 
 /// `private, max-age=N` with N ending when the server would re-sign (so a browser never

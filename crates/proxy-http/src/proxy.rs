@@ -63,7 +63,7 @@ pub(crate) async fn stream(
     for attempt in 0..2 {
         let mut upstream = state
             .upstream
-            .get(&answer.url)
+            .get(&*answer.url)
             .timeout(state.config.proxy_timeout);
         for name in &FORWARDED {
             if let Some(value) = req.headers().get(name) {

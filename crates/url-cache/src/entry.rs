@@ -1,5 +1,6 @@
 //! The cached record.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,9 @@ use crate::clock::{from_unix_secs, unix_secs};
 /// One cached presigned URL: the record the original system stored as JSON under
 /// `image:url:{image_key}`. In JSON, times are Unix seconds as the original system wrote
 /// them (fractional allowed).
+///
+/// The text fields are shared (`Arc<str>`): a backend that keeps entries in memory hands
+/// out a hit by bumping reference counts, without copying the URL.
 ///
 /// ```
 /// use std::time::Duration;
@@ -26,7 +30,7 @@ use crate::clock::{from_unix_secs, unix_secs};
 #[non_exhaustive]
 pub struct CacheEntry {
     /// The presigned URL.
-    pub url: String,
+    pub url: Arc<str>,
     /// When the URL's signature ends.
     #[serde(with = "unix_float")]
     pub expires_at: SystemTime,
@@ -40,17 +44,17 @@ pub struct CacheEntry {
     #[serde(with = "unix_float")]
     pub last_accessed: SystemTime,
     /// The cache key: the object key, or the object key with its signed variant.
-    pub image_key: String,
+    pub image_key: Arc<str>,
     /// The object's MIME type, if known.
     #[serde(default)]
-    pub mime_type: Option<String>,
+    pub mime_type: Option<Arc<str>>,
 }
 
 impl CacheEntry {
     /// A fresh entry created at `now`, never read.
     pub fn new(
-        image_key: impl Into<String>,
-        url: impl Into<String>,
+        image_key: impl Into<Arc<str>>,
+        url: impl Into<Arc<str>>,
         expires_at: SystemTime,
         now: SystemTime,
     ) -> Self {
@@ -66,7 +70,7 @@ impl CacheEntry {
     }
 
     /// Sets the MIME type.
-    pub fn with_mime_type(mut self, mime_type: impl Into<String>) -> Self {
+    pub fn with_mime_type(mut self, mime_type: impl Into<Arc<str>>) -> Self {
         self.mime_type = Some(mime_type.into());
         self
     }

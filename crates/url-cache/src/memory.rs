@@ -14,8 +14,7 @@
 //!   use a single shard, so their policy is exact; larger ones follow it approximately,
 //!   as every sharded cache does (moka, caffeine).
 
-use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +22,10 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use foldhash::fast::RandomState;
+// hashbrown rather than std's map for `get_key_value_mut`: a hit hands out the map's own
+// `Arc` of the key, in one lookup.
+use hashbrown::hash_map::Entry as MapEntry;
+use hashbrown::HashMap;
 
 use crate::policy::Kind;
 use crate::{
@@ -141,12 +144,13 @@ type OrderKey = (u64, u64);
 type ExpiryKey = (u64, u64);
 
 /// An entry as a shard keeps it, in 64 bytes plus its text: the key is stored once (as
-/// the map's key), text is boxed to its length, and times are nanoseconds since the Unix
-/// epoch (`u64`: until 2554; later times are kept as 2554).
+/// the map's key), times are nanoseconds since the Unix epoch (`u64`: until 2554; later
+/// times are kept as 2554). The text is shared with the entries handed out: a hit copies
+/// no string, it bumps reference counts.
 #[derive(Debug)]
 struct Stored {
-    url: Box<str>,
-    mime_type: Option<Box<str>>,
+    url: Arc<str>,
+    mime_type: Option<Arc<str>>,
     expires_at: u64,
     created_at: u64,
     last_accessed: u64,
@@ -165,8 +169,8 @@ fn from_nanos(nanos: u64) -> SystemTime {
 impl Stored {
     fn new(entry: CacheEntry) -> Self {
         Stored {
-            url: entry.url.into_boxed_str(),
-            mime_type: entry.mime_type.map(String::into_boxed_str),
+            url: entry.url,
+            mime_type: entry.mime_type,
             expires_at: nanos(entry.expires_at),
             created_at: nanos(entry.created_at),
             last_accessed: nanos(entry.last_accessed),
@@ -179,15 +183,15 @@ impl Stored {
         nanos(now) >= self.expires_at
     }
 
-    fn to_entry(&self, key: &str) -> CacheEntry {
+    fn to_entry(&self, key: &Arc<str>) -> CacheEntry {
         CacheEntry {
-            url: self.url.as_ref().to_owned(),
+            url: self.url.clone(),
             expires_at: from_nanos(self.expires_at),
             access_count: self.access_count,
             created_at: from_nanos(self.created_at),
             last_accessed: from_nanos(self.last_accessed),
-            image_key: key.to_owned(),
-            mime_type: self.mime_type.as_deref().map(str::to_owned),
+            image_key: key.clone(),
+            mime_type: self.mime_type.clone(),
         }
     }
 }
@@ -248,7 +252,7 @@ impl Shard {
     /// Looks `key` up at `now`, recording the access. `Err(())` means "was expired".
     fn get(&mut self, key: &str, now: SystemTime, policy: Kind) -> Result<Option<CacheEntry>, ()> {
         let tick = self.next_tick();
-        let Some(slot) = self.map.get_mut(key) else {
+        let Some((name, slot)) = self.map.get_key_value_mut(key) else {
             return Ok(None);
         };
         if slot.stored.is_expired(now) {
@@ -262,7 +266,7 @@ impl Shard {
             Kind::Lfu => slot.current = (slot.stored.access_count, tick),
             Kind::Fifo => {}
         }
-        Ok(Some(slot.stored.to_entry(key)))
+        Ok(Some(slot.stored.to_entry(name)))
     }
 
     /// Inserts or replaces; whether the key is new.
@@ -274,7 +278,7 @@ impl Shard {
         };
         let expiry = (millis(entry.expires_at), tick);
         let mut inserted = false;
-        let key: Arc<str> = match self.map.entry(Arc::from(entry.image_key.as_str())) {
+        let key: Arc<str> = match self.map.entry(entry.image_key.clone()) {
             MapEntry::Occupied(mut occupied) => {
                 let old = occupied.get_mut();
                 let stored = Stored::new(entry);

@@ -287,7 +287,7 @@ async fn reads_json_strings_written_by_the_original_system() {
         .unwrap();
     let got = cache.get("old.jpg").await.unwrap().unwrap();
     assert_eq!(
-        got.url,
+        &*got.url,
         "https://b.cos.ap-guangzhou.myqcloud.com/old.jpg?q-signature=x"
     );
     assert_eq!(got.access_count, 5);
@@ -501,7 +501,7 @@ async fn namespaces_keep_buckets_apart_and_old_keys_move_over() {
     assert!(batch.iter().all(Option::is_none));
     // ...a single read in A moves the old entry under A's namespace.
     let moved = bucket_a.get("a.jpg").await.unwrap().expect("migrated");
-    assert_eq!(moved.url, "https://b.example/a.jpg?q-signature=s");
+    assert_eq!(&*moved.url, "https://b.example/a.jpg?q-signature=s");
     let kind: String = raw
         .r#type("image:url:a-1250000000.cos.ap-guangzhou.myqcloud.com:a.jpg")
         .await
@@ -524,7 +524,7 @@ async fn namespaces_keep_buckets_apart_and_old_keys_move_over() {
     assert_eq!(bucket_a.get("a.jpg").await.unwrap().unwrap().url, moved.url);
     // The original system's JSON string moves too.
     assert_eq!(
-        bucket_a.get("j.jpg").await.unwrap().expect("migrated").url,
+        &*bucket_a.get("j.jpg").await.unwrap().expect("migrated").url,
         "https://b/j.jpg?q-signature=x"
     );
 
@@ -602,7 +602,7 @@ async fn l1_serves_hot_keys_locally_and_replicas_invalidate_each_other() {
     let now = SystemClock.now_unix();
     a.put(entry("hot.jpg", now, 3600.0)).await.unwrap();
     assert_eq!(
-        b.get("hot.jpg").await.unwrap().unwrap().url,
+        &*b.get("hot.jpg").await.unwrap().unwrap().url,
         "https://b.example/hot.jpg?q-signature=s"
     );
     assert_eq!(server.command(&["CONFIG", "RESETSTAT"]), "+OK");

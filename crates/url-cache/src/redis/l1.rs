@@ -11,13 +11,14 @@
 //! byte-identical URLs anyway.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::CacheEntry;
 
 /// The L1 of one replica.
 pub(crate) struct L1 {
-    entries: moka::sync::Cache<String, CacheEntry>,
+    entries: moka::sync::Cache<Arc<str>, CacheEntry>,
     /// Whether the subscription to invalidations is up: only then is the L1 used.
     live: AtomicBool,
     /// Wakes whoever waits for the subscription (see [`L1::wait_live`]).

@@ -728,7 +728,7 @@ impl RedisCache {
                 Ok(None)
             }
             Some(mut entry) => {
-                entry.image_key = key.to_owned();
+                entry.image_key = key.into();
                 entry.access_count += 1;
                 entry.last_accessed = from_unix_secs(now);
                 self.store(entry.clone()).await?;
@@ -796,7 +796,7 @@ impl RedisCache {
         let pipe = self.inner.pool.next_connected().pipeline();
         let op = async {
             self.queue_store(&pipe, entry).await?;
-            self.queue_published(&pipe, &[key.as_str()]).await?;
+            self.queue_published(&pipe, &[&key]).await?;
             self.queue_count(&pipe).await?;
             let replies: Vec<Value> = pipe.all().await?;
             Ok(self.counted(&replies))
@@ -869,12 +869,12 @@ impl RedisCache {
             ("access_count", entry.access_count.to_string()),
             ("created_at", entry.created_at_unix().to_string()),
             ("last_accessed", entry.last_accessed_unix().to_string()),
-            ("url", entry.url),
-            ("image_key", entry.image_key),
+            ("url", entry.url.to_string()),
+            ("image_key", entry.image_key.to_string()),
         ];
         let has_mime = entry.mime_type.is_some();
         if let Some(mime) = entry.mime_type {
-            fields.push(("mime_type", mime));
+            fields.push(("mime_type", mime.to_string()));
         }
         // Overwrite field by field (no DEL first): a concurrent reader sees the old
         // entry or the new one, never a gap.
@@ -890,7 +890,7 @@ impl RedisCache {
                 None,
                 false,
                 false,
-                (expires_unix, key.as_str()),
+                (expires_unix, &*key),
             )
             .await?;
         let _: () = pipe
@@ -900,7 +900,7 @@ impl RedisCache {
                 None,
                 false,
                 false,
-                (order_score, key.as_str()),
+                (order_score, &*key),
             )
             .await?;
         Ok(())
@@ -1293,7 +1293,10 @@ fn parse_entry(key: &str, fields: &HashMap<String, String>) -> Result<CacheEntry
             .ok_or_else(|| corrupt(field))
     };
     Ok(CacheEntry {
-        url: fields.get("url").cloned().ok_or_else(|| corrupt("url"))?,
+        url: fields
+            .get("url")
+            .map(|url| url.as_str().into())
+            .ok_or_else(|| corrupt("url"))?,
         expires_at: from_unix_secs(number("expires_at")?),
         access_count: fields
             .get("access_count")
@@ -1301,11 +1304,8 @@ fn parse_entry(key: &str, fields: &HashMap<String, String>) -> Result<CacheEntry
             .unwrap_or(0),
         created_at: from_unix_secs(number("created_at")?),
         last_accessed: from_unix_secs(number("last_accessed").unwrap_or(0.0)),
-        image_key: fields
-            .get("image_key")
-            .cloned()
-            .unwrap_or_else(|| key.to_owned()),
-        mime_type: fields.get("mime_type").cloned(),
+        image_key: fields.get("image_key").map_or(key, String::as_str).into(),
+        mime_type: fields.get("mime_type").map(|mime| mime.as_str().into()),
     })
 }
 
@@ -1445,7 +1445,7 @@ impl UrlCache for RedisCache {
         let (live, expired): (Vec<_>, Vec<_>) =
             entries.into_iter().partition(|e| now < e.expires_at_unix());
         if !expired.is_empty() {
-            let keys: Vec<&str> = expired.iter().map(|e| e.image_key.as_str()).collect();
+            let keys: Vec<&str> = expired.iter().map(|e| &*e.image_key).collect();
             self.delete_many(&keys).await?;
         }
         let Some(last) = live.last().map(|e| e.image_key.clone()) else {
@@ -1456,7 +1456,7 @@ impl UrlCache for RedisCache {
             for entry in live.iter().cloned() {
                 self.queue_store(&pipe, entry).await?;
             }
-            let written: Vec<&str> = live.iter().map(|e| e.image_key.as_str()).collect();
+            let written: Vec<&str> = live.iter().map(|e| &*e.image_key).collect();
             self.queue_published(&pipe, &written).await?;
             self.queue_count(&pipe).await?;
             let replies: Vec<Value> = pipe.all().await?;
