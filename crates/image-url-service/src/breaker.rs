@@ -1,5 +1,6 @@
 //! A circuit breaker in front of the cache.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,10 +64,19 @@ pub(crate) struct BreakerSettings {
 /// probe through: its success closes the breaker, its failure opens it again.
 ///
 /// A plain mutex: the critical sections are a few comparisons, never held across an
-/// `.await`, and the breaker is consulted once per cache call.
+/// `.await`. While the cache is healthy (closed, and the last `window` calls all
+/// succeeded) a success changes nothing, so calls take no lock and write nothing shared:
+/// every worker only reads the `healthy` flag. The first failure takes the lock and
+/// clears it.
 #[derive(Debug)]
 pub(crate) struct Breaker {
     state: Mutex<State>,
+    /// Closed with a full window of successes: a success would leave `state` as it is.
+    /// Written only under the lock.
+    healthy: AtomicBool,
+    /// Times the lock was taken (tests check that healthy calls take none).
+    #[cfg(test)]
+    locks: std::sync::atomic::AtomicU64,
     settings: BreakerSettings,
     clock: Arc<dyn Clock>,
 }
@@ -86,6 +96,11 @@ impl Permit<'_> {
     /// The call succeeded (or the backend answered, even with bad data).
     pub(crate) fn succeeded(mut self) {
         self.settled = true;
+        // A success while healthy changes nothing (see `Breaker`); a failure that
+        // raced ahead of it cleared the flag and is recorded as if it came after.
+        if !self.probe && self.breaker.healthy.load(Ordering::Acquire) {
+            return;
+        }
         self.breaker.record(self.probe, None);
     }
 
@@ -118,6 +133,9 @@ impl Breaker {
                 outcomes: 0,
                 calls: 0,
             }),
+            healthy: AtomicBool::new(false),
+            #[cfg(test)]
+            locks: Default::default(),
             settings: BreakerSettings {
                 threshold: settings.threshold.max(1),
                 window: settings.window.clamp(1, 64),
@@ -129,12 +147,21 @@ impl Breaker {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        #[cfg(test)]
+        self.locks.fetch_add(1, Ordering::Relaxed);
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `Some` if the cache may be called now. `reconnects` reads the backend's
     /// reconnection count (see `UrlCache::reconnects`); it is called only while open.
     pub(crate) fn try_acquire(&self, reconnects: impl FnOnce() -> u64) -> Option<Permit<'_>> {
+        if self.healthy.load(Ordering::Acquire) {
+            return Some(Permit {
+                breaker: self,
+                probe: false,
+                settled: false,
+            });
+        }
         let mut state = self.lock();
         let probe = match state.mode {
             Mode::Closed => false,
@@ -187,6 +214,10 @@ impl Breaker {
                 };
                 state.outcomes = ((state.outcomes << 1) | u64::from(failed)) & mask;
                 state.calls = (state.calls + 1).min(window);
+                self.healthy.store(
+                    state.calls == window && state.outcomes == 0,
+                    Ordering::Release,
+                );
                 if !failed {
                     state.consecutive_failures = 0;
                     return false;
@@ -206,6 +237,7 @@ impl Breaker {
     }
 
     fn open(&self, state: &mut State, reconnects: u64) {
+        self.healthy.store(false, Ordering::Release);
         state.mode = Mode::Open {
             until: self.clock.now_unix() + self.settings.cool_down.as_secs_f64(),
             reconnects,
@@ -331,6 +363,58 @@ mod tests {
             .expect("the next call probes");
         probe.succeeded();
         assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
+    /// Every worker used to take the breaker's lock twice per cache call, writing one
+    /// cache line that all of them share.
+    #[test]
+    fn healthy_calls_take_no_lock_and_a_failure_still_counts() {
+        let clock = Arc::new(ManualClock::from_unix_secs(0.0));
+        let breaker = breaker(3, 20, clock);
+        for _ in 0..20 {
+            breaker.try_acquire(no_reconnects).unwrap().succeeded();
+        }
+        let before = breaker.locks.load(Ordering::Relaxed);
+        for _ in 0..1000 {
+            breaker.try_acquire(no_reconnects).unwrap().succeeded();
+        }
+        assert_eq!(breaker.locks.load(Ordering::Relaxed), before);
+        // The window is still exact: after a failure, every other call failing opens
+        // it at the tenth failure (10 of the last 20).
+        let mut failures = 0;
+        for call in 0.. {
+            let permit = breaker.try_acquire(no_reconnects).unwrap();
+            if call % 2 == 1 {
+                permit.succeeded();
+                continue;
+            }
+            failures += 1;
+            if permit.failed(0) {
+                break;
+            }
+        }
+        assert_eq!(failures, 10);
+        assert_eq!(breaker.state(), CircuitState::Open);
+        assert!(breaker.try_acquire(no_reconnects).is_none());
+    }
+
+    /// After a probe closes it, the breaker counts a whole window again before it
+    /// trusts the cache without the lock.
+    #[test]
+    fn a_closed_breaker_is_healthy_only_after_a_full_window() {
+        let clock = Arc::new(ManualClock::from_unix_secs(0.0));
+        let breaker = breaker(1, 4, clock.clone());
+        breaker.try_acquire(no_reconnects).unwrap().failed(0);
+        clock.advance(Duration::from_secs(10));
+        breaker.try_acquire(no_reconnects).unwrap().succeeded();
+        for _ in 0..3 {
+            breaker.try_acquire(no_reconnects).unwrap().succeeded();
+            assert!(!breaker.healthy.load(Ordering::Relaxed));
+        }
+        breaker.try_acquire(no_reconnects).unwrap().succeeded();
+        assert!(breaker.healthy.load(Ordering::Relaxed));
+        assert!(breaker.try_acquire(no_reconnects).unwrap().failed(0));
+        assert!(!breaker.healthy.load(Ordering::Relaxed));
     }
 
     #[test]

@@ -1,69 +1,11 @@
-//! Counters and histograms split per thread, merged when read: the request path writes
-//! only its own thread's cache line, never one that every worker writes.
+//! Histograms split per thread, merged when read: the request path writes only its own
+//! thread's cache line, never one that every worker writes.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
-
-/// One shard, alone on its cache lines (128 bytes covers adjacent-line prefetching).
-#[repr(align(128))]
-#[derive(Debug, Default)]
-struct Padded<T>(T);
-
-/// How many shards: a power of two, twice the CPUs (threads beyond that share), at most
-/// 64.
-fn shard_count() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cpus * 2).next_power_of_two().min(64)
-}
-
-/// This thread's shard number, handed out round robin at the thread's first use.
-fn my_shard(count: usize) -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static MINE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    MINE.with(|mine| {
-        let mut shard = mine.get();
-        if shard == usize::MAX {
-            shard = NEXT.fetch_add(1, Ordering::Relaxed);
-            mine.set(shard);
-        }
-        shard & (count - 1)
-    })
-}
-
-/// A counter whose increments touch only the current thread's shard.
-#[derive(Debug)]
-pub(crate) struct ShardedCounter {
-    shards: Box<[Padded<AtomicU64>]>,
-}
-
-impl Default for ShardedCounter {
-    fn default() -> Self {
-        ShardedCounter {
-            shards: (0..shard_count()).map(|_| Padded::default()).collect(),
-        }
-    }
-}
-
-impl ShardedCounter {
-    pub(crate) fn add(&self, n: u64) {
-        self.shards[my_shard(self.shards.len())]
-            .0
-            .fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The sum over the shards.
-    pub(crate) fn load(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .sum()
-    }
-}
+pub(crate) use url_cache::sharded::ShardedCounter;
+use url_cache::sharded::{shard_count, thread_shard, Padded};
 
 /// A latency histogram per shard (microseconds, 1 µs to 60 s, 2 significant digits),
 /// merged when read. Each lock is taken by one thread at a time in practice, so it is
@@ -90,7 +32,7 @@ impl Default for ShardedHistogram {
 
 impl ShardedHistogram {
     pub(crate) fn record(&self, micros: u64) {
-        let shard = &self.shards[my_shard(self.shards.len())].0;
+        let shard = &self.shards[thread_shard(self.shards.len())].0;
         shard
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -255,12 +255,13 @@ impl Shard {
         let Some((name, slot)) = self.map.get_key_value_mut(key) else {
             return Ok(None);
         };
-        if slot.stored.is_expired(now) {
+        let now = nanos(now);
+        if now >= slot.stored.expires_at {
             self.remove(key);
             return Err(());
         }
         slot.stored.access_count += 1;
-        slot.stored.last_accessed = nanos(now);
+        slot.stored.last_accessed = now;
         match policy {
             Kind::Lru => slot.current = (0, tick),
             Kind::Lfu => slot.current = (slot.stored.access_count, tick),

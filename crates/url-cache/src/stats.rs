@@ -1,6 +1,6 @@
 //! Hit/miss/expiry/eviction/error counters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sharded::ShardedCounter;
 
 use serde::Serialize;
 
@@ -44,51 +44,52 @@ impl CacheStats {
     }
 }
 
-/// Lock-free counters behind [`CacheStats`], for backends.
+/// Lock-free counters behind [`CacheStats`], for backends. Split per thread (see
+/// [`ShardedCounter`]): counting a hit writes no cache line another worker writes.
 #[derive(Debug, Default)]
 pub struct StatsCounters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    expired: AtomicU64,
-    evictions: AtomicU64,
-    errors: AtomicU64,
-    corrupt: AtomicU64,
+    hits: ShardedCounter,
+    misses: ShardedCounter,
+    expired: ShardedCounter,
+    evictions: ShardedCounter,
+    errors: ShardedCounter,
+    corrupt: ShardedCounter,
 }
 
 impl StatsCounters {
     /// Counts `n` hits.
     pub fn hit(&self, n: u64) {
-        self.hits.fetch_add(n, Ordering::Relaxed);
+        self.hits.add(n);
     }
     /// Counts `n` misses.
     pub fn miss(&self, n: u64) {
-        self.misses.fetch_add(n, Ordering::Relaxed);
+        self.misses.add(n);
     }
     /// Counts `n` expired lookups.
     pub fn expired(&self, n: u64) {
-        self.expired.fetch_add(n, Ordering::Relaxed);
+        self.expired.add(n);
     }
     /// Counts `n` evictions.
     pub fn evicted(&self, n: u64) {
-        self.evictions.fetch_add(n, Ordering::Relaxed);
+        self.evictions.add(n);
     }
     /// Counts one error.
     pub fn error(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.errors.add(1);
     }
     /// Counts one corrupt entry.
     pub fn corrupt(&self) {
-        self.corrupt.fetch_add(1, Ordering::Relaxed);
+        self.corrupt.add(1);
     }
     /// The current values.
     pub fn snapshot(&self) -> CacheStats {
         CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            expired: self.expired.load(Ordering::Relaxed),
-            evictions: self.evictions.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            corrupt: self.corrupt.load(Ordering::Relaxed),
+            hits: self.hits.load(),
+            misses: self.misses.load(),
+            expired: self.expired.load(),
+            evictions: self.evictions.load(),
+            errors: self.errors.load(),
+            corrupt: self.corrupt.load(),
             l1_hits: 0,
         }
     }
