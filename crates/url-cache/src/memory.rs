@@ -221,7 +221,14 @@ struct Shard {
     expiry: BTreeMap<ExpiryKey, Arc<str>>,
     /// Monotonic per-shard counter: recency and insertion order, and a tie-breaker.
     tick: u64,
+    /// The MIME types stored, each kept once and shared by its entries (a handful of
+    /// values across thousands of entries). Bounded: beyond [`MAX_INTERNED_MIME_TYPES`]
+    /// distinct values, new ones are kept per entry, so odd input cannot grow it.
+    mime_types: hashbrown::HashSet<Arc<str>, RandomState>,
 }
+
+/// Distinct MIME types a shard shares between its entries.
+const MAX_INTERNED_MIME_TYPES: usize = 64;
 
 fn millis(time: SystemTime) -> u64 {
     nanos(time) / 1_000_000
@@ -234,6 +241,7 @@ impl Shard {
             order: BTreeMap::new(),
             expiry: BTreeMap::new(),
             tick: 0,
+            mime_types: Default::default(),
         }
     }
 
@@ -270,8 +278,20 @@ impl Shard {
         Ok(Some(slot.stored.to_entry(name)))
     }
 
+    /// The shard's shared copy of `mime`, if it keeps one.
+    fn intern(&mut self, mime: Arc<str>) -> Arc<str> {
+        if let Some(shared) = self.mime_types.get(&*mime) {
+            return shared.clone();
+        }
+        if self.mime_types.len() < MAX_INTERNED_MIME_TYPES {
+            self.mime_types.insert(mime.clone());
+        }
+        mime
+    }
+
     /// Inserts or replaces; whether the key is new.
-    fn put(&mut self, entry: CacheEntry, policy: Kind) -> bool {
+    fn put(&mut self, mut entry: CacheEntry, policy: Kind) -> bool {
+        entry.mime_type = entry.mime_type.map(|mime| self.intern(mime));
         let tick = self.next_tick();
         let order = match policy {
             Kind::Lru | Kind::Fifo => (0, tick),
@@ -643,6 +663,29 @@ mod tests {
             stored
         );
         assert_eq!(read.last_accessed, crate::from_unix_secs(1.7e9 + 1.0));
+    }
+
+    #[test]
+    fn mime_types_are_kept_once_per_shard_and_the_set_is_bounded() {
+        let cache = MemoryCache::builder().shards(1).build();
+        let at = SystemTime::now();
+        let put = |key: &str, mime: &str| {
+            let entry = CacheEntry::new(key, "https://h/x?sig", at + Duration::from_secs(60), at)
+                .with_mime_type(mime);
+            now(cache.put(entry)).unwrap();
+        };
+        put("a.jpg", "image/jpeg");
+        put("b.jpg", "image/jpeg");
+        let mime = |key: &str| now(cache.peek(key)).unwrap().unwrap().mime_type.unwrap();
+        assert!(Arc::ptr_eq(&mime("a.jpg"), &mime("b.jpg")));
+        for i in 0..200 {
+            put(&format!("odd{i}"), &format!("image/x-{i}"));
+        }
+        assert_eq!(
+            lock(&cache.shards[0]).mime_types.len(),
+            MAX_INTERNED_MIME_TYPES
+        );
+        assert_eq!(&*mime("odd199"), "image/x-199");
     }
 
     #[test]
