@@ -76,9 +76,32 @@ impl Drop for Current {
     }
 }
 
-/// A fresh id: 12 hex digits fixed per process, a dash, and a per-process counter.
+/// Ids a thread takes from the process-wide counter at a time: each worker then counts
+/// on its own, and the shared counter is written once per block, not once per request.
+const ID_BLOCK: u64 = 1 << 16;
+
+/// The next number of this thread's block, taking a new block when it runs out. Numbers
+/// are unique in the process; across threads they are not in order.
+fn next_id_number() -> u64 {
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        /// (next number, end of this thread's block).
+        static BLOCK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    BLOCK.with(|block| {
+        let (mut next, mut end) = block.get();
+        if next == end {
+            next = NEXT_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            end = next + ID_BLOCK;
+        }
+        block.set((next + 1, end));
+        next
+    })
+}
+
+/// A fresh id: 12 hex digits fixed per process, a dash, and a number unique in the
+/// process.
 fn new_id() -> HeaderValue {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let prefix = *PREFIX.get_or_init(|| {
         std::time::SystemTime::now()
@@ -86,7 +109,7 @@ fn new_id() -> HeaderValue {
             .map(|d| d.as_nanos() as u64 ^ u64::from(std::process::id()) << 32)
             .unwrap_or(0)
     });
-    let counter = NEXT.fetch_add(1, Ordering::Relaxed);
+    let counter = next_id_number();
     let mut id = [b'-'; 21];
     write_hex(&mut id[..12], prefix);
     write_hex(&mut id[13..], counter);
@@ -329,6 +352,30 @@ fn finish<B: MessageBody>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each thread counts in blocks of its own: ids stay unique across threads and
+    /// across the end of a block.
+    #[test]
+    fn ids_from_many_threads_never_repeat() {
+        let per_thread = ID_BLOCK as usize + 10;
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    (0..per_thread)
+                        .map(|_| next_id_number())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let count = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), count);
+    }
 
     #[test]
     fn fresh_ids_are_distinct_and_well_formed() {
