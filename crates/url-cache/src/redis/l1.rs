@@ -23,7 +23,7 @@ pub(crate) struct L1 {
     live: AtomicBool,
     /// Wakes whoever waits for the subscription (see [`L1::wait_live`]).
     went_live: tokio::sync::Notify,
-    hits: AtomicU64,
+    hits: crate::sharded::ShardedCounter,
     /// This replica's id in its messages (its own writes need no invalidation).
     id: String,
     /// Where invalidations are published.
@@ -40,7 +40,7 @@ impl L1 {
                 .build(),
             live: AtomicBool::new(false),
             went_live: tokio::sync::Notify::new(),
-            hits: AtomicU64::new(0),
+            hits: Default::default(),
             id: format!(
                 "{}-{}-{}",
                 std::process::id(),
@@ -104,11 +104,11 @@ impl L1 {
     }
 
     pub fn hit(&self) {
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.hits.add(1);
     }
 
     pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
+        self.hits.load()
     }
 
     /// The message that invalidates `keys` elsewhere: the sender's id, then one key per

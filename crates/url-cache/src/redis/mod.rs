@@ -1312,6 +1312,15 @@ fn parse_entry(key: &str, fields: &HashMap<String, String>) -> Result<CacheEntry
 #[async_trait]
 impl UrlCache for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<CacheEntry>> {
+        // A live entry in the L1 is the hot path: answered here, without the batch's
+        // vectors. Anything else (absent, expired, no L1) goes the batch's way.
+        if let Some(l1) = &self.inner.l1 {
+            validate_key(key)?;
+            let now = self.inner.clock.now_unix();
+            if let Some(entry) = l1.get(key).filter(|e| now < e.expires_at_unix()) {
+                return Ok(Some(self.served_from_l1(key, entry, now)));
+            }
+        }
         // One key is a batch of one: the same pipeline, the same reply handling.
         Ok(self.get_many(&[key]).await?.pop().flatten())
     }
