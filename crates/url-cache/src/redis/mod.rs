@@ -626,6 +626,18 @@ impl RedisCache {
 
     /// An entry the L1 held, as a lookup answers it: counted (a hit, and an L1 hit), its
     /// access recorded for the next flush.
+    /// The L1's entry for `key` if it is live at `now`; an expired one is dropped from
+    /// the L1. `None` without an L1.
+    fn live_in_l1(&self, key: &str, now: f64) -> Option<CacheEntry> {
+        let l1 = self.inner.l1.as_ref()?;
+        let entry = l1.get(key)?;
+        if now < entry.expires_at_unix() {
+            return Some(entry);
+        }
+        l1.invalidate(&[key]);
+        None
+    }
+
     fn served_from_l1(&self, key: &str, mut entry: CacheEntry, now: f64) -> CacheEntry {
         if let Some(l1) = &self.inner.l1 {
             l1.hit();
@@ -1314,10 +1326,10 @@ impl UrlCache for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<CacheEntry>> {
         // A live entry in the L1 is the hot path: answered here, without the batch's
         // vectors. Anything else (absent, expired, no L1) goes the batch's way.
-        if let Some(l1) = &self.inner.l1 {
+        if self.inner.l1.is_some() {
             validate_key(key)?;
             let now = self.inner.clock.now_unix();
-            if let Some(entry) = l1.get(key).filter(|e| now < e.expires_at_unix()) {
+            if let Some(entry) = self.live_in_l1(key, now) {
                 return Ok(Some(self.served_from_l1(key, entry, now)));
             }
         }
@@ -1368,16 +1380,8 @@ impl UrlCache for RedisCache {
         // (the old entries then simply expire).
         let migrate = keys.len() == 1;
         // The L1 first: a live entry there costs no round trip.
-        let mut from_l1: Vec<Option<CacheEntry>> = vec![None; keys.len()];
-        if let Some(l1) = &self.inner.l1 {
-            for (slot, key) in from_l1.iter_mut().zip(keys) {
-                match l1.get(key) {
-                    Some(entry) if now < entry.expires_at_unix() => *slot = Some(entry),
-                    Some(_) => l1.invalidate(&[key]),
-                    None => {}
-                }
-            }
-        }
+        let from_l1: Vec<Option<CacheEntry>> =
+            keys.iter().map(|key| self.live_in_l1(key, now)).collect();
         let remote: Vec<&str> = keys
             .iter()
             .zip(&from_l1)
