@@ -145,8 +145,23 @@ impl UrlOptions {
     /// and `=` escaped in names and values. An ordinary key without options (no `%` or
     /// `?`) is its own cache key, readable in Redis.
     pub(crate) fn cache_key<'k>(&self, key: &'k ObjectKey) -> Result<Cow<'k, str>> {
-        let params = self.params()?;
         let raw = key.as_str();
+        // Without options there is nothing to check or to append (and `params` would
+        // build an empty vector on every lookup). Destructured, so that a new option
+        // cannot be forgotten here.
+        let UrlOptions {
+            force_refresh: _,
+            use_cache: _,
+            content_type,
+            content_disposition,
+            cache_control,
+            process,
+        } = self;
+        let plain = content_type.is_none()
+            && content_disposition.is_none()
+            && cache_control.is_none()
+            && process.is_none();
+        let params = if plain { Vec::new() } else { self.params()? };
         if params.is_empty() && !raw.bytes().any(|b| b == b'%' || b == b'?') {
             // The common case, on every lookup: the key itself, not a copy of it.
             return Ok(Cow::Borrowed(raw));
