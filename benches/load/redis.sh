@@ -2,7 +2,8 @@
 # The redirect on Redis, side by side with nginx's `return 302`, in one run (issue 15).
 # Usage: bash benches/load/redis.sh   (needs wrk, nginx, redis-server, redis-cli:
 #        apt-get install wrk nginx-light redis-server)
-#        DURATION, ROUNDS and L1_ENTRIES (each replica's L1, default 20 000) may be set.
+#        DURATION, ROUNDS, L1_ENTRIES (each replica's L1, default 20 000) and L1_TTL
+#        (seconds an L1 entry lives, default 60 as the server's) may be set.
 #
 # Rows, wrk -t1 -c64, every server on one worker, ROUNDS interleaved rounds, medians:
 #   nginx return 302                                  the baseline
@@ -19,6 +20,7 @@ DURATION=${DURATION:-8s}
 ROUNDS=${ROUNDS:-3}
 # Entries each replica's L1 holds (the Zipf trace has 100 000 keys).
 L1_ENTRIES=${L1_ENTRIES:-20000}
+L1_TTL=${L1_TTL:-60}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -103,9 +105,9 @@ MEM=$(port); take_port; REDIS_SRV=$(port); take_port; L1_SRV=$(port); take_port
 C1=$(port); take_port; C2=$(port); take_port
 serve "$MEM"
 serve "$REDIS_SRV" IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT" IMAGE_URL_CACHE__NAMESPACE=plain
-serve "$L1_SRV" IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT" IMAGE_URL_CACHE__NAMESPACE=l1 IMAGE_URL_CACHE__L1_MAX_ENTRIES=$L1_ENTRIES
+serve "$L1_SRV" IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT" IMAGE_URL_CACHE__NAMESPACE=l1 IMAGE_URL_CACHE__L1_MAX_ENTRIES=$L1_ENTRIES IMAGE_URL_CACHE__L1_TTL_SECS=$L1_TTL
 for p in "$C1" "$C2"; do
-  serve "$p" IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="$CLUSTER_URL" IMAGE_URL_CACHE__L1_MAX_ENTRIES=$L1_ENTRIES
+  serve "$p" IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="$CLUSTER_URL" IMAGE_URL_CACHE__L1_MAX_ENTRIES=$L1_ENTRIES IMAGE_URL_CACHE__L1_TTL_SECS=$L1_TTL
 done
 for p in "$NGINX_PORT" "$MEM" "$REDIS_SRV" "$L1_SRV" "$C1" "$C2"; do wait_port "$p"; done
 NGINX_PIDS="$(cat "$work/nginx/nginx.pid") $(pgrep -P "$(cat "$work/nginx/nginx.pid")" | tr '\n' ' ')"

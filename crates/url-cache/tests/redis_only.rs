@@ -181,6 +181,58 @@ async fn a_hit_is_one_read_and_accesses_are_written_in_batches() {
     assert_eq!(cache.access_updates_dropped(), 0);
 }
 
+/// A flush larger than one pipeline chunk writes every key, chunk after chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_of_many_keys_writes_them_all_in_chunks() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.access_flush_interval = Duration::from_secs(3600);
+    let cache = RedisCache::connect(config).await.unwrap();
+    let now = SystemClock.now_unix();
+    let keys: Vec<String> = (0..600).map(|i| format!("many/{i}.jpg")).collect();
+    for key in &keys {
+        cache.put(entry(key, now, 3600.0)).await.unwrap();
+        assert!(cache.get(key).await.unwrap().is_some());
+    }
+    assert_eq!(server.command(&["CONFIG", "RESETSTAT"]), "+OK");
+    assert_eq!(cache.flush_access().await.unwrap(), 600);
+    assert_eq!(command_calls(&server).get("hincrby"), Some(&600));
+    let raw = raw_client(&server).await;
+    for key in [&keys[0], &keys[299], &keys[599]] {
+        let count: String = raw
+            .hget(format!("image:url:{key}"), "access_count")
+            .await
+            .unwrap();
+        assert_eq!(count, "1", "{key}");
+    }
+    assert_eq!(cache.access_updates_dropped(), 0);
+}
+
+/// A flush dropped before Redis confirmed its writes counts those accesses as lost
+/// instead of forgetting them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_flush_counts_its_accesses_as_lost() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.access_flush_interval = Duration::from_secs(3600);
+    let cache = RedisCache::connect(config).await.unwrap();
+    let now = SystemClock.now_unix();
+    for i in 0..300 {
+        let key = format!("drop/{i}.jpg");
+        cache.put(entry(&key, now, 3600.0)).await.unwrap();
+        assert!(cache.get(&key).await.unwrap().is_some());
+        assert!(cache.get(&key).await.unwrap().is_some());
+    }
+    {
+        let mut flush = std::pin::pin!(cache.flush_access());
+        // One poll sends the first chunk; its replies cannot have been read yet.
+        assert!(futures::poll!(flush.as_mut()).is_pending());
+    }
+    assert_eq!(cache.access_updates_dropped(), 600);
+    // Nothing is pending any more: the buffer was taken.
+    assert_eq!(cache.flush_access().await.unwrap(), 0);
+}
+
 /// An entry deleted between its read and the flush leaves no entry behind: at most a
 /// stub without a URL, outside the indexes, gone within a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1046,11 +1046,22 @@ impl Layout {
     }
 }
 
-/// Writes `access`'s pending accesses in one pipeline: per key `HINCRBY access_count`,
-/// `HSET last_accessed`, `EXPIRE 60 NX` (a no-op on a live entry; it bounds the stub an
-/// entry deleted since its read would leave) and the policy index (`ZADD XX GT` for LRU,
-/// `ZADD XX INCR` for LFU; `XX`: never index a key that is gone). Accesses of a flush
-/// that fails are dropped and counted: they are statistics, not data.
+/// Keys per pipeline of an access flush (four commands each).
+///
+/// A flush after a busy second holds tens of thousands of keys. Sent as one pipeline it
+/// sat in front of every lookup that shared its connection until Redis had worked
+/// through all of it (a 63 ms p99 on the L1 row of `benches/load/redis.sh`); in chunks
+/// on rotating connections, a lookup waits for at most one chunk.
+const FLUSH_CHUNK_KEYS: usize = 256;
+
+/// Writes `access`'s pending accesses, [`FLUSH_CHUNK_KEYS`] keys per pipeline, one
+/// pipeline after the other: per key `HINCRBY access_count`, `HSET last_accessed`,
+/// `EXPIRE 60 NX` (a no-op on a live entry; it bounds the stub an entry deleted since its
+/// read would leave) and the policy index (`ZADD XX GT` for LRU, `ZADD XX INCR` for LFU;
+/// `XX`: never index a key that is gone). Accesses whose writes Redis has not confirmed —
+/// a chunk that fails, the chunks after it, or all unconfirmed when the flush is dropped —
+/// are dropped and counted:
+/// they are statistics, not data. `timeout` bounds each chunk.
 async fn flush(
     pool: &Pool,
     layout: &Layout,
@@ -1062,55 +1073,70 @@ async fn flush(
     if pending.is_empty() {
         return Ok(0);
     }
-    let pipe = pool.next_connected().pipeline();
-    let op = async {
-        for (key, p) in &pending {
-            let entry_key = layout.entry_key(key);
-            let _: () = pipe
-                .hincrby(&entry_key, "access_count", p.count as i64)
-                .await?;
-            let _: () = pipe
-                .hset(&entry_key, ("last_accessed", p.last.to_string()))
-                .await?;
-            let _: () = pipe
-                .expire(&entry_key, STUB_TTL_SECS, Some(ExpireOptions::NX))
-                .await?;
-            let (ordering, increment, score) = match kind {
-                Kind::Lru => (
-                    Some(fred::types::sorted_sets::Ordering::GreaterThan),
-                    false,
-                    p.last,
-                ),
-                Kind::Lfu => (None, true, p.count as f64),
-                Kind::Fifo => continue,
-            };
-            let _: () = pipe
-                .zadd(
-                    layout.policy_of(key),
-                    Some(SetOptions::XX),
-                    ordering,
-                    false,
-                    increment,
-                    (score, key.as_str()),
-                )
-                .await?;
-        }
-        pipe.all::<Vec<Value>>().await
+    // Counts what is still unwritten as lost if this future ends or is dropped early.
+    let mut unwritten = Unwritten {
+        access,
+        accesses: pending.iter().map(|(_, p)| p.count).sum(),
     };
-    match tokio::time::timeout(timeout, op).await {
-        Ok(Ok(_)) => Ok(pending.len()),
-        Ok(Err(err)) => {
-            access.lost(pending.iter().map(|(_, p)| p.count).sum());
-            Err(map_error(&err, timeout))
+    for chunk in pending.chunks(FLUSH_CHUNK_KEYS) {
+        let pipe = pool.next_connected().pipeline();
+        let op = async {
+            for (key, p) in chunk {
+                let entry_key = layout.entry_key(key);
+                let _: () = pipe
+                    .hincrby(&entry_key, "access_count", p.count as i64)
+                    .await?;
+                let _: () = pipe
+                    .hset(&entry_key, ("last_accessed", p.last.to_string()))
+                    .await?;
+                let _: () = pipe
+                    .expire(&entry_key, STUB_TTL_SECS, Some(ExpireOptions::NX))
+                    .await?;
+                let (ordering, increment, score) = match kind {
+                    Kind::Lru => (
+                        Some(fred::types::sorted_sets::Ordering::GreaterThan),
+                        false,
+                        p.last,
+                    ),
+                    Kind::Lfu => (None, true, p.count as f64),
+                    Kind::Fifo => continue,
+                };
+                let _: () = pipe
+                    .zadd(
+                        layout.policy_of(key),
+                        Some(SetOptions::XX),
+                        ordering,
+                        false,
+                        increment,
+                        (score, key.as_str()),
+                    )
+                    .await?;
+            }
+            pipe.all::<Vec<Value>>().await
+        };
+        match tokio::time::timeout(timeout, op).await {
+            Ok(Ok(_)) => unwritten.accesses -= chunk.iter().map(|(_, p)| p.count).sum::<u64>(),
+            Ok(Err(err)) => return Err(map_error(&err, timeout)),
+            Err(_) => return Err(CacheError::Timeout(timeout)),
         }
-        Err(_) => {
-            access.lost(pending.iter().map(|(_, p)| p.count).sum());
-            Err(CacheError::Timeout(timeout))
+    }
+    Ok(pending.len())
+}
+
+/// The accesses of a flush not written yet; counted as lost when dropped.
+struct Unwritten<'a> {
+    access: &'a AccessBuffer,
+    accesses: u64,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        if self.accesses > 0 {
+            self.access.lost(self.accesses);
         }
     }
 }
 
-/// Flushes the access buffer every `every` until aborted (with the cache).
 async fn flush_loop(
     pool: Pool,
     layout: Arc<Layout>,
