@@ -14,7 +14,7 @@
 //!   use a single shard, so their policy is exact; larger ones follow it approximately,
 //!   as every sharded cache does (moka, caffeine).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,10 +22,10 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use foldhash::fast::RandomState;
-// hashbrown rather than std's map for `get_key_value_mut`: a hit hands out the map's own
-// `Arc` of the key, in one lookup.
-use hashbrown::hash_map::Entry as MapEntry;
-use hashbrown::HashMap;
+// hashbrown's raw table: the slot holds its key, the hash is computed once per operation
+// (it also picks the shard), and the indexes find slots by hash.
+use hashbrown::hash_table::Entry as TableEntry;
+use hashbrown::HashTable;
 
 use crate::policy::Kind;
 use crate::{
@@ -138,15 +138,13 @@ impl MemoryCacheBuilder {
     }
 }
 
-/// Position in the policy order: the smallest goes first.
+/// Position in the policy order: the smallest goes first. `(0, tick)` for LRU and FIFO,
+/// `(access count, tick)` for LFU; ticks are unique within a shard.
 type OrderKey = (u64, u64);
-/// Position in the expiry order: (expires_at in ms, tick).
-type ExpiryKey = (u64, u64);
 
-/// An entry as a shard keeps it, in 64 bytes plus its text: the key is stored once (as
-/// the map's key), times are nanoseconds since the Unix epoch (`u64`: until 2554; later
-/// times are kept as 2554). The text is shared with the entries handed out: a hit copies
-/// no string, it bumps reference counts.
+/// An entry's fields as a shard keeps them: times are nanoseconds since the Unix epoch
+/// (`u64`: until 2554; later times are kept as 2554). The text is shared with the
+/// entries handed out: a hit copies no string, it bumps reference counts.
 #[derive(Debug)]
 struct Stored {
     url: Arc<str>,
@@ -196,29 +194,47 @@ impl Stored {
     }
 }
 
+/// One entry in a shard's table: 104 bytes plus its text (the key is stored once).
 #[derive(Debug)]
 struct Slot {
+    key: Arc<str>,
     stored: Stored,
     /// Where the entry sits in `Shard::order`.
     indexed: OrderKey,
-    /// Where it should sit. Reads only raise this (no tree update on the hot path);
-    /// eviction repairs the index lazily, see `Shard::evict_one`.
-    current: OrderKey,
-    /// The tick of its place in `Shard::expiry` (whose key is `(expires_at in ms, tick)`).
-    expiry_tick: u64,
+    /// The tick of its latest use. With the access count it says where the entry should
+    /// sit (see [`Slot::position`]); reads only move this forward, never the index.
+    last_tick: u64,
 }
 
 impl Slot {
-    fn expiry(&self) -> ExpiryKey {
-        (self.stored.expires_at / 1_000_000, self.expiry_tick)
+    /// Where the entry should sit in the policy order. Never below `indexed`: reads only
+    /// raise it, and a write that would lower it re-indexes at once.
+    fn position(&self, policy: Kind) -> OrderKey {
+        match policy {
+            Kind::Lru => (0, self.last_tick),
+            Kind::Lfu => (self.stored.access_count, self.last_tick),
+            Kind::Fifo => self.indexed,
+        }
     }
 }
 
+/// A shard: a table of slots and two ordered indexes of them.
+///
+/// The indexes hold positions and the key's 64-bit hash, not the key: 24 and 16 bytes
+/// an element instead of 32 each, which with the B-trees' half-full nodes (ticks only
+/// grow, so inserts split the rightmost node) is about 45 bytes per entry less. An
+/// index element finds its slot by the hash and an exact check: the order index's tick
+/// is unique in the shard; the expiry index's time is checked against the slot's. Two
+/// keys of one shard with the same 64-bit hash *and* the same expiry to the nanosecond
+/// would share one expiry element: the survivor of the pair would then only leave by
+/// being read after it expired or by eviction, never wrongly.
 #[derive(Debug)]
 struct Shard {
-    map: HashMap<Arc<str>, Slot, RandomState>,
-    order: BTreeMap<OrderKey, Arc<str>>,
-    expiry: BTreeMap<ExpiryKey, Arc<str>>,
+    table: HashTable<Slot>,
+    /// `(position, tick, hash)`, see [`OrderKey`].
+    order: BTreeSet<(u64, u64, u64)>,
+    /// `(expires_at in nanoseconds, hash)`.
+    expiry: BTreeSet<(u64, u64)>,
     /// Monotonic per-shard counter: recency and insertion order, and a tie-breaker.
     tick: u64,
     /// The MIME types stored, each kept once and shared by its entries (a handful of
@@ -230,16 +246,16 @@ struct Shard {
 /// Distinct MIME types a shard shares between its entries.
 const MAX_INTERNED_MIME_TYPES: usize = 64;
 
-fn millis(time: SystemTime) -> u64 {
-    nanos(time) / 1_000_000
+fn order_element((position, tick): OrderKey, hash: u64) -> (u64, u64, u64) {
+    (position, tick, hash)
 }
 
 impl Shard {
     fn new() -> Self {
         Shard {
-            map: HashMap::default(),
-            order: BTreeMap::new(),
-            expiry: BTreeMap::new(),
+            table: HashTable::new(),
+            order: BTreeSet::new(),
+            expiry: BTreeSet::new(),
             tick: 0,
             mime_types: Default::default(),
         }
@@ -250,32 +266,36 @@ impl Shard {
         self.tick
     }
 
-    fn remove(&mut self, key: &str) -> Option<CacheEntry> {
-        let (name, slot) = self.map.remove_entry(key)?;
-        self.order.remove(&slot.indexed);
-        self.expiry.remove(&slot.expiry());
-        Some(slot.stored.to_entry(&name))
+    fn remove(&mut self, key: &str, hash: u64) -> Option<CacheEntry> {
+        let (slot, _) = self
+            .table
+            .find_entry(hash, |slot| *slot.key == *key)
+            .ok()?
+            .remove();
+        self.order.remove(&order_element(slot.indexed, hash));
+        self.expiry.remove(&(slot.stored.expires_at, hash));
+        Some(slot.stored.to_entry(&slot.key))
+    }
+
+    fn find(&self, key: &str, hash: u64) -> Option<&Slot> {
+        self.table.find(hash, |slot| *slot.key == *key)
     }
 
     /// Looks `key` up at `now`, recording the access. `Err(())` means "was expired".
-    fn get(&mut self, key: &str, now: SystemTime, policy: Kind) -> Result<Option<CacheEntry>, ()> {
+    fn get(&mut self, key: &str, hash: u64, now: SystemTime) -> Result<Option<CacheEntry>, ()> {
         let tick = self.next_tick();
-        let Some((name, slot)) = self.map.get_key_value_mut(key) else {
+        let Some(slot) = self.table.find_mut(hash, |slot| *slot.key == *key) else {
             return Ok(None);
         };
         let now = nanos(now);
         if now >= slot.stored.expires_at {
-            self.remove(key);
+            self.remove(key, hash);
             return Err(());
         }
         slot.stored.access_count += 1;
         slot.stored.last_accessed = now;
-        match policy {
-            Kind::Lru => slot.current = (0, tick),
-            Kind::Lfu => slot.current = (slot.stored.access_count, tick),
-            Kind::Fifo => {}
-        }
-        Ok(Some(slot.stored.to_entry(name)))
+        slot.last_tick = tick;
+        Ok(Some(slot.stored.to_entry(&slot.key)))
     }
 
     /// The shard's shared copy of `mime`, if it keeps one.
@@ -289,136 +309,146 @@ impl Shard {
         mime
     }
 
-    /// Inserts or replaces; whether the key is new.
-    fn put(&mut self, mut entry: CacheEntry, policy: Kind) -> bool {
+    /// Inserts or replaces; whether the key is new. `rehash` hashes a key as the cache
+    /// does (the table needs it when it grows).
+    fn put(
+        &mut self,
+        mut entry: CacheEntry,
+        hash: u64,
+        policy: Kind,
+        rehash: impl Fn(&str) -> u64,
+    ) -> bool {
         entry.mime_type = entry.mime_type.map(|mime| self.intern(mime));
         let tick = self.next_tick();
         let order = match policy {
             Kind::Lru | Kind::Fifo => (0, tick),
             Kind::Lfu => (entry.access_count, tick),
         };
-        let expiry = (millis(entry.expires_at), tick);
-        let mut inserted = false;
-        let key: Arc<str> = match self.map.entry(entry.image_key.clone()) {
-            MapEntry::Occupied(mut occupied) => {
+        let key = entry.image_key.clone();
+        let stored = Stored::new(entry);
+        let expiry = stored.expires_at;
+        match self
+            .table
+            .entry(hash, |slot| *slot.key == *key, |slot| rehash(&slot.key))
+        {
+            TableEntry::Occupied(mut occupied) => {
                 let old = occupied.get_mut();
-                let stored = Stored::new(entry);
                 // The same lifetime and last use: a refresh of the URL, which keeps the
                 // entry's place in the eviction order.
                 let refresh = old.stored.created_at == stored.created_at
                     && old.stored.last_accessed == stored.last_accessed;
-                let (old_order, old_expiry) = (old.indexed, old.expiry());
-                let (indexed, current) = if refresh {
-                    (old.indexed, old.current)
-                } else {
-                    (order, order)
-                };
-                *old = Slot {
-                    stored,
-                    indexed,
-                    current,
-                    expiry_tick: tick,
-                };
-                let name = occupied.key().clone();
+                self.expiry.remove(&(old.stored.expires_at, hash));
+                let old_indexed = old.indexed;
+                old.stored = stored;
                 if !refresh {
-                    self.order.remove(&old_order);
-                    self.order.insert(order, name.clone());
+                    old.indexed = order;
+                    old.last_tick = tick;
                 }
-                self.expiry.remove(&old_expiry);
-                name
+                // A refresh under LFU may carry a lower count than the index holds:
+                // the index must never be above the real position.
+                let position = old.position(policy);
+                if position < old.indexed {
+                    old.indexed = position;
+                }
+                if old.indexed != old_indexed {
+                    self.order.remove(&order_element(old_indexed, hash));
+                    self.order.insert(order_element(old.indexed, hash));
+                }
+                self.expiry.insert((expiry, hash));
+                false
             }
-            MapEntry::Vacant(vacant) => {
-                inserted = true;
-                let name = vacant.key().clone();
+            TableEntry::Vacant(vacant) => {
                 vacant.insert(Slot {
-                    stored: Stored::new(entry),
+                    key,
+                    stored,
                     indexed: order,
-                    current: order,
-                    expiry_tick: tick,
+                    last_tick: tick,
                 });
-                self.order.insert(order, name.clone());
-                name
+                self.order.insert(order_element(order, hash));
+                self.expiry.insert((expiry, hash));
+                true
             }
-        };
-        self.expiry.insert(expiry, key);
-        inserted
+        }
     }
 
     /// Evicts the policy's first victim other than `keep`; whether there was one.
     ///
-    /// Reads only raise a slot's `current` position, so the index holds positions that
-    /// are at most as high as the real ones. The smallest indexed entry whose position is
-    /// up to date is therefore the true victim; stale ones met on the way are re-indexed
-    /// at their real position (each read costs at most one such move, here, not on the
-    /// read path).
-    fn evict_one(&mut self, keep: &str) -> bool {
+    /// Reads only raise a slot's real position, so the index holds positions that are
+    /// at most as high as the real ones. The smallest indexed entry whose position is up
+    /// to date is therefore the true victim; stale ones met on the way are re-indexed at
+    /// their real position (each read costs at most one such move, here, not on the read
+    /// path).
+    fn evict_one(&mut self, keep: &str, policy: Kind) -> bool {
         let mut skipped = None;
-        loop {
-            let Some((order, name)) = self.order.pop_first() else {
-                if let Some((order, name)) = skipped {
-                    self.order.insert(order, name);
-                }
-                return false;
+        let evicted = loop {
+            let Some((position, tick, hash)) = self.order.pop_first() else {
+                break false;
             };
-            let Some(slot) = self.map.get_mut(&name) else {
+            let Ok(mut found) = self
+                .table
+                .find_entry(hash, |slot| slot.indexed == (position, tick))
+            else {
                 continue;
             };
-            if slot.current != order {
-                slot.indexed = slot.current;
-                self.order.insert(slot.current, name);
+            let slot = found.get_mut();
+            let real = slot.position(policy);
+            if real != (position, tick) {
+                slot.indexed = real;
+                self.order.insert(order_element(real, hash));
                 continue;
             }
-            if &*name == keep {
+            if *slot.key == *keep {
                 // The entry just written is never its own victim (under LFU it starts at
                 // the bottom and would otherwise never get a chance to be read).
-                skipped = Some((order, name));
+                skipped = Some((position, tick, hash));
                 continue;
             }
-            if let Some(slot) = self.map.remove(&name) {
-                self.expiry.remove(&slot.expiry());
-            }
-            if let Some((order, name)) = skipped {
-                self.order.insert(order, name);
-            }
-            return true;
+            let (slot, _) = found.remove();
+            self.expiry.remove(&(slot.stored.expires_at, hash));
+            break true;
+        };
+        if let Some(element) = skipped {
+            self.order.insert(element);
         }
+        evicted
     }
 
     /// Removes up to `limit` expired entries; returns how many.
     fn remove_expired(&mut self, now: SystemTime, limit: usize) -> usize {
-        let now_ms = millis(now);
+        let now = nanos(now);
         let mut removed = 0;
         while removed < limit {
-            let Some((&(at, _), name)) = self.expiry.first_key_value() else {
+            let Some(&(at, hash)) = self.expiry.first() else {
                 break;
             };
-            if at > now_ms {
+            if at > now {
                 break;
             }
-            let name = name.clone();
-            // The index is in whole milliseconds; the entry decides.
-            if !self
-                .map
-                .get(&name)
-                .is_some_and(|s| s.stored.is_expired(now))
+            self.expiry.pop_first();
+            if let Ok(found) = self
+                .table
+                .find_entry(hash, |slot| slot.stored.expires_at == at)
             {
-                break;
+                let (slot, _) = found.remove();
+                self.order.remove(&order_element(slot.indexed, hash));
+                removed += 1;
             }
-            self.remove(&name);
-            removed += 1;
         }
         removed
     }
 
     fn expiring_within(&self, now: SystemTime, until: SystemTime, limit: usize) -> Vec<CacheEntry> {
+        // Live: expiring after `now` (the end instant counts as expired).
+        let from = nanos(now).saturating_add(1);
+        let until = nanos(until);
+        if from > until {
+            return Vec::new();
+        }
         self.expiry
-            .range((millis(now), 0)..=(millis(until), u64::MAX))
-            .filter_map(|(_, name)| self.map.get_key_value(name))
-            .filter(|(_, slot)| {
-                !slot.stored.is_expired(now) && slot.stored.expires_at <= nanos(until)
-            })
+            .range((from, 0)..=(until, u64::MAX))
+            .filter_map(|&(at, hash)| self.table.find(hash, |slot| slot.stored.expires_at == at))
             .take(limit)
-            .map(|(name, slot)| slot.stored.to_entry(name))
+            .map(|slot| slot.stored.to_entry(&slot.key))
             .collect()
     }
 }
@@ -444,12 +474,12 @@ impl MemoryCache {
         self.policy
     }
 
-    fn shard_index(&self, key: &str) -> usize {
-        (self.hasher.hash_one(key) as usize) % self.shards.len()
-    }
-
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[self.shard_index(key)])
+    /// The key's hash and its shard's index. The shard comes from the hash's upper
+    /// half: a shard's table picks buckets by the low bits and tags by the top seven, so
+    /// neither is the same for every key of a shard.
+    fn locate(&self, key: &str) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
+        (hash, ((hash >> 32) as usize) % self.shards.len())
     }
 
     fn removed(&self, n: usize) {
@@ -459,7 +489,8 @@ impl MemoryCache {
     }
 
     fn get_sync(&self, key: &str, now: SystemTime) -> Option<CacheEntry> {
-        let result = self.shard(key).get(key, now, self.policy.kind());
+        let (hash, index) = self.locate(key);
+        let result = lock(&self.shards[index]).get(key, hash, now);
         match result {
             Ok(Some(entry)) => {
                 self.stats.hit(1);
@@ -502,12 +533,12 @@ impl UrlCache for MemoryCache {
     async fn peek(&self, key: &str) -> Result<Option<CacheEntry>> {
         validate_key(key)?;
         let now = self.clock.now();
-        let shard = self.shard(key);
+        let (hash, index) = self.locate(key);
+        let shard = lock(&self.shards[index]);
         Ok(shard
-            .map
-            .get_key_value(key)
-            .filter(|(_, slot)| !slot.stored.is_expired(now))
-            .map(|(name, slot)| slot.stored.to_entry(name)))
+            .find(key, hash)
+            .filter(|slot| !slot.stored.is_expired(now))
+            .map(|slot| slot.stored.to_entry(&slot.key)))
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
@@ -522,21 +553,22 @@ impl UrlCache for MemoryCache {
         validate_entry(&entry)?;
         let now = self.clock.now();
         let key = entry.image_key.clone();
-        let home = self.shard_index(&key);
+        let (hash, home) = self.locate(&key);
         let mut shard = lock(&self.shards[home]);
         if entry.is_expired(now) {
-            if shard.remove(&key).is_some() {
+            if shard.remove(&key, hash).is_some() {
                 self.len.fetch_sub(1, Ordering::Relaxed);
             }
             return Ok(());
         }
-        if !shard.put(entry, self.policy.kind()) {
+        let policy = self.policy.kind();
+        if !shard.put(entry, hash, policy, |key| self.hasher.hash_one(key)) {
             return Ok(());
         }
         // Over capacity: evict from the writer's own shard first (its lock is held
         // already), then from the others, one lock at a time so no two are ever held.
         let mut held = self.len.fetch_add(1, Ordering::Relaxed) + 1;
-        while held > self.capacity && shard.evict_one(&key) {
+        while held > self.capacity && shard.evict_one(&key, policy) {
             held = self.len.fetch_sub(1, Ordering::Relaxed) - 1;
             self.stats.evicted(1);
         }
@@ -546,7 +578,7 @@ impl UrlCache for MemoryCache {
         while self.len.load(Ordering::Relaxed) > self.capacity && empty_in_a_row < self.shards.len()
         {
             next = (next + 1) % self.shards.len();
-            if lock(&self.shards[next]).evict_one(&key) {
+            if lock(&self.shards[next]).evict_one(&key, policy) {
                 self.len.fetch_sub(1, Ordering::Relaxed);
                 self.stats.evicted(1);
                 empty_in_a_row = 0;
@@ -559,7 +591,8 @@ impl UrlCache for MemoryCache {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         validate_key(key)?;
-        let removed = self.shard(key).remove(key).is_some();
+        let (hash, index) = self.locate(key);
+        let removed = lock(&self.shards[index]).remove(key, hash).is_some();
         self.removed(usize::from(removed));
         Ok(removed)
     }
@@ -688,6 +721,75 @@ mod tests {
         assert_eq!(&*mime("odd199"), "image/x-199");
     }
 
+    /// A refresh keeps the entry's place, but under LFU its place follows the count it
+    /// carries: a refresh with a lower count moves it down at once.
+    #[test]
+    fn an_lfu_refresh_with_a_lower_count_is_evicted_by_that_count() {
+        let cache = MemoryCache::builder()
+            .capacity(2)
+            .policy(EvictionPolicy::lfu())
+            .build();
+        let counted = |key: &str, count: u64| CacheEntry {
+            access_count: count,
+            ..entry(key)
+        };
+        now(cache.put(counted("a", 10))).unwrap();
+        now(cache.put(counted("b", 5))).unwrap();
+        // The same creation and last use: a refresh of "a", now counting 1.
+        now(cache.put(counted("a", 1))).unwrap();
+        now(cache.put(counted("c", 7))).unwrap();
+        assert!(
+            now(cache.peek("a")).unwrap().is_none(),
+            "a (1) is the victim"
+        );
+        assert!(now(cache.peek("b")).unwrap().is_some());
+        assert!(now(cache.peek("c")).unwrap().is_some());
+        let shard = lock(&cache.shards[0]);
+        assert_eq!(shard.order.len(), shard.table.len());
+        assert_eq!(shard.expiry.len(), shard.table.len());
+    }
+
+    /// The indexes hold exactly one element per entry through reads, refreshes,
+    /// replacements, deletions, expiry and eviction.
+    #[test]
+    fn indexes_hold_one_element_per_entry() {
+        let clock = Arc::new(crate::ManualClock::from_unix_secs(1.7e9));
+        for policy in [
+            EvictionPolicy::lru(),
+            EvictionPolicy::lfu(),
+            EvictionPolicy::fifo(),
+        ] {
+            let cache = MemoryCache::builder()
+                .capacity(50)
+                .shards(1)
+                .policy(policy)
+                .clock(clock.clone())
+                .build();
+            for i in 0..200u64 {
+                let key = format!("k{}", i % 70);
+                let at = crate::from_unix_secs(1.7e9);
+                let expires = crate::from_unix_secs(1.7e9 + 1.0 + (i % 3) as f64);
+                now(cache.put(CacheEntry::new(
+                    key.as_str(),
+                    "https://h/x?sig",
+                    expires,
+                    at,
+                )))
+                .unwrap();
+                now(cache.get(&format!("k{}", (i * 7) % 70))).unwrap();
+                if i % 11 == 0 {
+                    now(cache.delete(&format!("k{}", (i * 3) % 70))).unwrap();
+                }
+            }
+            clock.advance(Duration::from_millis(2500));
+            now(cache.remove_expired(1000)).unwrap();
+            let shard = lock(&cache.shards[0]);
+            assert_eq!(shard.order.len(), shard.table.len(), "{policy}");
+            assert_eq!(shard.expiry.len(), shard.table.len(), "{policy}");
+            assert_eq!(shard.table.len(), now(cache.len()).unwrap(), "{policy}");
+        }
+    }
+
     #[test]
     fn sharded_capacity_is_exact_and_global() {
         let cache = MemoryCache::builder().capacity(5000).build();
@@ -698,7 +800,7 @@ mod tests {
         }
         assert_eq!(now(cache.len()).unwrap(), 5000);
         assert_eq!(cache.stats().evictions, 1000);
-        let held: usize = cache.shards.iter().map(|s| lock(s).map.len()).sum();
+        let held: usize = cache.shards.iter().map(|s| lock(s).table.len()).sum();
         assert_eq!(held, 5000, "the atomic count matches the shards");
         assert!(now(cache.get("k5999")).unwrap().is_some());
     }
@@ -719,7 +821,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let held: usize = cache.shards.iter().map(|s| lock(s).map.len()).sum();
+        let held: usize = cache.shards.iter().map(|s| lock(s).table.len()).sum();
         assert_eq!(held, 4096);
         assert_eq!(now(cache.len()).unwrap(), 4096);
         assert_eq!(cache.stats().evictions, 20_000 - 4096);
