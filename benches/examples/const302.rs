@@ -1,5 +1,5 @@
 //! The baseline of the redirect load test: a minimal actix-web handler that returns a
-//! constant 302, one worker. Usage: `const302 127.0.0.1:PORT`.
+//! constant 302, one worker unless told. Usage: `const302 127.0.0.1:PORT [WORKERS]`.
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 
@@ -8,6 +8,11 @@ async fn main() -> std::io::Result<()> {
     let listen = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8090".into());
+    // A second worker shows what two workers cost on this machine, without our code.
+    let workers = std::env::args()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
     HttpServer::new(|| {
         App::new().default_service(web::to(|| async {
             HttpResponse::Found()
@@ -19,7 +24,7 @@ async fn main() -> std::io::Result<()> {
                 .finish()
         }))
     })
-    .workers(1)
+    .workers(workers)
     .bind(listen)?
     .run()
     .await

@@ -4,7 +4,7 @@
 #        the link section needs root and iproute2, and is skipped without them)
 #
 # Redirect: wrk -t1 -c64 against (a) nginx `return 302`, without and with its access log
-# (to a file, buffer=64k), (b) a minimal actix-web handler returning a constant 302,
+# (to a file, buffer=64k), (b) a minimal actix-web handler returning a constant 302 (also on two workers),
 # (c) image-url-server with the memory cache: access log off, access log to a file, two
 # workers, and a rate limit plus an allowed-prefix rule; (d) with Redis; every server on
 # one worker unless said. SKIP_PROXY=1 stops after the redirect table. Proxy: a 10 MiB object through `?mode=proxy` versus fetched
@@ -138,8 +138,11 @@ port NGINX_PORT; port NGINX_LOG_PORT
 nginx_conf nginx "$NGINX_PORT" "access_log off;"
 nginx_conf nginx-log "$NGINX_LOG_PORT" "access_log $work/nginx-log/access.log combined buffer=64k;"
 # (b) constant actix 302
-port CONST_PORT
+port CONST_PORT; port CONST_TWO_PORT
 target/release/examples/const302 "127.0.0.1:$CONST_PORT" & pids+=($!)
+# Two workers of the constant handler: what a second worker costs on this machine (wrk
+# shares its cores), the reference for our own 2-worker row.
+target/release/examples/const302 "127.0.0.1:$CONST_TWO_PORT" 2 & pids+=($!)
 # the origin and the servers
 port ORIGIN_PORT; port MEM_PORT; port LOG_PORT; port TWO_PORT; port RULES_PORT
 port REDIS_SRV_PORT; port REDIS_PORT
@@ -160,7 +163,7 @@ serve "$TWO_PORT" IMAGE_URL_SERVER__WORKERS=2
 serve "$RULES_PORT" IMAGE_URL_LIMITS__REQUESTS_PER_SECOND=100000000 IMAGE_URL_LIMITS__BURST=100000000 \
   IMAGE_URL_ACCESS__ALLOWED_PREFIXES='["a"]'
 serve "$REDIS_SRV_PORT" IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-for p in $NGINX_PORT $NGINX_LOG_PORT $CONST_PORT $ORIGIN_PORT $MEM_PORT $LOG_PORT $TWO_PORT $RULES_PORT \
+for p in $NGINX_PORT $NGINX_LOG_PORT $CONST_PORT $CONST_TWO_PORT $ORIGIN_PORT $MEM_PORT $LOG_PORT $TWO_PORT $RULES_PORT \
   $REDIS_SRV_PORT $REDIS_PORT; do wait_port 127.0.0.1 "$p"; done
 for p in $MEM_PORT $LOG_PORT $TWO_PORT $RULES_PORT $REDIS_SRV_PORT; do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/api/v1/images/a.jpg/proxy")
@@ -169,7 +172,8 @@ done
 # nginx: the master and its worker; the others: the process holding the port.
 nginx_pids() { echo "$(cat "$work/$1/nginx.pid") $(pgrep -P "$(cat "$work/$1/nginx.pid")" | tr '\n' ' ')"; }
 NGINX_PIDS=$(nginx_pids nginx); NGINX_LOG_PIDS=$(nginx_pids nginx-log)
-CONST_PID=$(pid_of_port "$CONST_PORT"); MEM_PID=$(pid_of_port "$MEM_PORT")
+CONST_PID=$(pid_of_port "$CONST_PORT"); CONST_TWO_PID=$(pid_of_port "$CONST_TWO_PORT")
+MEM_PID=$(pid_of_port "$MEM_PORT")
 LOG_PID=$(pid_of_port "$LOG_PORT"); TWO_PID=$(pid_of_port "$TWO_PORT")
 RULES_PID=$(pid_of_port "$RULES_PORT"); REDIS_SRV_PID=$(pid_of_port "$REDIS_SRV_PORT")
 KEY=/api/v1/images/a.jpg/proxy
@@ -181,6 +185,7 @@ table rps <<EOF
 nginx return 302|http://127.0.0.1:$NGINX_PORT/a.jpg|64|$NGINX_PIDS|
 nginx return 302, access log to a file|http://127.0.0.1:$NGINX_LOG_PORT/a.jpg|64|$NGINX_LOG_PIDS|nginx return 302
 actix-web constant 302|http://127.0.0.1:$CONST_PORT/a.jpg|64|$CONST_PID|nginx return 302
+actix-web constant 302, 2 workers|http://127.0.0.1:$CONST_TWO_PORT/a.jpg|64|$CONST_TWO_PID|actix-web constant 302
 image-url-server, memory cache, access log off|http://127.0.0.1:$MEM_PORT$KEY|64|$MEM_PID|nginx return 302
 image-url-server, memory cache, access log to a file|http://127.0.0.1:$LOG_PORT$KEY|64|$LOG_PID|nginx return 302, access log to a file
 image-url-server, memory cache, 2 workers, access log off|http://127.0.0.1:$TWO_PORT$KEY|64|$TWO_PID|image-url-server, memory cache, access log off
