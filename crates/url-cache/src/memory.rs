@@ -5,9 +5,10 @@
 //! FIFO or plain LFU and no "expiring within" query; `lru` gives LRU alone. The structure
 //! is deliberately plain:
 //!
-//! - the key space is split over shards, each a `Mutex` around a `HashMap` plus two
-//!   `BTreeMap` indexes (policy order, expiry order), so every operation is O(log n) and
-//!   concurrent tasks only contend when their keys share a shard;
+//! - the key space is split over shards, each a `Mutex` around a hash table of slots plus
+//!   two ordered indexes (policy order, expiry order) that name slots by the key's hash,
+//!   so every operation is O(log n) and concurrent tasks only contend when their keys
+//!   share a shard;
 //! - a lock is never held across an `.await` (no operation awaits while holding one);
 //! - the capacity is global and exact (an atomic count); the victim is the policy's
 //!   first choice within the writer's shard. Small caches (< 4096 entries by default)
