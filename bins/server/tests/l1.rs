@@ -1,7 +1,7 @@
 //! Two server processes with an L1 in front of one Redis: a refresh through replica A
 //! reaches replica B's L1 within a second (Redis pub/sub), and B's hits come from its L1.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::{get_json, http, origin, serve_for, start, Running};
 use image_url_tests::RedisServer;
@@ -33,11 +33,11 @@ async fn location(http: &reqwest::Client, base: &str) -> String {
     res.headers()["location"].to_str().unwrap().to_owned()
 }
 
+/// The second on the servers' clock (the kernel's coarse clock, which may be a tick
+/// behind `SystemTime::now`).
 fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    use url_cache::Clock;
+    url_cache::SystemClock.now_unix() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
