@@ -5,17 +5,19 @@
 //! FIFO or plain LFU and no "expiring within" query; `lru` gives LRU alone. The structure
 //! is deliberately plain:
 //!
-//! - the key space is split over shards, each a `Mutex` around a hash table of slots plus
-//!   two ordered indexes (policy order, expiry order) that name slots by the key's hash,
-//!   so every operation is O(log n) and concurrent tasks only contend when their keys
-//!   share a shard;
+//! - the key space is split over shards, each a `Mutex` around the entries (kept in
+//!   chunks, see `slots`), a hash table of their places and two ordered indexes (policy
+//!   order, expiry order) that name entries by place, so every operation is O(log n) and
+//!   concurrent tasks only contend when their keys share a shard;
 //! - a lock is never held across an `.await` (no operation awaits while holding one);
 //! - the capacity is global and exact (an atomic count); the victim is the policy's
 //!   first choice within the writer's shard. Small caches (< 4096 entries by default)
 //!   use a single shard, so their policy is exact; larger ones follow it approximately,
 //!   as every sharded cache does (moka, caffeine).
 
-use std::collections::BTreeSet;
+mod shard;
+mod slots;
+
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,12 +25,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use foldhash::fast::RandomState;
-// hashbrown's raw table: the slot holds its key, the hash is computed once per operation
-// (it also picks the shard), and the indexes find slots by hash.
-use hashbrown::hash_table::Entry as TableEntry;
-use hashbrown::HashTable;
 
-use crate::policy::Kind;
+use self::shard::Shard;
 use crate::{
     validate_entry, validate_key, CacheEntry, CacheStats, Clock, EvictionPolicy, Result,
     StatsCounters, SystemClock, UrlCache,
@@ -126,331 +124,19 @@ impl MemoryCacheBuilder {
                 DEFAULT_SHARDS
             })
             .min(self.capacity);
-        let shards = (0..shard_count).map(|_| Mutex::new(Shard::new())).collect();
+        let hasher = RandomState::default();
+        let shards = (0..shard_count)
+            .map(|_| Mutex::new(Shard::new(hasher.clone())))
+            .collect();
         MemoryCache {
             shards,
-            hasher: RandomState::default(),
+            hasher,
             policy: self.policy,
             capacity: self.capacity,
             len: AtomicUsize::new(0),
             clock: self.clock,
             stats: StatsCounters::default(),
         }
-    }
-}
-
-/// Position in the policy order: the smallest goes first. `(0, tick)` for LRU and FIFO,
-/// `(access count, tick)` for LFU; ticks are unique within a shard.
-type OrderKey = (u64, u64);
-
-/// An entry's fields as a shard keeps them: times are nanoseconds since the Unix epoch
-/// (`u64`: until 2554; later times are kept as 2554). The text is shared with the
-/// entries handed out: a hit copies no string, it bumps reference counts.
-#[derive(Debug)]
-struct Stored {
-    url: Arc<str>,
-    mime_type: Option<Arc<str>>,
-    expires_at: u64,
-    created_at: u64,
-    last_accessed: u64,
-    access_count: u64,
-}
-
-fn nanos(time: SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn from_nanos(nanos: u64) -> SystemTime {
-    std::time::UNIX_EPOCH + Duration::from_nanos(nanos)
-}
-
-impl Stored {
-    fn new(entry: CacheEntry) -> Self {
-        Stored {
-            url: entry.url,
-            mime_type: entry.mime_type,
-            expires_at: nanos(entry.expires_at),
-            created_at: nanos(entry.created_at),
-            last_accessed: nanos(entry.last_accessed),
-            access_count: entry.access_count,
-        }
-    }
-
-    /// As [`CacheEntry::is_expired`].
-    fn is_expired(&self, now: SystemTime) -> bool {
-        nanos(now) >= self.expires_at
-    }
-
-    fn to_entry(&self, key: &Arc<str>) -> CacheEntry {
-        CacheEntry {
-            url: self.url.clone(),
-            expires_at: from_nanos(self.expires_at),
-            access_count: self.access_count,
-            created_at: from_nanos(self.created_at),
-            last_accessed: from_nanos(self.last_accessed),
-            image_key: key.clone(),
-            mime_type: self.mime_type.clone(),
-        }
-    }
-}
-
-/// One entry in a shard's table: 104 bytes plus its text (the key is stored once).
-#[derive(Debug)]
-struct Slot {
-    key: Arc<str>,
-    stored: Stored,
-    /// Where the entry sits in `Shard::order`.
-    indexed: OrderKey,
-    /// The tick of its latest use. With the access count it says where the entry should
-    /// sit (see [`Slot::position`]); reads only move this forward, never the index.
-    last_tick: u64,
-}
-
-impl Slot {
-    /// Where the entry should sit in the policy order. Never below `indexed`: reads only
-    /// raise it, and a write that would lower it re-indexes at once.
-    fn position(&self, policy: Kind) -> OrderKey {
-        match policy {
-            Kind::Lru => (0, self.last_tick),
-            Kind::Lfu => (self.stored.access_count, self.last_tick),
-            Kind::Fifo => self.indexed,
-        }
-    }
-}
-
-/// A shard: a table of slots and two ordered indexes of them.
-///
-/// The indexes hold positions and the key's 64-bit hash, not the key: 24 and 16 bytes
-/// an element instead of 32 each, which with the B-trees' half-full nodes (ticks only
-/// grow, so inserts split the rightmost node) is about 45 bytes per entry less. An
-/// index element finds its slot by the hash and an exact check: the order index's tick
-/// is unique in the shard; the expiry index's time is checked against the slot's. Two
-/// keys of one shard with the same 64-bit hash *and* the same expiry to the nanosecond
-/// would share one expiry element: the survivor of the pair would then only leave by
-/// being read after it expired or by eviction, never wrongly.
-#[derive(Debug)]
-struct Shard {
-    table: HashTable<Slot>,
-    /// `(position, tick, hash)`, see [`OrderKey`].
-    order: BTreeSet<(u64, u64, u64)>,
-    /// `(expires_at in nanoseconds, hash)`.
-    expiry: BTreeSet<(u64, u64)>,
-    /// Monotonic per-shard counter: recency and insertion order, and a tie-breaker.
-    tick: u64,
-    /// The MIME types stored, each kept once and shared by its entries (a handful of
-    /// values across thousands of entries). Bounded: beyond [`MAX_INTERNED_MIME_TYPES`]
-    /// distinct values, new ones are kept per entry, so odd input cannot grow it.
-    mime_types: hashbrown::HashSet<Arc<str>, RandomState>,
-}
-
-/// Distinct MIME types a shard shares between its entries.
-const MAX_INTERNED_MIME_TYPES: usize = 64;
-
-fn order_element((position, tick): OrderKey, hash: u64) -> (u64, u64, u64) {
-    (position, tick, hash)
-}
-
-impl Shard {
-    fn new() -> Self {
-        Shard {
-            table: HashTable::new(),
-            order: BTreeSet::new(),
-            expiry: BTreeSet::new(),
-            tick: 0,
-            mime_types: Default::default(),
-        }
-    }
-
-    fn next_tick(&mut self) -> u64 {
-        self.tick += 1;
-        self.tick
-    }
-
-    fn remove(&mut self, key: &str, hash: u64) -> Option<CacheEntry> {
-        let (slot, _) = self
-            .table
-            .find_entry(hash, |slot| *slot.key == *key)
-            .ok()?
-            .remove();
-        self.order.remove(&order_element(slot.indexed, hash));
-        self.expiry.remove(&(slot.stored.expires_at, hash));
-        Some(slot.stored.to_entry(&slot.key))
-    }
-
-    fn find(&self, key: &str, hash: u64) -> Option<&Slot> {
-        self.table.find(hash, |slot| *slot.key == *key)
-    }
-
-    /// Looks `key` up at `now`, recording the access. `Err(())` means "was expired".
-    fn get(&mut self, key: &str, hash: u64, now: SystemTime) -> Result<Option<CacheEntry>, ()> {
-        let tick = self.next_tick();
-        let Some(slot) = self.table.find_mut(hash, |slot| *slot.key == *key) else {
-            return Ok(None);
-        };
-        let now = nanos(now);
-        if now >= slot.stored.expires_at {
-            self.remove(key, hash);
-            return Err(());
-        }
-        slot.stored.access_count += 1;
-        slot.stored.last_accessed = now;
-        slot.last_tick = tick;
-        Ok(Some(slot.stored.to_entry(&slot.key)))
-    }
-
-    /// The shard's shared copy of `mime`, if it keeps one.
-    fn intern(&mut self, mime: Arc<str>) -> Arc<str> {
-        if let Some(shared) = self.mime_types.get(&*mime) {
-            return shared.clone();
-        }
-        if self.mime_types.len() < MAX_INTERNED_MIME_TYPES {
-            self.mime_types.insert(mime.clone());
-        }
-        mime
-    }
-
-    /// Inserts or replaces; whether the key is new. `rehash` hashes a key as the cache
-    /// does (the table needs it when it grows).
-    fn put(
-        &mut self,
-        mut entry: CacheEntry,
-        hash: u64,
-        policy: Kind,
-        rehash: impl Fn(&str) -> u64,
-    ) -> bool {
-        entry.mime_type = entry.mime_type.map(|mime| self.intern(mime));
-        let tick = self.next_tick();
-        let order = match policy {
-            Kind::Lru | Kind::Fifo => (0, tick),
-            Kind::Lfu => (entry.access_count, tick),
-        };
-        let key = entry.image_key.clone();
-        let stored = Stored::new(entry);
-        let expiry = stored.expires_at;
-        match self
-            .table
-            .entry(hash, |slot| *slot.key == *key, |slot| rehash(&slot.key))
-        {
-            TableEntry::Occupied(mut occupied) => {
-                let old = occupied.get_mut();
-                // The same lifetime and last use: a refresh of the URL, which keeps the
-                // entry's place in the eviction order.
-                let refresh = old.stored.created_at == stored.created_at
-                    && old.stored.last_accessed == stored.last_accessed;
-                self.expiry.remove(&(old.stored.expires_at, hash));
-                let old_indexed = old.indexed;
-                old.stored = stored;
-                if !refresh {
-                    old.indexed = order;
-                    old.last_tick = tick;
-                }
-                // A refresh under LFU may carry a lower count than the index holds:
-                // the index must never be above the real position.
-                let position = old.position(policy);
-                if position < old.indexed {
-                    old.indexed = position;
-                }
-                if old.indexed != old_indexed {
-                    self.order.remove(&order_element(old_indexed, hash));
-                    self.order.insert(order_element(old.indexed, hash));
-                }
-                self.expiry.insert((expiry, hash));
-                false
-            }
-            TableEntry::Vacant(vacant) => {
-                vacant.insert(Slot {
-                    key,
-                    stored,
-                    indexed: order,
-                    last_tick: tick,
-                });
-                self.order.insert(order_element(order, hash));
-                self.expiry.insert((expiry, hash));
-                true
-            }
-        }
-    }
-
-    /// Evicts the policy's first victim other than `keep`; whether there was one.
-    ///
-    /// Reads only raise a slot's real position, so the index holds positions that are
-    /// at most as high as the real ones. The smallest indexed entry whose position is up
-    /// to date is therefore the true victim; stale ones met on the way are re-indexed at
-    /// their real position (each read costs at most one such move, here, not on the read
-    /// path).
-    fn evict_one(&mut self, keep: &str, policy: Kind) -> bool {
-        let mut skipped = None;
-        let evicted = loop {
-            let Some((position, tick, hash)) = self.order.pop_first() else {
-                break false;
-            };
-            let Ok(mut found) = self
-                .table
-                .find_entry(hash, |slot| slot.indexed == (position, tick))
-            else {
-                continue;
-            };
-            let slot = found.get_mut();
-            let real = slot.position(policy);
-            if real != (position, tick) {
-                slot.indexed = real;
-                self.order.insert(order_element(real, hash));
-                continue;
-            }
-            if *slot.key == *keep {
-                // The entry just written is never its own victim (under LFU it starts at
-                // the bottom and would otherwise never get a chance to be read).
-                skipped = Some((position, tick, hash));
-                continue;
-            }
-            let (slot, _) = found.remove();
-            self.expiry.remove(&(slot.stored.expires_at, hash));
-            break true;
-        };
-        if let Some(element) = skipped {
-            self.order.insert(element);
-        }
-        evicted
-    }
-
-    /// Removes up to `limit` expired entries; returns how many.
-    fn remove_expired(&mut self, now: SystemTime, limit: usize) -> usize {
-        let now = nanos(now);
-        let mut removed = 0;
-        while removed < limit {
-            let Some(&(at, hash)) = self.expiry.first() else {
-                break;
-            };
-            if at > now {
-                break;
-            }
-            self.expiry.pop_first();
-            if let Ok(found) = self
-                .table
-                .find_entry(hash, |slot| slot.stored.expires_at == at)
-            {
-                let (slot, _) = found.remove();
-                self.order.remove(&order_element(slot.indexed, hash));
-                removed += 1;
-            }
-        }
-        removed
-    }
-
-    fn expiring_within(&self, now: SystemTime, until: SystemTime, limit: usize) -> Vec<CacheEntry> {
-        // Live: expiring after `now` (the end instant counts as expired).
-        let from = nanos(now).saturating_add(1);
-        let until = nanos(until);
-        if from > until {
-            return Vec::new();
-        }
-        self.expiry
-            .range((from, 0)..=(until, u64::MAX))
-            .filter_map(|&(at, hash)| self.table.find(hash, |slot| slot.stored.expires_at == at))
-            .take(limit)
-            .map(|slot| slot.stored.to_entry(&slot.key))
-            .collect()
     }
 }
 
@@ -535,11 +221,7 @@ impl UrlCache for MemoryCache {
         validate_key(key)?;
         let now = self.clock.now();
         let (hash, index) = self.locate(key);
-        let shard = lock(&self.shards[index]);
-        Ok(shard
-            .find(key, hash)
-            .filter(|slot| !slot.stored.is_expired(now))
-            .map(|slot| slot.stored.to_entry(&slot.key)))
+        Ok(lock(&self.shards[index]).peek(key, hash, now))
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
@@ -563,7 +245,7 @@ impl UrlCache for MemoryCache {
             return Ok(());
         }
         let policy = self.policy.kind();
-        if !shard.put(entry, hash, policy, |key| self.hasher.hash_one(key)) {
+        if !shard.put(entry, hash, policy) {
             return Ok(());
         }
         // Over capacity: evict from the writer's own shard first (its lock is held
@@ -717,7 +399,7 @@ mod tests {
         }
         assert_eq!(
             lock(&cache.shards[0]).mime_types.len(),
-            MAX_INTERNED_MIME_TYPES
+            shard::MAX_INTERNED_MIME_TYPES
         );
         assert_eq!(&*mime("odd199"), "image/x-199");
     }
@@ -791,6 +473,57 @@ mod tests {
         }
     }
 
+    /// The expiry index orders entries by the second only; within a second the entries'
+    /// own times decide, also past the index's last second (2106).
+    #[test]
+    fn expiry_within_one_second_is_exact() {
+        let second = 1_800_000_000;
+        let clock = Arc::new(crate::ManualClock::from_unix_secs(1.7e9));
+        let cache = MemoryCache::builder()
+            .shards(1)
+            .clock(clock.clone())
+            .build();
+        // Milliseconds: the manual clock's resolution.
+        let at = |secs: u64, millis: u64| {
+            std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis)
+        };
+        // Places (insertion order) opposite to expiry order within each second.
+        let late = 5_000_000_000; // after 2106
+        for (key, secs, millis) in [
+            ("c", second, 900),
+            ("b", second, 500),
+            ("a", second, 100),
+            ("z", late, 2),
+            ("y", late, 1),
+            ("next", second + 1, 0),
+        ] {
+            let entry = CacheEntry::new(key, "https://h/x?sig", at(secs, millis), at(1, 0));
+            now(cache.put(entry)).unwrap();
+        }
+        let keys = |entries: Vec<CacheEntry>| -> Vec<String> {
+            entries.iter().map(|e| e.image_key.to_string()).collect()
+        };
+        let soonest = now(cache.expiring_within(Duration::from_secs(200_000_000), 2)).unwrap();
+        assert_eq!(keys(soonest), ["a", "b"]);
+        let all = now(cache.expiring_within(Duration::from_secs(4_000_000_000), 10)).unwrap();
+        assert_eq!(keys(all), ["a", "b", "c", "next", "y", "z"]);
+
+        // Halfway through the second: only what expired by now goes.
+        clock.set(at(second, 500));
+        assert_eq!(now(cache.remove_expired(10)).unwrap(), 2);
+        assert!(now(cache.peek("c")).unwrap().is_some());
+        let left = now(cache.expiring_within(Duration::from_secs(4_000_000_000), 10)).unwrap();
+        assert_eq!(keys(left), ["c", "next", "y", "z"]);
+        clock.set(at(late, 1));
+        assert_eq!(now(cache.remove_expired(10)).unwrap(), 3);
+        assert_eq!(
+            keys(now(cache.expiring_within(Duration::from_secs(60), 10)).unwrap()),
+            ["z"]
+        );
+        let shard = lock(&cache.shards[0]);
+        assert_eq!((shard.order.len(), shard.expiry.len()), (1, 1));
+    }
+
     #[test]
     fn sharded_capacity_is_exact_and_global() {
         let cache = MemoryCache::builder().capacity(5000).build();
@@ -801,7 +534,7 @@ mod tests {
         }
         assert_eq!(now(cache.len()).unwrap(), 5000);
         assert_eq!(cache.stats().evictions, 1000);
-        let held: usize = cache.shards.iter().map(|s| lock(s).table.len()).sum();
+        let held: usize = cache.shards.iter().map(|s| lock(s).len()).sum();
         assert_eq!(held, 5000, "the atomic count matches the shards");
         assert!(now(cache.get("k5999")).unwrap().is_some());
     }
@@ -822,7 +555,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let held: usize = cache.shards.iter().map(|s| lock(s).table.len()).sum();
+        let held: usize = cache.shards.iter().map(|s| lock(s).len()).sum();
         assert_eq!(held, 4096);
         assert_eq!(now(cache.len()).unwrap(), 4096);
         assert_eq!(cache.stats().evictions, 20_000 - 4096);

@@ -1,0 +1,398 @@
+//! One shard of the memory cache: its entries and the two orders kept over them.
+
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use foldhash::fast::RandomState;
+use hashbrown::hash_table::Entry as TableEntry;
+use hashbrown::HashTable;
+
+use super::slots::Slots;
+use crate::policy::Kind;
+use crate::CacheEntry;
+
+/// Position in the policy order: the smallest goes first. `(0, tick)` for LRU and FIFO,
+/// `(access count, tick)` for LFU; ticks are unique within a shard.
+type OrderKey = (u64, u64);
+
+/// A MIME type as an entry keeps it: one pointer, to text usually shared by all the
+/// shard's entries of that type (see [`Shard::intern`]).
+type SharedMime = Arc<Arc<str>>;
+
+/// An entry's fields as a shard keeps them: times are nanoseconds since the Unix epoch
+/// (`u64`: until 2554; later times are kept as 2554). The text is shared with the
+/// entries handed out: a hit copies no string, it bumps reference counts.
+#[derive(Debug)]
+struct Stored {
+    url: Arc<str>,
+    mime_type: Option<SharedMime>,
+    expires_at: u64,
+    created_at: u64,
+    last_accessed: u64,
+    access_count: u64,
+}
+
+pub(super) fn nanos(time: SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn from_nanos(nanos: u64) -> SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+impl Stored {
+    fn to_entry(&self, key: &Arc<str>) -> CacheEntry {
+        CacheEntry {
+            url: self.url.clone(),
+            expires_at: from_nanos(self.expires_at),
+            access_count: self.access_count,
+            created_at: from_nanos(self.created_at),
+            last_accessed: from_nanos(self.last_accessed),
+            image_key: key.clone(),
+            mime_type: self.mime_type.as_deref().cloned(),
+        }
+    }
+}
+
+/// One entry: 96 bytes plus its text (the key is stored once).
+#[derive(Debug)]
+struct Slot {
+    key: Arc<str>,
+    stored: Stored,
+    /// Where the entry sits in `Shard::order`.
+    indexed: OrderKey,
+    /// The tick of its latest use. With the access count it says where the entry should
+    /// sit (see [`Slot::position`]); reads only move this forward, never the index.
+    last_tick: u64,
+}
+
+impl Slot {
+    /// Where the entry should sit in the policy order. Never below `indexed`: reads only
+    /// raise it, and a write that would lower it re-indexes at once.
+    fn position(&self, policy: Kind) -> OrderKey {
+        match policy {
+            Kind::Lru => (0, self.last_tick),
+            Kind::Lfu => (self.stored.access_count, self.last_tick),
+            Kind::Fifo => self.indexed,
+        }
+    }
+}
+
+/// A shard: its entries, a hash table of their places, and two ordered indexes.
+///
+/// Entries live in [`Slots`], named by a `u32` that stays theirs while they live; the
+/// table and both indexes hold that number, not the key. The expiry index packs the
+/// expiry's second and the number into one `u64` (8 bytes an element, where a
+/// `(nanoseconds, hash)` pair took 16), and checks the entry's own time to the
+/// nanosecond. Ticks only grow, so inserts split the order index's rightmost B-tree node
+/// and leave nodes about half full: its elements are the larger share of the indexes.
+#[derive(Debug)]
+pub(super) struct Shard {
+    /// Places in `slots`, found by the key's hash and compared by the key.
+    pub(super) table: HashTable<u32>,
+    slots: Slots<Slot>,
+    /// `(position, tick, place)`, see [`OrderKey`].
+    pub(super) order: BTreeSet<(u64, u64, u32)>,
+    /// `expiry second << 32 | place`, see [`expiry_element`].
+    pub(super) expiry: BTreeSet<u64>,
+    /// Monotonic per-shard counter: recency and insertion order, and a tie-breaker.
+    tick: u64,
+    /// The MIME types stored, each kept once and shared by its entries (a handful of
+    /// values across thousands of entries). Bounded: beyond [`MAX_INTERNED_MIME_TYPES`]
+    /// distinct values, new ones are kept per entry, so odd input cannot grow it.
+    pub(super) mime_types: HashTable<SharedMime>,
+    /// The cache's hasher: to find an entry's table bucket from its place.
+    hasher: RandomState,
+}
+
+/// Distinct MIME types a shard shares between its entries.
+pub(super) const MAX_INTERNED_MIME_TYPES: usize = 64;
+
+fn order_element((position, tick): OrderKey, place: u32) -> (u64, u64, u32) {
+    (position, tick, place)
+}
+
+/// The expiry's whole second, up to `u32::MAX` (the year 2106; later expiries share
+/// that last second and are told apart by the entry's own time).
+fn expiry_second(nanos: u64) -> u64 {
+    (nanos / 1_000_000_000).min(u64::from(u32::MAX))
+}
+
+fn expiry_element(expires_at: u64, place: u32) -> u64 {
+    expiry_second(expires_at) << 32 | u64::from(place)
+}
+
+fn element_place(element: u64) -> u32 {
+    // The low half is the place, by construction.
+    (element & u64::from(u32::MAX)) as u32
+}
+
+impl Shard {
+    pub(super) fn new(hasher: RandomState) -> Self {
+        Shard {
+            table: HashTable::new(),
+            slots: Slots::new(),
+            order: BTreeSet::new(),
+            expiry: BTreeSet::new(),
+            tick: 0,
+            mime_types: HashTable::new(),
+            hasher,
+        }
+    }
+
+    /// Entries held.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    fn place_of(&self, key: &str, hash: u64) -> Option<u32> {
+        let slots = &self.slots;
+        self.table
+            .find(hash, |&place| *slots.get(place).key == *key)
+            .copied()
+    }
+
+    /// Removes the entry at `place` from the table, the indexes and the slots.
+    fn remove_at(&mut self, place: u32, hash: u64) -> Slot {
+        if let Ok(found) = self.table.find_entry(hash, |&p| p == place) {
+            found.remove();
+        }
+        let slot = self.slots.remove(place);
+        self.order.remove(&order_element(slot.indexed, place));
+        self.expiry
+            .remove(&expiry_element(slot.stored.expires_at, place));
+        slot
+    }
+
+    /// [`Shard::remove_at`] for a place found by an index (its hash is not at hand).
+    fn remove_indexed(&mut self, place: u32) -> Slot {
+        let hash = self.hasher.hash_one(&*self.slots.get(place).key);
+        self.remove_at(place, hash)
+    }
+
+    pub(super) fn remove(&mut self, key: &str, hash: u64) -> Option<CacheEntry> {
+        let place = self.place_of(key, hash)?;
+        let slot = self.remove_at(place, hash);
+        Some(slot.stored.to_entry(&slot.key))
+    }
+
+    /// The live entry for `key` at `now`, without recording an access.
+    pub(super) fn peek(&self, key: &str, hash: u64, now: SystemTime) -> Option<CacheEntry> {
+        let slot = self.slots.get(self.place_of(key, hash)?);
+        (nanos(now) < slot.stored.expires_at).then(|| slot.stored.to_entry(&slot.key))
+    }
+
+    /// Looks `key` up at `now`, recording the access. `Err(())` means "was expired".
+    pub(super) fn get(
+        &mut self,
+        key: &str,
+        hash: u64,
+        now: SystemTime,
+    ) -> Result<Option<CacheEntry>, ()> {
+        let tick = self.next_tick();
+        let Some(place) = self.place_of(key, hash) else {
+            return Ok(None);
+        };
+        let now = nanos(now);
+        let slot = self.slots.get_mut(place);
+        if now >= slot.stored.expires_at {
+            self.remove_at(place, hash);
+            return Err(());
+        }
+        slot.stored.access_count += 1;
+        slot.stored.last_accessed = now;
+        slot.last_tick = tick;
+        Ok(Some(slot.stored.to_entry(&slot.key)))
+    }
+
+    /// The shard's shared copy of `mime`, or a copy of its own once the shard shares
+    /// [`MAX_INTERNED_MIME_TYPES`] values.
+    fn intern(&mut self, mime: Arc<str>) -> SharedMime {
+        let hash = self.hasher.hash_one(&*mime);
+        if let Some(shared) = self.mime_types.find(hash, |m| ***m == *mime) {
+            return shared.clone();
+        }
+        let shared = Arc::new(mime);
+        if self.mime_types.len() < MAX_INTERNED_MIME_TYPES {
+            let hasher = &self.hasher;
+            self.mime_types
+                .insert_unique(hash, shared.clone(), |m| hasher.hash_one(&***m));
+        }
+        shared
+    }
+
+    /// Inserts or replaces; whether the key is new.
+    pub(super) fn put(&mut self, entry: CacheEntry, hash: u64, policy: Kind) -> bool {
+        let mime_type = entry.mime_type.map(|mime| self.intern(mime));
+        let tick = self.next_tick();
+        let order = match policy {
+            Kind::Lru | Kind::Fifo => (0, tick),
+            Kind::Lfu => (entry.access_count, tick),
+        };
+        let key = entry.image_key;
+        let stored = Stored {
+            url: entry.url,
+            mime_type,
+            expires_at: nanos(entry.expires_at),
+            created_at: nanos(entry.created_at),
+            last_accessed: nanos(entry.last_accessed),
+            access_count: entry.access_count,
+        };
+        let expiry = stored.expires_at;
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        match self.table.entry(
+            hash,
+            |&place| *slots.get(place).key == *key,
+            |&place| hasher.hash_one(&*slots.get(place).key),
+        ) {
+            TableEntry::Occupied(occupied) => {
+                let place = *occupied.get();
+                let old = self.slots.get_mut(place);
+                // The same lifetime and last use: a refresh of the URL, which keeps the
+                // entry's place in the eviction order.
+                let refresh = old.stored.created_at == stored.created_at
+                    && old.stored.last_accessed == stored.last_accessed;
+                self.expiry
+                    .remove(&expiry_element(old.stored.expires_at, place));
+                let old_indexed = old.indexed;
+                old.stored = stored;
+                if !refresh {
+                    old.indexed = order;
+                    old.last_tick = tick;
+                }
+                // A refresh under LFU may carry a lower count than the index holds:
+                // the index must never be above the real position.
+                let position = old.position(policy);
+                if position < old.indexed {
+                    old.indexed = position;
+                }
+                if old.indexed != old_indexed {
+                    let indexed = old.indexed;
+                    self.order.remove(&order_element(old_indexed, place));
+                    self.order.insert(order_element(indexed, place));
+                }
+                self.expiry.insert(expiry_element(expiry, place));
+                false
+            }
+            TableEntry::Vacant(vacant) => {
+                let place = self.slots.insert(Slot {
+                    key,
+                    stored,
+                    indexed: order,
+                    last_tick: tick,
+                });
+                vacant.insert(place);
+                self.order.insert(order_element(order, place));
+                self.expiry.insert(expiry_element(expiry, place));
+                true
+            }
+        }
+    }
+
+    /// Evicts the policy's first victim other than `keep`; whether there was one.
+    ///
+    /// Reads only raise a slot's real position, so the index holds positions that are
+    /// at most as high as the real ones. The smallest indexed entry whose position is up
+    /// to date is therefore the true victim; stale ones met on the way are re-indexed at
+    /// their real position (each read costs at most one such move, here, not on the read
+    /// path).
+    pub(super) fn evict_one(&mut self, keep: &str, policy: Kind) -> bool {
+        let mut skipped = None;
+        let evicted = loop {
+            let Some((position, tick, place)) = self.order.pop_first() else {
+                break false;
+            };
+            let slot = self.slots.get_mut(place);
+            let real = slot.position(policy);
+            if real != (position, tick) {
+                slot.indexed = real;
+                self.order.insert(order_element(real, place));
+                continue;
+            }
+            if *slot.key == *keep {
+                // The entry just written is never its own victim (under LFU it starts at
+                // the bottom and would otherwise never get a chance to be read).
+                skipped = Some((position, tick, place));
+                continue;
+            }
+            self.remove_indexed(place);
+            break true;
+        };
+        if let Some(element) = skipped {
+            self.order.insert(element);
+        }
+        evicted
+    }
+
+    /// Removes up to `limit` expired entries; returns how many.
+    pub(super) fn remove_expired(&mut self, now: SystemTime, limit: usize) -> usize {
+        let now = nanos(now);
+        // Every element up to the current second: the earlier seconds' entries have all
+        // expired, the current second's only partly.
+        let due: Vec<u32> = self
+            .expiry
+            .range(..=expiry_element(now, u32::MAX))
+            .map(|&element| element_place(element))
+            .filter(|&place| self.slots.get(place).stored.expires_at <= now)
+            .take(limit)
+            .collect();
+        for &place in &due {
+            self.remove_indexed(place);
+        }
+        due.len()
+    }
+
+    /// Up to `limit` live entries expiring within `(now, until]`, soonest first.
+    pub(super) fn expiring_within(
+        &self,
+        now: SystemTime,
+        until: SystemTime,
+        limit: usize,
+    ) -> Vec<CacheEntry> {
+        // Live: expiring after `now` (the end instant counts as expired).
+        let from = nanos(now).saturating_add(1);
+        let until = nanos(until);
+        if from > until || limit == 0 {
+            return Vec::new();
+        }
+        // The index orders by second only: once `limit` entries are found, the rest of
+        // that second is read too, so that the soonest `limit` are among those found.
+        let mut found: Vec<(u64, u32)> = Vec::new();
+        let mut last_second = None;
+        for &element in self
+            .expiry
+            .range(expiry_element(from, 0)..=expiry_element(until, u32::MAX))
+        {
+            let second = element >> 32;
+            if last_second.is_some_and(|last| last != second) {
+                break;
+            }
+            let place = element_place(element);
+            let at = self.slots.get(place).stored.expires_at;
+            if (from..=until).contains(&at) {
+                found.push((at, place));
+                if found.len() == limit {
+                    last_second = Some(second);
+                }
+            }
+        }
+        found.sort_unstable();
+        found.truncate(limit);
+        found
+            .into_iter()
+            .map(|(_, place)| {
+                let slot = self.slots.get(place);
+                slot.stored.to_entry(&slot.key)
+            })
+            .collect()
+    }
+}
