@@ -13,6 +13,7 @@ use cos_sign::{Credentials, ObjectKey};
 use dev_origin::{DevOrigin, OriginConfig, OriginFaults};
 use figment::providers::Serialized;
 use image_url_service::{ImageUrlService, UrlOptions};
+use url_cache::Clock as _;
 
 use crate::cli::DemoArgs;
 use crate::serve::{serve, Hooks};
@@ -219,12 +220,26 @@ async fn origin(demo: web::Data<Demo>, query: web::Query<OriginQuery>) -> HttpRe
 /// Waits for the next whole second. A URL's signing window starts at a whole second, so
 /// one signed now for a key signed earlier in this second would be the same URL, which
 /// the browser has cached: the demo's buttons would show nothing.
+///
+/// The second is read from the clock the service signs with (`url_cache::SystemClock`,
+/// the kernel's coarse clock), which may lag the precise one by a tick or more: waiting
+/// on the precise clock alone sometimes left the service in the old second.
 async fn next_second() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let left = std::time::Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos()));
-    tokio::time::sleep(left + std::time::Duration::from_millis(5)).await;
+    let since_epoch = || {
+        url_cache::SystemClock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    };
+    let start = since_epoch().as_secs();
+    loop {
+        let now = since_epoch();
+        if now.as_secs() > start {
+            return;
+        }
+        let left = std::time::Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos()));
+        tokio::time::sleep(left + std::time::Duration::from_millis(1)).await;
+    }
 }
 
 /// The image files under `dir`, as object keys (`/`-separated relative paths), sorted.
