@@ -62,6 +62,9 @@ pub struct Endpoint {
     scheme: Scheme,
     authority: String,
     signing_host: String,
+    /// `scheme://authority/`, what every presigned URL starts with: checking a cached
+    /// URL compares it in one step.
+    url_prefix: String,
 }
 
 impl Endpoint {
@@ -72,11 +75,7 @@ impl Endpoint {
             return Err(Error::InvalidRegion(region.to_owned()));
         }
         let host = format!("{bucket}.cos.{region}.myqcloud.com");
-        Ok(Endpoint {
-            scheme: Scheme::Https,
-            signing_host: host.clone(),
-            authority: host,
-        })
+        Ok(Endpoint::from_parts(Scheme::Https, host.clone(), host))
     }
 
     /// Checks a bucket name: `a-z`, `0-9` and inner `-`, at most 63 bytes.
@@ -109,17 +108,21 @@ impl Endpoint {
             None if domain.ends_with(":80") => format!("{host}:80"),
             None => host.to_owned(),
         };
-        Ok(Endpoint {
-            scheme: Scheme::Https,
+        Ok(Endpoint::from_parts(Scheme::Https, authority, signing_host))
+    }
+
+    fn from_parts(scheme: Scheme, authority: String, signing_host: String) -> Self {
+        Endpoint {
+            url_prefix: format!("{scheme}://{authority}/"),
+            scheme,
             authority,
             signing_host,
-        })
+        }
     }
 
     /// The same endpoint reached with `scheme`.
-    pub fn with_scheme(mut self, scheme: Scheme) -> Self {
-        self.scheme = scheme;
-        self
+    pub fn with_scheme(self, scheme: Scheme) -> Self {
+        Endpoint::from_parts(scheme, self.authority, self.signing_host)
     }
 
     /// The scheme.
@@ -141,10 +144,7 @@ impl Endpoint {
     /// Allocates nothing. [`CosSigner::presigned_window`](crate::CosSigner::presigned_window)
     /// is the same check.
     pub fn presigned_window(&self, key: &ObjectKey, url: &str) -> Option<SigningWindow> {
-        let rest = url.strip_prefix(self.scheme().as_str())?;
-        let rest = rest.strip_prefix("://")?;
-        let rest = rest.strip_prefix(self.authority())?;
-        let rest = rest.strip_prefix('/')?;
+        let rest = url.strip_prefix(self.url_prefix.as_str())?;
         let rest = crate::encode::strip_path(rest, key.as_str())?;
         let rest = rest.strip_prefix("?q-sign-algorithm=sha1&q-ak=")?;
         let (_ak, rest) = rest.split_once('&')?;

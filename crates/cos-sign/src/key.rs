@@ -84,8 +84,10 @@ impl ObjectKey {
     /// # Ok::<(), cos_sign::Error>(())
     /// ```
     pub fn url_is_stable(&self) -> bool {
-        let last = self.0.rsplit('/').next().unwrap_or_default();
-        last != "." && last != ".."
+        // The last segment is `.` or `..`. Written without a search: this runs on every
+        // request.
+        let key: &str = &self.0;
+        !(key == "." || key == ".." || key.ends_with("/.") || key.ends_with("/.."))
     }
 
     /// The key's file extension (after the last `.` of the last segment), if any.

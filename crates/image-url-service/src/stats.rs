@@ -50,7 +50,9 @@ pub struct ServiceStats {
     pub hit_rate: f64,
     /// 1 − signings / requests: the share of requests that did not need a signature.
     pub signings_saved: f64,
-    /// Response time percentiles of `get_url`, microseconds.
+    /// Response time percentiles of `get_url`, microseconds. A request answered without
+    /// waiting (a memory or L1 hit) counts as 1 µs, the lowest bucket, untimed; one that
+    /// waits is timed from its first wait.
     pub latency_us: LatencyPercentiles,
     /// The cache backend's own counters.
     pub cache: CacheStats,
@@ -109,6 +111,9 @@ pub(crate) struct Counters {
     pub(crate) last_cleanup_at: AtomicU64,
     /// Per-thread histograms, merged when read: no lock shared by all workers.
     latency: ShardedHistogram,
+    /// Requests answered in their first poll, untimed: the histogram's lowest bucket
+    /// (1 µs) when read. A counter, so that a hit takes no histogram lock.
+    answered_at_once: ShardedCounter,
     /// Cache calls by duration: calls that took at most each of
     /// [`CACHE_CALL_BUCKETS`] (cumulative counts are made when read). Atomics, no lock.
     pub(crate) cache_calls: [AtomicU64; CACHE_CALL_BUCKETS.len() + 1],
@@ -153,6 +158,7 @@ impl Default for Counters {
             cleanup_removed: AtomicU64::new(0),
             last_cleanup_at: AtomicU64::new(0),
             latency: ShardedHistogram::default(),
+            answered_at_once: ShardedCounter::default(),
         }
     }
 }
@@ -164,6 +170,11 @@ pub(crate) fn bump(counter: &ShardedCounter) {
 impl Counters {
     pub(crate) fn record_latency(&self, elapsed: Duration) {
         self.latency.record(elapsed.as_micros() as u64);
+    }
+
+    /// Counts a request answered without waiting, at the histogram's lowest bucket.
+    pub(crate) fn record_answered_at_once(&self) {
+        self.answered_at_once.add(1);
     }
 
     pub(crate) fn snapshot(
@@ -186,7 +197,8 @@ impl Counters {
             }
         };
         let latency = {
-            let h = self.latency.merged();
+            let mut h = self.latency.merged();
+            h.saturating_record_n(1, self.answered_at_once.load());
             LatencyPercentiles {
                 p50: h.value_at_quantile(0.50),
                 p95: h.value_at_quantile(0.95),

@@ -279,6 +279,35 @@ fn service_over(
         .unwrap()
 }
 
+/// A hit answered in its first poll is counted at the histogram's lowest bucket without a
+/// clock read; a request that waits is timed, wait included.
+#[tokio::test]
+async fn latency_counts_hits_at_the_floor_and_times_waits() {
+    let (s, cache) = gated_setup(ServiceConfig::default(), false);
+    let opts = UrlOptions::new();
+    s.service.get_url(&key("a.jpg"), &opts).await.unwrap();
+    for _ in 0..3 {
+        assert!(
+            s.service
+                .get_url(&key("a.jpg"), &opts)
+                .await
+                .unwrap()
+                .from_cache
+        );
+    }
+    cache.set(SLOW);
+    let slow = s.service.get_url(&key("a.jpg"), &opts).await.unwrap();
+    assert!(slow.from_cache);
+    let latency = s.service.stats().latency_us;
+    assert_eq!(latency.count, 5);
+    assert_eq!(latency.p50, 1, "the three hits: {latency:?}");
+    // hdrhistogram with 2 significant digits may report a value up to 1 % under.
+    assert!(
+        latency.max as f64 >= SLOW_ROUND_TRIP.as_micros() as f64 * 0.99,
+        "the slow lookup was timed: {latency:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_cache_degrades_opens_the_breaker_and_recovers() {
     let clock = Arc::new(ManualClock::from_unix_secs(T0));
@@ -598,10 +627,14 @@ async fn a_key_with_a_question_mark_cannot_poison_a_variant() {
     );
 }
 
+const SLOW_ROUND_TRIP: Duration = Duration::from_millis(30);
+
 /// How a `TestCache` answers.
 const HEALTHY: u8 = 0;
 const FAILING: u8 = 1;
 const HANGING: u8 = 2;
+/// Answers after 30 ms of real time (a slow round trip).
+const SLOW: u8 = 3;
 
 /// A real memory cache that counts lookups, can be switched to failing or hanging at any
 /// moment, and whose writes can be held at a gate (so that concurrent requests overlap
@@ -635,6 +668,10 @@ impl TestCache {
             FAILING => Err(CacheError::Unavailable("connection refused".into())),
             HANGING => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            }
+            SLOW => {
+                tokio::time::sleep(SLOW_ROUND_TRIP).await;
                 Ok(())
             }
             _ => Ok(()),
