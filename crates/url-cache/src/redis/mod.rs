@@ -1145,7 +1145,11 @@ async fn flush_loop(
     every: Duration,
     timeout: Duration,
 ) {
-    let mut interval = tokio::time::interval(every.max(Duration::from_millis(1)));
+    let every = every.max(Duration::from_millis(1));
+    // The first flush one interval from now, not at once: nothing is pending yet, and a
+    // flush at whatever moment this task first runs would land in the middle of the first
+    // lookups (a read overlapping a flush of its key can miss the accesses in flight).
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
