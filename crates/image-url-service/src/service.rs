@@ -739,6 +739,15 @@ impl ImageUrlService {
             .inner
             .breaker
             .try_acquire(|| self.inner.cache.reconnects())?;
+        self.settle(permit, call).await
+    }
+
+    /// [`ImageUrlService::cache_call`] once the breaker let the call through.
+    async fn settle<T>(
+        &self,
+        permit: Permit<'_>,
+        call: impl std::future::Future<Output = url_cache::Result<T>>,
+    ) -> Option<url_cache::Result<T>> {
         // A backend that answers at once (the memory cache always does) needs no deadline:
         // poll once before arming the timer, which saves a clock read and a timer entry
         // on every hit.
@@ -754,6 +763,15 @@ impl ImageUrlService {
                 answer
             }
         };
+        self.settled(permit, answered)
+    }
+
+    /// Counts a cache call's outcome (`Err`: it timed out) with the breaker.
+    fn settled<T>(
+        &self,
+        permit: Permit<'_>,
+        answered: std::result::Result<url_cache::Result<T>, tokio::time::error::Elapsed>,
+    ) -> Option<url_cache::Result<T>> {
         match answered {
             Ok(Ok(value)) => {
                 permit.succeeded();
@@ -790,7 +808,16 @@ impl ImageUrlService {
     }
 
     async fn cache_get(&self, cache_key: &str) -> Lookup {
-        match self.cache_call(self.inner.cache.get(cache_key)).await {
+        let cache = &self.inner.cache;
+        let answer = match self.inner.breaker.try_acquire(|| cache.reconnects()) {
+            None => None,
+            // An answer at once (the memory backend, an L1 hit) skips `get`'s boxed future.
+            Some(permit) => match cache.get_ready(cache_key) {
+                Some(answer) => self.settled(permit, Ok(answer)),
+                None => self.settle(permit, cache.get(cache_key)).await,
+            },
+        };
+        match answer {
             Some(Ok(Some(entry))) => Lookup::Found(entry),
             // Corrupt entries are overwritten by the signing that follows.
             Some(Ok(None)) | Some(Err(_)) => Lookup::Missing,

@@ -81,6 +81,16 @@ pub trait UrlCache: Send + Sync + Debug {
     /// The live entry for `key`, recording the access; `None` if absent or expired.
     async fn get(&self, key: &str) -> Result<Option<CacheEntry>>;
 
+    /// [`UrlCache::get`] answered at once, for backends that can without waiting (an
+    /// entry held in this process): `Some` with exactly what `get` would have answered,
+    /// the access and the lookup recorded; `None` when the answer needs a wait (a round
+    /// trip), with nothing recorded, and the caller then calls `get`. A hot path tries
+    /// it first and skips `get`'s boxed future. The default: always `None`.
+    fn get_ready(&self, key: &str) -> Option<Result<Option<CacheEntry>>> {
+        let _ = key;
+        None
+    }
+
     /// The live entry for `key` without recording an access or counting a lookup (for
     /// status pages and tools).
     async fn peek(&self, key: &str) -> Result<Option<CacheEntry>>;

@@ -49,7 +49,7 @@ pub trait CacheFactory: Send + Sync {
 }
 
 /// Every contract test, by name, for [`run_all`].
-pub const TESTS: [&str; 13] = [
+pub const TESTS: [&str; 14] = [
     "put_get_delete",
     "peek_records_nothing",
     "expiry_follows_the_injected_clock",
@@ -63,6 +63,7 @@ pub const TESTS: [&str; 13] = [
     "python_json_entries_round_trip",
     "bad_input_is_a_typed_error",
     "batched_writes_and_refreshes_keep_the_order",
+    "get_ready_answers_as_get_does",
 ];
 
 /// Runs every contract test against caches from `factory` with `policy`, one after
@@ -102,6 +103,7 @@ pub async fn run_one(factory: &dyn CacheFactory, policy: EvictionPolicy, name: &
         "batched_writes_and_refreshes_keep_the_order" => {
             batched_writes_and_refreshes_keep_the_order(factory, policy).await
         }
+        "get_ready_answers_as_get_does" => get_ready_answers_as_get_does(factory, policy).await,
         other => panic!("no conformance test named {other:?}"),
     }
 }
@@ -224,6 +226,46 @@ pub async fn expiry_follows_the_injected_clock(factory: &dyn CacheFactory, polic
     f.cache.put(f.entry("old", -1.0)).await.unwrap();
     assert!(f.cache.get("old").await.unwrap().is_none());
     assert_eq!(f.cache.len().await.unwrap(), 0);
+}
+
+/// `get_ready`, where the backend answers it, is a `get`: the same entry, the access and
+/// the lookup recorded; where it does not (`None`), it recorded nothing. Bad keys are
+/// refused by either.
+pub async fn get_ready_answers_as_get_does(factory: &dyn CacheFactory, policy: EvictionPolicy) {
+    let f = Fixture::new(factory, policy, 100).await;
+    f.cache.put(f.entry("k", 3600.0)).await.unwrap();
+    // A first `get` (an L1 in front of a remote store holds the entry after it).
+    assert_eq!(f.cache.get("k").await.unwrap().unwrap().access_count, 1);
+    f.tick();
+    let before = f.cache.stats();
+    let expected_count = match f.cache.get_ready("k") {
+        Some(answer) => {
+            let got = answer.unwrap().expect("a live entry");
+            assert_eq!(got.access_count, 2);
+            assert_eq!(got.last_accessed, f.now());
+            assert_eq!(&*got.url, "https://b.example/k?q-signature=s");
+            assert_eq!(f.cache.stats().hits, before.hits + 1);
+            3
+        }
+        None => {
+            assert_eq!(f.cache.stats(), before, "nothing recorded");
+            2
+        }
+    };
+    let got = f.cache.get("k").await.unwrap().unwrap();
+    assert_eq!(got.access_count, expected_count);
+    // A miss: answered at once as `None`, or left to `get`.
+    if let Some(answer) = f.cache.get_ready("absent") {
+        assert!(answer.unwrap().is_none());
+    }
+    for bad in ["", "a\nb"] {
+        if let Some(answer) = f.cache.get_ready(bad) {
+            assert!(
+                matches!(answer, Err(CacheError::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
+    }
 }
 
 /// Each `get` returns the access count one higher and `last_accessed` = now.

@@ -138,6 +138,7 @@ conformance!(
     python_json_entries_round_trip,
     bad_input_is_a_typed_error,
     batched_writes_and_refreshes_keep_the_order,
+    get_ready_answers_as_get_does,
 );
 
 /// Every exported test is listed above.

@@ -217,6 +217,10 @@ impl UrlCache for MemoryCache {
         Ok(self.get_sync(key, self.clock.now()))
     }
 
+    fn get_ready(&self, key: &str) -> Option<Result<Option<CacheEntry>>> {
+        Some(validate_key(key).map(|()| self.get_sync(key, self.clock.now())))
+    }
+
     async fn peek(&self, key: &str) -> Result<Option<CacheEntry>> {
         validate_key(key)?;
         let now = self.clock.now();

@@ -1353,6 +1353,17 @@ fn parse_entry(key: &str, fields: &HashMap<String, String>) -> Result<CacheEntry
 
 #[async_trait]
 impl UrlCache for RedisCache {
+    fn get_ready(&self, key: &str) -> Option<Result<Option<CacheEntry>>> {
+        // Only a live entry in the L1 is answered at once; everything else is a round trip.
+        self.inner.l1.as_ref()?;
+        if let Err(err) = validate_key(key) {
+            return Some(Err(err));
+        }
+        let now = self.inner.clock.now_unix();
+        let entry = self.live_in_l1(key, now)?;
+        Some(Ok(Some(self.served_from_l1(key, entry, now))))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<CacheEntry>> {
         // A live entry in the L1 is the hot path: answered here, without the batch's
         // vectors. Anything else (absent, expired, no L1) goes the batch's way.
