@@ -86,29 +86,34 @@ pub(crate) fn sign_value(s: &str) -> String {
 }
 
 /// If `url` starts with the URL path of `key` as [`push_path`] writes it (without the
-/// leading `/`), the rest of `url`. Compares runs of kept bytes with one slice
-/// comparison each, allocating nothing.
+/// leading `/`), the rest of `url`. One pass over the key, comparing byte by byte as it
+/// goes (keys are short: this beats finding runs and comparing each), allocating nothing.
 pub(crate) fn strip_path<'u>(url: &'u str, key: &str) -> Option<&'u str> {
-    let bytes = key.as_bytes();
-    let mut rest = url.as_bytes();
-    let mut run_start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let keep = is_unreserved(b) || (b == b'/' && (i == 0 || bytes[i - 1] != b'.'));
-        if !keep {
-            rest = rest.strip_prefix(&bytes[run_start..i])?;
+    let url_bytes = url.as_bytes();
+    let mut at = 0;
+    // The byte before the current one; a `/` after a `.` is escaped (see `push_path`).
+    let mut previous = 0u8;
+    for &b in key.as_bytes() {
+        if is_unreserved(b) || (b == b'/' && previous != b'.') {
+            if url_bytes.get(at) != Some(&b) {
+                return None;
+            }
+            at += 1;
+        } else {
             let escaped = [
                 b'%',
                 HEX_UPPER[usize::from(b >> 4)],
                 HEX_UPPER[usize::from(b & 0xf)],
             ];
-            rest = rest.strip_prefix(&escaped)?;
-            run_start = i + 1;
+            if url_bytes.get(at..at + 3) != Some(&escaped[..]) {
+                return None;
+            }
+            at += 3;
         }
+        previous = b;
     }
-    rest = rest.strip_prefix(&bytes[run_start..])?;
-    // Every kept or escaped unit is ASCII, so the remaining bytes start on a char
-    // boundary.
-    url.get(url.len() - rest.len()..)
+    // Every kept or escaped unit is ASCII, so `at` is on a char boundary.
+    url.get(at..)
 }
 
 /// Appends `quote_plus(s)`, the form `urlencode` gives query names and values.
