@@ -181,6 +181,28 @@ async fn a_hit_is_one_read_and_accesses_are_written_in_batches() {
     assert_eq!(cache.access_updates_dropped(), 0);
 }
 
+/// Reads that overlap flushes of their key (a flush every millisecond, against reads and
+/// peeks one after another) still count every access exactly once: a read that may have
+/// been answered before Redis applied a flush in flight is read again once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_overlapping_flushes_count_every_access_once() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.access_flush_interval = Duration::from_millis(1);
+    let cache = RedisCache::connect(config).await.unwrap();
+    let now = SystemClock.now_unix();
+    cache.put(entry("a.jpg", now, 3600.0)).await.unwrap();
+    for expected in 1..=1500u64 {
+        let got = cache.get("a.jpg").await.unwrap().unwrap();
+        assert_eq!(got.access_count, expected, "get number {expected}");
+        if expected % 10 == 0 {
+            let peeked = cache.peek("a.jpg").await.unwrap().unwrap();
+            assert_eq!(peeked.access_count, expected, "peek after get {expected}");
+        }
+    }
+    assert_eq!(cache.access_updates_dropped(), 0);
+}
+
 /// A flush larger than one pipeline chunk writes every key, chunk after chunk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_of_many_keys_writes_them_all_in_chunks() {
@@ -636,6 +658,32 @@ async fn leases_are_exclusive_and_run_out() {
         a.lease_holder("refresher").await.unwrap().as_deref(),
         Some("replica-a")
     );
+}
+
+/// With an L1, what a lookup returns counts every access once, whether the L1 or Redis
+/// answers it and wherever flushes fall between lookups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_hits_count_every_access_across_flushes() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.l1_max_entries = 100;
+    // Flushed by the test, between lookups.
+    config.access_flush_interval = Duration::from_secs(3600);
+    let cache = RedisCache::connect(config).await.unwrap();
+    let now = SystemClock.now_unix();
+    cache.put(entry("a.jpg", now, 3600.0)).await.unwrap();
+    for expected in 1..=20u64 {
+        let got = cache.get("a.jpg").await.unwrap().unwrap();
+        assert_eq!(got.access_count, expected, "get number {expected}");
+        if expected % 3 == 0 {
+            cache.flush_access().await.unwrap();
+        }
+        if expected % 7 == 0 {
+            let peeked = cache.peek("a.jpg").await.unwrap().unwrap();
+            assert_eq!(peeked.access_count, expected, "peek after get {expected}");
+        }
+    }
+    assert!(cache.stats().l1_hits >= 15, "{:?}", cache.stats());
 }
 
 /// Two replicas with an L1: a hot key is served from the process (no command reaches

@@ -17,8 +17,33 @@ use std::time::Duration;
 use crate::CacheEntry;
 
 /// The L1 of one replica.
+/// An entry as the L1 holds it: as it was last read from or written to Redis (its count
+/// exact at that moment), and the accesses this process has served from the L1 since.
+/// A hit's count is the two together: exact within the process however the access
+/// flushes fall, without a round trip; other replicas' accesses show once the entry is
+/// read from Redis again.
+pub(crate) struct Held {
+    entry: CacheEntry,
+    served: AtomicU64,
+}
+
+impl Held {
+    /// The entry.
+    pub fn entry(&self) -> &CacheEntry {
+        &self.entry
+    }
+
+    /// Counts one more access served from the L1: the entry as that lookup answers it.
+    pub fn serve(&self) -> CacheEntry {
+        let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut entry = self.entry.clone();
+        entry.access_count += served;
+        entry
+    }
+}
+
 pub(crate) struct L1 {
-    entries: moka::sync::Cache<Arc<str>, CacheEntry>,
+    entries: moka::sync::Cache<Arc<str>, Arc<Held>>,
     /// Whether the subscription to invalidations is up: only then is the L1 used.
     live: AtomicBool,
     /// Wakes whoever waits for the subscription (see [`L1::wait_live`]).
@@ -52,7 +77,7 @@ impl L1 {
     }
 
     /// The entry, while the subscription is up.
-    pub fn get(&self, key: &str) -> Option<CacheEntry> {
+    pub fn get(&self, key: &str) -> Option<Arc<Held>> {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
@@ -62,7 +87,11 @@ impl L1 {
     /// Keeps `entry`, while the subscription is up.
     pub fn insert(&self, entry: &CacheEntry) {
         if self.live.load(Ordering::Acquire) {
-            self.entries.insert(entry.image_key.clone(), entry.clone());
+            let held = Held {
+                entry: entry.clone(),
+                served: AtomicU64::new(0),
+            };
+            self.entries.insert(entry.image_key.clone(), Arc::new(held));
         }
     }
 
@@ -178,6 +207,11 @@ mod tests {
         l1.resume();
         l1.insert(&entry("x"));
         assert!(l1.get("x").is_some());
+        // Each access served from the L1 counts on top of the count it was filled with.
+        let held = l1.get("x").unwrap();
+        assert_eq!(held.serve().access_count, 1);
+        assert_eq!(l1.get("x").unwrap().serve().access_count, 2);
+        assert_eq!(held.entry().access_count, 0);
         l1.suspend();
         assert!(l1.get("x").is_none());
         l1.insert(&entry("y"));

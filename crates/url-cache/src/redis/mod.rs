@@ -43,7 +43,7 @@ mod access;
 mod l1;
 use access::{AccessBuffer, Pending};
 use fred::interfaces::PubsubInterface;
-use l1::L1;
+use l1::{Held, L1};
 
 /// Takes the lease (`KEYS[1]`) for `ARGV[1]` for `ARGV[2]` ms if it is free, or extends
 /// it if `ARGV[1]` holds it; 1 if `ARGV[1]` holds it afterwards.
@@ -570,6 +570,7 @@ impl RedisCache {
         replies: &mut std::vec::IntoIter<Result<Value, FredError>>,
         now: f64,
         migrate: bool,
+        flushes_mark: u64,
     ) -> Result<Option<CacheEntry>> {
         let hash = replies.next();
         let fields: HashMap<String, String> = match hash {
@@ -612,39 +613,78 @@ impl RedisCache {
             self.delete_or_log(key).await;
             return Ok(None);
         }
-        if let Some(l1) = &self.inner.l1 {
-            l1.insert(&entry);
-        }
         // The access is recorded here and written with the next flush; the entry shows
         // the stored count plus this process's pending ones, this access included.
         let pending = self.inner.access.record(key, now);
         entry.access_count += pending.map_or(1, |p| p.count);
+        if let Some(begun) = self.inner.access.overlap_since(flushes_mark) {
+            if let Some(count) = self.exact_count(key, begun, pending.is_none()).await {
+                entry.access_count = count;
+            }
+        }
         entry.last_accessed = from_unix_secs(now);
+        // With the count as answered: the L1's hits count on from it.
+        if let Some(l1) = &self.inner.l1 {
+            l1.insert(&entry);
+        }
         self.inner.stats.hit(1);
         Ok(Some(entry))
+    }
+
+    /// `key`'s access count, stored and pending together, for a read that overlapped an
+    /// access flush (`begun`: the flushes begun by the end of that read). Redis may or
+    /// may not have applied the flush's increments before answering the read, so the
+    /// count is read again once those flushes have ended, and again while new ones
+    /// overlap (a flush per interval: rarely once). `unbuffered`: the access being
+    /// answered was dropped by a full buffer and counts on top. `None` when the entry is
+    /// gone or the count cannot be read again within the command deadline: the caller
+    /// keeps its first figure.
+    async fn exact_count(&self, key: &str, mut begun: u64, unbuffered: bool) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + self.inner.command_timeout;
+        let entry_key = self.entry_key(key);
+        loop {
+            tokio::time::timeout_at(deadline, self.inner.access.flushes_end(begun))
+                .await
+                .ok()?;
+            let mark = self.inner.access.flushes_ended();
+            let client = self.inner.pool.next_connected();
+            let stored: Option<String> =
+                tokio::time::timeout_at(deadline, client.hget(&entry_key, "access_count"))
+                    .await
+                    .ok()?
+                    .ok()?;
+            let stored: u64 = stored?.parse().ok()?;
+            let pending = self.inner.access.pending(key).map_or(0, |p| p.count);
+            match self.inner.access.overlap_since(mark) {
+                None => return Some(stored + pending + u64::from(unbuffered)),
+                Some(next) => begun = next,
+            }
+        }
     }
 
     /// An entry the L1 held, as a lookup answers it: counted (a hit, and an L1 hit), its
     /// access recorded for the next flush.
     /// The L1's entry for `key` if it is live at `now`; an expired one is dropped from
     /// the L1. `None` without an L1.
-    fn live_in_l1(&self, key: &str, now: f64) -> Option<CacheEntry> {
+    fn live_in_l1(&self, key: &str, now: f64) -> Option<Arc<Held>> {
         let l1 = self.inner.l1.as_ref()?;
-        let entry = l1.get(key)?;
-        if now < entry.expires_at_unix() {
-            return Some(entry);
+        let held = l1.get(key)?;
+        if now < held.entry().expires_at_unix() {
+            return Some(held);
         }
         l1.invalidate(&[key]);
         None
     }
 
-    fn served_from_l1(&self, key: &str, mut entry: CacheEntry, now: f64) -> CacheEntry {
+    fn served_from_l1(&self, key: &str, held: &Held, now: f64) -> CacheEntry {
         if let Some(l1) = &self.inner.l1 {
             l1.hit();
         }
         self.inner.stats.hit(1);
-        let pending = self.inner.access.record(key, now);
-        entry.access_count += pending.map_or(1, |p| p.count);
+        // Recorded for the next flush (Redis's count); the answer counts from the L1's
+        // own figure, which no flush changes.
+        let _recorded = self.inner.access.record(key, now);
+        let mut entry = held.serve();
         entry.last_accessed = from_unix_secs(now);
         entry
     }
@@ -1069,7 +1109,9 @@ async fn flush(
     access: &AccessBuffer,
     timeout: Duration,
 ) -> Result<usize> {
-    let pending: Vec<(String, Pending)> = access.take();
+    // In flight until this function returns or is dropped (see `RedisCache::exact_count`).
+    let in_flight = access.take();
+    let pending: &[(String, Pending)] = &in_flight.taken;
     if pending.is_empty() {
         return Ok(0);
     }
@@ -1360,8 +1402,8 @@ impl UrlCache for RedisCache {
             return Some(Err(err));
         }
         let now = self.inner.clock.now_unix();
-        let entry = self.live_in_l1(key, now)?;
-        Some(Ok(Some(self.served_from_l1(key, entry, now))))
+        let held = self.live_in_l1(key, now)?;
+        Some(Ok(Some(self.served_from_l1(key, &held, now))))
     }
 
     async fn get(&self, key: &str) -> Result<Option<CacheEntry>> {
@@ -1370,8 +1412,8 @@ impl UrlCache for RedisCache {
         if self.inner.l1.is_some() {
             validate_key(key)?;
             let now = self.inner.clock.now_unix();
-            if let Some(entry) = self.live_in_l1(key, now) {
-                return Ok(Some(self.served_from_l1(key, entry, now)));
+            if let Some(held) = self.live_in_l1(key, now) {
+                return Ok(Some(self.served_from_l1(key, &held, now)));
             }
         }
         // One key is a batch of one: the same pipeline, the same reply handling.
@@ -1381,6 +1423,7 @@ impl UrlCache for RedisCache {
     async fn peek(&self, key: &str) -> Result<Option<CacheEntry>> {
         validate_key(key)?;
         let now = self.inner.clock.now_unix();
+        let flushes_mark = self.inner.access.flushes_ended();
         let client = self.inner.pool.next_connected();
         let fields: Result<HashMap<String, String>> =
             self.run(client.hgetall(self.entry_key(key))).await;
@@ -1396,16 +1439,22 @@ impl UrlCache for RedisCache {
         }
         // With this process's accesses not written yet, as the next flush will leave it.
         let pending = self.inner.access.pending(key);
-        Ok(parse_entry(key, &fields)
+        let Some(mut entry) = parse_entry(key, &fields)
             .ok()
             .filter(|entry| now < entry.expires_at_unix())
-            .map(|mut entry| {
-                if let Some(p) = pending {
-                    entry.access_count += p.count;
-                    entry.last_accessed = entry.last_accessed.max(from_unix_secs(p.last));
-                }
-                entry
-            }))
+        else {
+            return Ok(None);
+        };
+        if let Some(p) = pending {
+            entry.access_count += p.count;
+            entry.last_accessed = entry.last_accessed.max(from_unix_secs(p.last));
+        }
+        if let Some(begun) = self.inner.access.overlap_since(flushes_mark) {
+            if let Some(count) = self.exact_count(key, begun, false).await {
+                entry.access_count = count;
+            }
+        }
+        Ok(Some(entry))
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
@@ -1421,7 +1470,7 @@ impl UrlCache for RedisCache {
         // (the old entries then simply expire).
         let migrate = keys.len() == 1;
         // The L1 first: a live entry there costs no round trip.
-        let from_l1: Vec<Option<CacheEntry>> =
+        let from_l1: Vec<Option<Arc<Held>>> =
             keys.iter().map(|key| self.live_in_l1(key, now)).collect();
         let remote: Vec<&str> = keys
             .iter()
@@ -1433,7 +1482,7 @@ impl UrlCache for RedisCache {
             return Ok(keys
                 .iter()
                 .zip(from_l1)
-                .map(|(key, entry)| entry.map(|entry| self.served_from_l1(key, entry, now)))
+                .map(|(key, held)| held.map(|held| self.served_from_l1(key, &held, now)))
                 .collect());
         }
         let migrate = migrate && remote.len() == 1;
@@ -1441,6 +1490,7 @@ impl UrlCache for RedisCache {
         let all_keys = keys;
         let keys = remote.as_slice();
         // One read per key, nothing written: the accesses go to the buffer.
+        let flushes_mark = self.inner.access.flushes_ended();
         let pipe = self.lookup_client().pipeline();
         for key in keys {
             let _: () = pipe
@@ -1462,14 +1512,17 @@ impl UrlCache for RedisCache {
         let mut replies = replies.into_iter();
         let mut fetched = Vec::with_capacity(keys.len());
         for key in keys {
-            fetched.push(self.finish_lookup(key, &mut replies, now, migrate).await?);
+            fetched.push(
+                self.finish_lookup(key, &mut replies, now, migrate, flushes_mark)
+                    .await?,
+            );
         }
         // Back in the order asked, L1 hits in their places.
         let mut fetched = fetched.into_iter();
         let mut found = Vec::with_capacity(all_keys.len());
         for (key, in_l1) in all_keys.iter().zip(keys_in_l1) {
             found.push(match in_l1 {
-                Some(entry) => Some(self.served_from_l1(key, entry, now)),
+                Some(held) => Some(self.served_from_l1(key, &held, now)),
                 None => fetched.next().flatten(),
             });
         }
