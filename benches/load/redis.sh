@@ -25,12 +25,17 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-# Ten distinct free ports, all held while they are chosen (one at a time could repeat).
+# Ten distinct free ports, all held while they are chosen (one at a time could repeat),
+# each below 55536: a Cluster node also listens on its port + 10000 (its bus).
 mapfile -t FREE < <(python3 -c '
 import socket
-held = [socket.socket() for _ in range(10)]
-for s in held: s.bind(("127.0.0.1", 0))
-for s in held: print(s.getsockname()[1])')
+held, ports = [], []
+while len(ports) < 10:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); held.append(s)
+    port = s.getsockname()[1]
+    if port + 10000 <= 65535:
+        ports.append(port)
+for port in ports: print(port)')
 next_port=0
 port() { echo "${FREE[$next_port]}"; }
 take_port() { next_port=$((next_port + 1)); }

@@ -9,11 +9,6 @@
 //!
 //! The buffer is bounded: past `max_keys` distinct keys, the accesses of new keys are
 //! dropped and counted rather than blocking a reader or growing without end.
-//!
-//! A read reports the stored count plus what is pending here. A read that overlaps a
-//! flush cannot tell whether Redis applied the flush's increments before answering it,
-//! so the buffer counts flushes begun and ended ([`AccessBuffer::overlap_since`]): such a
-//! read is repeated once the flush has ended (see `RedisCache::exact_count`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -37,26 +32,6 @@ pub(crate) struct AccessBuffer {
     keys: AtomicUsize,
     max_keys: usize,
     dropped: AtomicU64,
-    /// Flushes that began taking accesses, and those of them that ended (written, failed
-    /// or dropped), with a signal at each end.
-    flushes_begun: AtomicU64,
-    flushes_ended: AtomicU64,
-    flush_ended: tokio::sync::Notify,
-}
-
-/// A flush in flight: taken from the buffer, not yet ended. Dropping it ends it, however
-/// the flush ends (written, failed, or its future dropped).
-pub(crate) struct FlushInFlight<'a> {
-    buffer: &'a AccessBuffer,
-    /// The accesses taken.
-    pub taken: Vec<(String, Pending)>,
-}
-
-impl Drop for FlushInFlight<'_> {
-    fn drop(&mut self) {
-        self.buffer.flushes_ended.fetch_add(1, Ordering::SeqCst);
-        self.buffer.flush_ended.notify_waiters();
-    }
 }
 
 impl AccessBuffer {
@@ -67,9 +42,6 @@ impl AccessBuffer {
             keys: AtomicUsize::new(0),
             max_keys: max_keys.max(1),
             dropped: AtomicU64::new(0),
-            flushes_begun: AtomicU64::new(0),
-            flushes_ended: AtomicU64::new(0),
-            flush_ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -121,51 +93,15 @@ impl AccessBuffer {
         }
     }
 
-    /// Takes everything pending, leaving the buffer empty, for a flush that is in flight
-    /// until the returned guard is dropped.
-    pub fn take(&self) -> FlushInFlight<'_> {
-        // Begun before anything is taken: a read that sees the count unchanged after it
-        // read its pending accesses knows no flush took any of them meanwhile.
-        self.flushes_begun.fetch_add(1, Ordering::SeqCst);
-        let mut in_flight = FlushInFlight {
-            buffer: self,
-            taken: Vec::new(),
-        };
+    /// Takes everything pending, leaving the buffer empty.
+    pub fn take(&self) -> Vec<(String, Pending)> {
+        let mut all = Vec::new();
         for shard in &self.shards {
             let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()));
             self.keys.fetch_sub(taken.len(), Ordering::Relaxed);
-            in_flight.taken.extend(taken);
+            all.extend(taken);
         }
-        in_flight
-    }
-
-    /// A mark to take before sending a read, for [`AccessBuffer::overlap_since`].
-    pub fn flushes_ended(&self) -> u64 {
-        self.flushes_ended.load(Ordering::SeqCst)
-    }
-
-    /// Whether a flush was in flight at some moment between `mark` (taken before a read
-    /// was sent) and now (after its answer came and the key's pending accesses were
-    /// read): `Some(n)` when one may have been, and then every flush begun so far has
-    /// ended once [`AccessBuffer::flushes_ended`] reaches `n`. `None`: the stored count
-    /// read and the pending accesses read together hold every access exactly once.
-    pub fn overlap_since(&self, mark: u64) -> Option<u64> {
-        let begun = self.flushes_begun.load(Ordering::SeqCst);
-        (begun != mark).then_some(begun)
-    }
-
-    /// Waits until `n` flushes have ended.
-    pub async fn flushes_end(&self, n: u64) {
-        loop {
-            let ended = self.flush_ended.notified();
-            let mut ended = std::pin::pin!(ended);
-            // Registered before the check, so an end between the two is not missed.
-            ended.as_mut().enable();
-            if self.flushes_ended() >= n {
-                return;
-            }
-            ended.await;
-        }
+        all
     }
 
     /// Accesses dropped because the buffer was full, or because a flush failed.
@@ -204,36 +140,11 @@ mod tests {
         buffer.forget("a");
         assert!(buffer.pending("a").is_none());
         assert!(buffer.record("c", 1.0).is_some());
-        let mut taken = std::mem::take(&mut buffer.take().taken);
+        let mut taken = buffer.take();
         taken.sort_by(|x, y| x.0.cmp(&y.0));
         let keys: Vec<&str> = taken.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["b", "c"]);
-        assert!(buffer.take().taken.is_empty());
+        assert!(buffer.take().is_empty());
         assert!(buffer.record("d", 1.0).is_some());
-    }
-
-    /// A read marks the flushes ended before it is sent; a flush in flight at any moment
-    /// from then until the read's end shows as an overlap, and waiters wake when it ends,
-    /// however it ends (here: its guard dropped mid-way).
-    #[tokio::test]
-    async fn overlapping_flushes_are_seen_and_their_end_awaited() {
-        use futures::FutureExt;
-        let buffer = AccessBuffer::new(10);
-        buffer.record("a", 1.0);
-        let mark = buffer.flushes_ended();
-        assert_eq!(buffer.overlap_since(mark), None, "no flush yet");
-        let in_flight = buffer.take();
-        assert_eq!(in_flight.taken.len(), 1);
-        let begun = buffer.overlap_since(mark).expect("a flush in flight");
-        let mut ended = std::pin::pin!(buffer.flushes_end(begun));
-        assert!(ended.as_mut().now_or_never().is_none(), "still in flight");
-        drop(in_flight);
-        ended.await;
-        // Begun and ended before the next read's mark: no overlap for that read.
-        let mark = buffer.flushes_ended();
-        assert_eq!(buffer.overlap_since(mark), None);
-        // Begun after a read's mark and ended before its end: still an overlap.
-        drop(buffer.take());
-        assert!(buffer.overlap_since(mark).is_some());
     }
 }

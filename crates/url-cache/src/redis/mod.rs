@@ -570,7 +570,6 @@ impl RedisCache {
         replies: &mut std::vec::IntoIter<Result<Value, FredError>>,
         now: f64,
         migrate: bool,
-        flushes_mark: u64,
     ) -> Result<Option<CacheEntry>> {
         let hash = replies.next();
         let fields: HashMap<String, String> = match hash {
@@ -617,11 +616,6 @@ impl RedisCache {
         // the stored count plus this process's pending ones, this access included.
         let pending = self.inner.access.record(key, now);
         entry.access_count += pending.map_or(1, |p| p.count);
-        if let Some(begun) = self.inner.access.overlap_since(flushes_mark) {
-            if let Some(count) = self.exact_count(key, begun, pending.is_none()).await {
-                entry.access_count = count;
-            }
-        }
         entry.last_accessed = from_unix_secs(now);
         // With the count as answered: the L1's hits count on from it.
         if let Some(l1) = &self.inner.l1 {
@@ -629,37 +623,6 @@ impl RedisCache {
         }
         self.inner.stats.hit(1);
         Ok(Some(entry))
-    }
-
-    /// `key`'s access count, stored and pending together, for a read that overlapped an
-    /// access flush (`begun`: the flushes begun by the end of that read). Redis may or
-    /// may not have applied the flush's increments before answering the read, so the
-    /// count is read again once those flushes have ended, and again while new ones
-    /// overlap (a flush per interval: rarely once). `unbuffered`: the access being
-    /// answered was dropped by a full buffer and counts on top. `None` when the entry is
-    /// gone or the count cannot be read again within the command deadline: the caller
-    /// keeps its first figure.
-    async fn exact_count(&self, key: &str, mut begun: u64, unbuffered: bool) -> Option<u64> {
-        let deadline = tokio::time::Instant::now() + self.inner.command_timeout;
-        let entry_key = self.entry_key(key);
-        loop {
-            tokio::time::timeout_at(deadline, self.inner.access.flushes_end(begun))
-                .await
-                .ok()?;
-            let mark = self.inner.access.flushes_ended();
-            let client = self.inner.pool.next_connected();
-            let stored: Option<String> =
-                tokio::time::timeout_at(deadline, client.hget(&entry_key, "access_count"))
-                    .await
-                    .ok()?
-                    .ok()?;
-            let stored: u64 = stored?.parse().ok()?;
-            let pending = self.inner.access.pending(key).map_or(0, |p| p.count);
-            match self.inner.access.overlap_since(mark) {
-                None => return Some(stored + pending + u64::from(unbuffered)),
-                Some(next) => begun = next,
-            }
-        }
     }
 
     /// An entry the L1 held, as a lookup answers it: counted (a hit, and an L1 hit), its
@@ -683,7 +646,7 @@ impl RedisCache {
         self.inner.stats.hit(1);
         // Recorded for the next flush (Redis's count); the answer counts from the L1's
         // own figure, which no flush changes.
-        let _recorded = self.inner.access.record(key, now);
+        self.inner.access.record(key, now);
         let mut entry = held.serve();
         entry.last_accessed = from_unix_secs(now);
         entry
@@ -1109,9 +1072,7 @@ async fn flush(
     access: &AccessBuffer,
     timeout: Duration,
 ) -> Result<usize> {
-    // In flight until this function returns or is dropped (see `RedisCache::exact_count`).
-    let in_flight = access.take();
-    let pending: &[(String, Pending)] = &in_flight.taken;
+    let pending: Vec<(String, Pending)> = access.take();
     if pending.is_empty() {
         return Ok(0);
     }
@@ -1423,7 +1384,6 @@ impl UrlCache for RedisCache {
     async fn peek(&self, key: &str) -> Result<Option<CacheEntry>> {
         validate_key(key)?;
         let now = self.inner.clock.now_unix();
-        let flushes_mark = self.inner.access.flushes_ended();
         let client = self.inner.pool.next_connected();
         let fields: Result<HashMap<String, String>> =
             self.run(client.hgetall(self.entry_key(key))).await;
@@ -1439,22 +1399,16 @@ impl UrlCache for RedisCache {
         }
         // With this process's accesses not written yet, as the next flush will leave it.
         let pending = self.inner.access.pending(key);
-        let Some(mut entry) = parse_entry(key, &fields)
+        Ok(parse_entry(key, &fields)
             .ok()
             .filter(|entry| now < entry.expires_at_unix())
-        else {
-            return Ok(None);
-        };
-        if let Some(p) = pending {
-            entry.access_count += p.count;
-            entry.last_accessed = entry.last_accessed.max(from_unix_secs(p.last));
-        }
-        if let Some(begun) = self.inner.access.overlap_since(flushes_mark) {
-            if let Some(count) = self.exact_count(key, begun, false).await {
-                entry.access_count = count;
-            }
-        }
-        Ok(Some(entry))
+            .map(|mut entry| {
+                if let Some(p) = pending {
+                    entry.access_count += p.count;
+                    entry.last_accessed = entry.last_accessed.max(from_unix_secs(p.last));
+                }
+                entry
+            }))
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
@@ -1490,7 +1444,6 @@ impl UrlCache for RedisCache {
         let all_keys = keys;
         let keys = remote.as_slice();
         // One read per key, nothing written: the accesses go to the buffer.
-        let flushes_mark = self.inner.access.flushes_ended();
         let pipe = self.lookup_client().pipeline();
         for key in keys {
             let _: () = pipe
@@ -1512,10 +1465,7 @@ impl UrlCache for RedisCache {
         let mut replies = replies.into_iter();
         let mut fetched = Vec::with_capacity(keys.len());
         for key in keys {
-            fetched.push(
-                self.finish_lookup(key, &mut replies, now, migrate, flushes_mark)
-                    .await?,
-            );
+            fetched.push(self.finish_lookup(key, &mut replies, now, migrate).await?);
         }
         // Back in the order asked, L1 hits in their places.
         let mut fetched = fetched.into_iter();
