@@ -181,11 +181,16 @@ for label, runs in rows.items():
 PY
 
 echo
-for p in "$L1_SRV" "$REDIS_SRV"; do
+for p in "$L1_SRV" "$REDIS_SRV" "$C1" "$C2"; do
   curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$p/api/v1/images/stats" | python3 -c '
 import json, sys
 s = json.load(sys.stdin); c = s["cache"]
 hits = c["hits"]; l1 = c.get("l1_hits", 0); lookups = c["hits"] + c["misses"] + c["expired"]
-print(f"port '"$p"': {lookups} lookups, hit rate {hits / max(lookups, 1):.3f}, L1 hits {l1} ({l1 / max(lookups, 1):.1%} of lookups served without a round trip)")'
+print(f"port '"$p"': {lookups} lookups, hit rate {hits / max(lookups, 1):.3f}, L1 hits {l1} ({l1 / max(lookups, 1):.1%} of lookups served without a round trip)")
+# Degraded answers skipped the cache (its breaker was open): rows that had them did not
+# measure the cache, and say so.
+degraded, circuit, errors = s["degraded"], s["circuit"], s["cache_errors"]
+if degraded:
+    print(f"port '"$p"': WARNING {degraded} requests answered degraded (cache breaker {circuit}, {errors} cache errors): the Redis rows are not valid")'
 done
 redis-cli -p "$REDIS_PORT" info commandstats | grep -E "cmdstat_(hgetall|hincrby|zadd|hset|publish)" | cut -d, -f1
