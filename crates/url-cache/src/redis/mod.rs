@@ -1368,14 +1368,10 @@ impl UrlCache for RedisCache {
     }
 
     async fn get(&self, key: &str) -> Result<Option<CacheEntry>> {
-        // A live entry in the L1 is the hot path: answered here, without the batch's
+        // A live entry in the L1 is the hot path: answered at once, without the batch's
         // vectors. Anything else (absent, expired, no L1) goes the batch's way.
-        if self.inner.l1.is_some() {
-            validate_key(key)?;
-            let now = self.inner.clock.now_unix();
-            if let Some(held) = self.live_in_l1(key, now) {
-                return Ok(Some(self.served_from_l1(key, &held, now)));
-            }
+        if let Some(answer) = self.get_ready(key) {
+            return answer;
         }
         // One key is a batch of one: the same pipeline, the same reply handling.
         Ok(self.get_many(&[key]).await?.pop().flatten())
