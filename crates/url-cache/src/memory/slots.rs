@@ -17,7 +17,6 @@ pub(super) struct Slots<T> {
     chunks: Vec<Vec<Option<T>>>,
     /// Freed places, reused last-freed first.
     free: Vec<u32>,
-    len: usize,
 }
 
 impl<T> Slots<T> {
@@ -25,14 +24,13 @@ impl<T> Slots<T> {
         Slots {
             chunks: Vec::new(),
             free: Vec::new(),
-            len: 0,
         }
     }
 
-    /// Entries held.
+    /// Entries held: the places handed out, less the freed ones.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.len
+        self.chunks.iter().map(Vec::len).sum::<usize>() - self.free.len()
     }
 
     /// Stores `value`; its index.
@@ -40,7 +38,6 @@ impl<T> Slots<T> {
     /// # Panics
     /// Past `u32::MAX` entries in one shard (about 400 GiB of entries).
     pub(super) fn insert(&mut self, value: T) -> u32 {
-        self.len += 1;
         if let Some(index) = self.free.pop() {
             let place = self.place_mut(index);
             debug_assert!(place.is_none());
@@ -68,7 +65,6 @@ impl<T> Slots<T> {
             .place_mut(index)
             .take()
             .expect("a removed index is not used again");
-        self.len -= 1;
         self.free.push(index);
         value
     }
