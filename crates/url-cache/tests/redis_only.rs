@@ -196,7 +196,13 @@ async fn a_flush_of_many_keys_writes_them_all_in_chunks() {
     }
     assert_eq!(server.command(&["CONFIG", "RESETSTAT"]), "+OK");
     assert_eq!(cache.flush_access().await.unwrap(), 600);
-    assert_eq!(command_calls(&server).get("hincrby"), Some(&600));
+    let calls = command_calls(&server);
+    assert_eq!(calls.get("hincrby"), Some(&600), "{calls:?}");
+    // One command per key (a script: count, last access), and one ZADD per policy shard
+    // per chunk (600 keys: three chunks, 16 shards), not four commands per key.
+    assert_eq!(calls.get("evalsha"), Some(&600), "{calls:?}");
+    let zadds = calls.get("zadd").copied().unwrap_or_default();
+    assert!((16..=48).contains(&zadds), "{zadds} ZADDs: {calls:?}");
     let raw = raw_client(&server).await;
     for key in [&keys[0], &keys[299], &keys[599]] {
         let count: String = raw
@@ -233,8 +239,8 @@ async fn a_dropped_flush_counts_its_accesses_as_lost() {
     assert_eq!(cache.flush_access().await.unwrap(), 0);
 }
 
-/// An entry deleted between its read and the flush leaves no entry behind: at most a
-/// stub without a URL, outside the indexes, gone within a minute.
+/// An entry deleted between its read and the flush stays deleted: the flush writes no
+/// key (no stub hash, no index member).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_after_a_delete_resurrects_nothing() {
     let server = RedisServer::start();
@@ -253,11 +259,36 @@ async fn a_flush_after_a_delete_resurrects_nothing() {
     assert!(cache.get("gone.jpg").await.unwrap().is_none());
     assert!(other.get("gone.jpg").await.unwrap().is_none());
     let raw = raw_client(&server).await;
-    let ttl: i64 = raw.ttl("image:url:gone.jpg").await.unwrap();
-    assert!((1..=60).contains(&ttl), "stub ttl {ttl}");
+    let left: i64 = raw.exists("image:url:gone.jpg").await.unwrap();
+    assert_eq!(left, 0, "the flush recreated the deleted entry's hash");
     let (expiry, policy) = shards_holding(&raw, "gone.jpg").await;
     assert!(expiry.is_empty() && policy.is_empty());
     assert_eq!(cache.len().await.unwrap(), 0);
+}
+
+/// Redis forgetting the flush's script (a restart, a failover to a replica, `SCRIPT
+/// FLUSH`) loses no access: the flush loads it again and writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_loads_its_script_again_when_redis_forgot_it() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.access_flush_interval = Duration::from_secs(3600);
+    let cache = RedisCache::connect(config).await.unwrap();
+    let now = SystemClock.now_unix();
+    cache.put(entry("kept.jpg", now, 3600.0)).await.unwrap();
+    let raw = raw_client(&server).await;
+    for round in 1..=2u64 {
+        assert!(cache.get("kept.jpg").await.unwrap().is_some());
+        assert!(cache.get("kept.jpg").await.unwrap().is_some());
+        assert_eq!(server.command(&["SCRIPT", "FLUSH"]), "+OK");
+        assert_eq!(cache.flush_access().await.unwrap(), 1);
+        let count: String = raw
+            .hget("image:url:kept.jpg", "access_count")
+            .await
+            .unwrap();
+        assert_eq!(count, (2 * round).to_string(), "round {round}");
+    }
+    assert_eq!(cache.access_updates_dropped(), 0);
 }
 
 /// The two index sets of the layout before shards are moved into the shards at start.

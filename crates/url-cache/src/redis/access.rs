@@ -2,8 +2,8 @@
 //!
 //! A cache hit on Redis is one read (`HGETALL`). What LRU and LFU need from it — the
 //! access count, the last access time and the entry's place in the policy index — is
-//! added up here per key and written by [`flush`] once per interval (default 1 s), one
-//! pipeline for everything pending. The eviction order is therefore exact to within one
+//! added up here per key and written by [`mod@super::flush`] once per interval (default 1 s),
+//! in pipelines of 256 keys. The eviction order is therefore exact to within one
 //! interval across replicas, and exact within this process: a put that must evict flushes
 //! first.
 //!

@@ -18,9 +18,9 @@
 //! plus `-index` (`image:url-index`), so no object key can collide with an index.
 //!
 //! A hit is one command, `HGETALL`. The access bookkeeping (count, last access, the
-//! policy index) is added up in the process ([`access`]) and written in batches. No
-//! command spans two keys atomically, so the layout works on a Cluster; the lease scripts
-//! touch one key each.
+//! policy index) is added up in the process ([`access`]) and written in batches
+//! ([`mod@flush`]). No command spans two keys atomically, so the layout works on a Cluster;
+//! each script (a lease, an entry's accesses, one policy shard's) touches one key.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -34,14 +34,16 @@ use fred::prelude::{
     Builder, ClientLike, Config, Error as FredError, ErrorKind, EventInterface, HashesInterface,
     KeysInterface, Pool, ReconnectPolicy, SortedSetsInterface, Value,
 };
-use fred::types::{ExpireOptions, SetOptions};
+use fred::types::SetOptions;
 use tokio::task::JoinHandle;
 
 use crate::clock::from_unix_secs;
 
 mod access;
+mod flush;
 mod l1;
-use access::{AccessBuffer, Pending};
+use access::AccessBuffer;
+use flush::{flush, flush_loop, FlushScripts};
 use fred::interfaces::PubsubInterface;
 use l1::{Held, L1};
 
@@ -66,10 +68,6 @@ use crate::{
     validate_entry, validate_key, CacheEntry, CacheError, CacheStats, Clock, EvictionPolicy,
     Result, StatsCounters, SystemClock, UrlCache,
 };
-
-/// How long a stub hash may live: written by an access flush for an entry deleted since
-/// it was read (`HINCRBY` creates the hash), it has no `url`, reads as a miss, and goes.
-const STUB_TTL_SECS: i64 = 60;
 
 thread_local! {
     /// Per-thread clients of the lookup path, by cache id. They live as long as their
@@ -241,6 +239,8 @@ struct Inner {
     unnamespaced: Option<Layout>,
     /// Accesses not yet written to Redis.
     access: Arc<AccessBuffer>,
+    /// The access flush's scripts.
+    scripts: Arc<FlushScripts>,
     /// The in-process cache in front of Redis, when on.
     l1: Option<Arc<L1>>,
     /// The L1's subscription to invalidations.
@@ -405,10 +405,12 @@ impl RedisCache {
         };
         let layout = Arc::new(layout);
         let access = Arc::new(AccessBuffer::new(config.access_buffer_keys));
+        let scripts = Arc::new(FlushScripts::new());
         tasks.push(tokio::spawn(flush_loop(
             pool.clone(),
             layout.clone(),
             config.policy.kind(),
+            scripts.clone(),
             access.clone(),
             config.access_flush_interval,
             config.command_timeout,
@@ -451,6 +453,7 @@ impl RedisCache {
                 layout,
                 unnamespaced,
                 access,
+                scripts,
                 l1,
                 subscriber,
                 policy: config.policy,
@@ -528,6 +531,7 @@ impl RedisCache {
             &inner.pool,
             &inner.layout,
             inner.policy.kind(),
+            &inner.scripts,
             &inner.access,
             inner.command_timeout,
         )
@@ -1046,119 +1050,6 @@ impl Layout {
     /// The single policy index of the layout before shards.
     fn legacy_policy(&self) -> String {
         format!("{}:policy", self.index)
-    }
-}
-
-/// Keys per pipeline of an access flush (four commands each).
-///
-/// A flush after a busy second holds tens of thousands of keys. Sent as one pipeline it
-/// sat in front of every lookup that shared its connection until Redis had worked
-/// through all of it (a 63 ms p99 on the L1 row of `benches/load/redis.sh`); in chunks
-/// on rotating connections, a lookup waits for at most one chunk.
-const FLUSH_CHUNK_KEYS: usize = 256;
-
-/// Writes `access`'s pending accesses, [`FLUSH_CHUNK_KEYS`] keys per pipeline, one
-/// pipeline after the other: per key `HINCRBY access_count`, `HSET last_accessed`,
-/// `EXPIRE 60 NX` (a no-op on a live entry; it bounds the stub an entry deleted since its
-/// read would leave) and the policy index (`ZADD XX GT` for LRU, `ZADD XX INCR` for LFU;
-/// `XX`: never index a key that is gone). Accesses whose writes Redis has not confirmed —
-/// a chunk that fails, the chunks after it, or all unconfirmed when the flush is dropped —
-/// are dropped and counted:
-/// they are statistics, not data. `timeout` bounds each chunk.
-async fn flush(
-    pool: &Pool,
-    layout: &Layout,
-    kind: Kind,
-    access: &AccessBuffer,
-    timeout: Duration,
-) -> Result<usize> {
-    let pending: Vec<(String, Pending)> = access.take();
-    if pending.is_empty() {
-        return Ok(0);
-    }
-    // Counts what is still unwritten as lost if this future ends or is dropped early.
-    let mut unwritten = Unwritten {
-        access,
-        accesses: pending.iter().map(|(_, p)| p.count).sum(),
-    };
-    for chunk in pending.chunks(FLUSH_CHUNK_KEYS) {
-        let pipe = pool.next_connected().pipeline();
-        let op = async {
-            for (key, p) in chunk {
-                let entry_key = layout.entry_key(key);
-                let _: () = pipe
-                    .hincrby(&entry_key, "access_count", p.count as i64)
-                    .await?;
-                let _: () = pipe
-                    .hset(&entry_key, ("last_accessed", p.last.to_string()))
-                    .await?;
-                let _: () = pipe
-                    .expire(&entry_key, STUB_TTL_SECS, Some(ExpireOptions::NX))
-                    .await?;
-                let (ordering, increment, score) = match kind {
-                    Kind::Lru => (
-                        Some(fred::types::sorted_sets::Ordering::GreaterThan),
-                        false,
-                        p.last,
-                    ),
-                    Kind::Lfu => (None, true, p.count as f64),
-                    Kind::Fifo => continue,
-                };
-                let _: () = pipe
-                    .zadd(
-                        layout.policy_of(key),
-                        Some(SetOptions::XX),
-                        ordering,
-                        false,
-                        increment,
-                        (score, key.as_str()),
-                    )
-                    .await?;
-            }
-            pipe.all::<Vec<Value>>().await
-        };
-        match tokio::time::timeout(timeout, op).await {
-            Ok(Ok(_)) => unwritten.accesses -= chunk.iter().map(|(_, p)| p.count).sum::<u64>(),
-            Ok(Err(err)) => return Err(map_error(&err, timeout)),
-            Err(_) => return Err(CacheError::Timeout(timeout)),
-        }
-    }
-    Ok(pending.len())
-}
-
-/// The accesses of a flush not written yet; counted as lost when dropped.
-struct Unwritten<'a> {
-    access: &'a AccessBuffer,
-    accesses: u64,
-}
-
-impl Drop for Unwritten<'_> {
-    fn drop(&mut self) {
-        if self.accesses > 0 {
-            self.access.lost(self.accesses);
-        }
-    }
-}
-
-async fn flush_loop(
-    pool: Pool,
-    layout: Arc<Layout>,
-    kind: Kind,
-    access: Arc<AccessBuffer>,
-    every: Duration,
-    timeout: Duration,
-) {
-    let every = every.max(Duration::from_millis(1));
-    // The first flush one interval from now, not at once: nothing is pending yet, and a
-    // flush at whatever moment this task first runs would land in the middle of the first
-    // lookups (a read overlapping a flush of its key can miss the accesses in flight).
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        if let Err(err) = flush(&pool, &layout, kind, &access, timeout).await {
-            tracing::debug!(error = %err, "access flush failed; those accesses are dropped");
-        }
     }
 }
 

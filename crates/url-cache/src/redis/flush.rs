@@ -1,0 +1,298 @@
+//! The access flush: what [`AccessBuffer`] added up, written to Redis in batches.
+//!
+//! Per key read since the last flush, one `EVALSHA` of [`ADD_ACCESSES`] on the entry's
+//! hash (count and last access, only if the entry is still there); per policy shard, one
+//! command for all of a chunk's keys in that shard (LRU: one `ZADD XX GT` with every
+//! member; LFU: one `EVALSHA` of [`ADD_FREQUENCIES`], since `ZADD INCR` takes one member).
+//! Every command touches one key, or one shard's sorted set, so all of it runs on a
+//! Cluster. Measured on the Zipf trace of `benches/load/redis.sh`, the four commands per
+//! key this replaces (`HINCRBY`, `HSET`, `EXPIRE NX`, `ZADD`) cost a third of a
+//! Redis + L1 replica's CPU: a busy second reads tens of thousands of distinct keys.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fred::prelude::{ClientLike, Error as FredError, Pool, SortedSetsInterface, Value};
+use fred::types::scripts::Script;
+use fred::types::SetOptions;
+use fred::types::{ClusterHash, CustomCommand};
+
+use super::access::{AccessBuffer, Pending};
+use super::{map_error, Layout};
+use crate::policy::Kind;
+use crate::{CacheError, Result};
+
+/// Adds one entry's accesses: `ARGV[1]` more to its count, `ARGV[2]` its last access. Only
+/// to an entry that is there: an entry deleted since its read stays deleted (a plain
+/// `HINCRBY` would create a hash). 1 if the entry was there.
+pub(super) const ADD_ACCESSES: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'access_count', ARGV[1])
+redis.call('HSET', KEYS[1], 'last_accessed', ARGV[2])
+return 1
+"#;
+
+/// LFU: adds accesses to the scores of the members of one policy shard (`KEYS[1]`);
+/// `ARGV` is count, member, count, member… `XX`: a member no longer indexed (its entry
+/// gone) is not indexed again.
+pub(super) const ADD_FREQUENCIES: &str = r#"
+for i = 1, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], 'XX', 'INCR', ARGV[i], ARGV[i + 1])
+end
+return 0
+"#;
+
+/// The flush's scripts, called by their SHA-1 (`EVALSHA`): loaded before this process's
+/// first flush, and again whenever Redis answers that it does not have them.
+pub(super) struct FlushScripts {
+    add_accesses: Script,
+    add_frequencies: Script,
+    /// Loaded once by this process (Redis may have forgotten them since).
+    loaded: AtomicBool,
+}
+
+impl FlushScripts {
+    pub fn new() -> Self {
+        FlushScripts {
+            add_accesses: Script::from_lua(ADD_ACCESSES),
+            add_frequencies: Script::from_lua(ADD_FREQUENCIES),
+            loaded: AtomicBool::new(false),
+        }
+    }
+
+    /// Loads both scripts (on every primary of a Cluster).
+    async fn load(&self, pool: &Pool) -> Result<(), FredError> {
+        let client = pool.next_connected();
+        self.add_accesses.load(client).await?;
+        self.add_frequencies.load(client).await?;
+        self.loaded.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Keys per pipeline of an access flush.
+///
+/// A flush after a busy second holds tens of thousands of keys. Sent as one pipeline it
+/// sat in front of every lookup that shared its connection until Redis had worked
+/// through all of it (a 63 ms p99 on the L1 row of `benches/load/redis.sh`); in chunks
+/// on rotating connections, a lookup waits for at most one chunk.
+const FLUSH_CHUNK_KEYS: usize = 256;
+
+/// One command of a flush.
+enum Write<'a> {
+    /// [`ADD_ACCESSES`] on one entry.
+    Accesses { key: &'a str, pending: Pending },
+    /// LRU: `ZADD {shard} XX GT` with each member's last access.
+    Recency {
+        shard: usize,
+        members: Vec<(f64, &'a str)>,
+    },
+    /// LFU: [`ADD_FREQUENCIES`] on one shard.
+    Frequencies {
+        shard: usize,
+        members: Vec<(u64, &'a str)>,
+    },
+}
+
+/// The commands that write `chunk`'s accesses under `kind`.
+fn writes<'a>(layout: &Layout, kind: Kind, chunk: &'a [(String, Pending)]) -> Vec<Write<'a>> {
+    let mut writes: Vec<Write<'a>> = chunk
+        .iter()
+        .map(|(key, pending)| Write::Accesses {
+            key,
+            pending: *pending,
+        })
+        .collect();
+    let mut shards: Vec<Write<'a>> = (0..layout.shards)
+        .map(|shard| match kind {
+            Kind::Lfu => Write::Frequencies {
+                shard,
+                members: Vec::new(),
+            },
+            Kind::Lru | Kind::Fifo => Write::Recency {
+                shard,
+                members: Vec::new(),
+            },
+        })
+        .collect();
+    if kind != Kind::Fifo {
+        for (key, pending) in chunk {
+            match &mut shards[layout.shard_of(key)] {
+                Write::Frequencies { members, .. } => members.push((pending.count, key)),
+                Write::Recency { members, .. } => members.push((pending.last, key)),
+                Write::Accesses { .. } => unreachable!("shards hold index writes"),
+            }
+        }
+    }
+    writes.extend(shards.into_iter().filter(|write| match write {
+        Write::Recency { members, .. } => !members.is_empty(),
+        Write::Frequencies { members, .. } => !members.is_empty(),
+        Write::Accesses { .. } => true,
+    }));
+    writes
+}
+
+/// Queues `write` on `pipe`.
+async fn queue(
+    pipe: &fred::clients::Pipeline<fred::clients::Client>,
+    layout: &Layout,
+    scripts: &FlushScripts,
+    write: &Write<'_>,
+) -> Result<(), FredError> {
+    match write {
+        Write::Accesses { key, pending } => {
+            let args = vec![
+                Value::from(scripts.add_accesses.sha1().clone()),
+                Value::from(1),
+                Value::from(layout.entry_key(key)),
+                Value::from(pending.count as i64),
+                Value::from(pending.last.to_string()),
+            ];
+            pipe.custom::<(), _>(evalsha(), args).await
+        }
+        Write::Recency { shard, members } => {
+            pipe.zadd::<(), _, _>(
+                layout.policy(*shard),
+                Some(SetOptions::XX),
+                Some(fred::types::sorted_sets::Ordering::GreaterThan),
+                false,
+                false,
+                members.clone(),
+            )
+            .await
+        }
+        Write::Frequencies { shard, members } => {
+            let mut args = Vec::with_capacity(3 + members.len() * 2);
+            args.push(Value::from(scripts.add_frequencies.sha1().clone()));
+            args.push(Value::from(1));
+            args.push(Value::from(layout.policy(*shard)));
+            for (count, key) in members {
+                args.push(Value::from(*count as i64));
+                args.push(Value::from(*key));
+            }
+            pipe.custom::<(), _>(evalsha(), args).await
+        }
+    }
+}
+
+/// `EVALSHA sha 1 key args…`, routed by its one key. (fred's pipelines have no
+/// `evalsha` of their own.)
+fn evalsha() -> CustomCommand {
+    CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false)
+}
+
+/// Whether Redis answered that it does not have the script.
+fn is_no_script(err: &FredError) -> bool {
+    err.details().starts_with("NOSCRIPT")
+}
+
+/// Sends `writes` in one pipeline. Writes that Redis refused for want of their script
+/// (it restarted, failed over, or was told `SCRIPT FLUSH`) did nothing: the scripts are
+/// loaded and those writes sent once more.
+async fn send(
+    pool: &Pool,
+    layout: &Layout,
+    scripts: &FlushScripts,
+    mut writes: Vec<Write<'_>>,
+) -> Result<(), FredError> {
+    for attempt in 0..2 {
+        let pipe = pool.next_connected().pipeline();
+        for write in &writes {
+            queue(&pipe, layout, scripts, write).await?;
+        }
+        let replies = pipe.try_all::<Value>().await;
+        let mut again = Vec::new();
+        for (write, reply) in writes.into_iter().zip(replies) {
+            match reply {
+                Ok(_) => {}
+                Err(err) if is_no_script(&err) && attempt == 0 => again.push(write),
+                Err(err) => return Err(err),
+            }
+        }
+        if again.is_empty() {
+            return Ok(());
+        }
+        scripts.load(pool).await?;
+        writes = again;
+    }
+    Err(FredError::new(
+        fred::error::ErrorKind::Unknown,
+        "NOSCRIPT after loading the flush's scripts",
+    ))
+}
+
+/// Writes `access`'s pending accesses, [`FLUSH_CHUNK_KEYS`] keys per pipeline, one
+/// pipeline after the other (see the module's documentation for the commands).
+/// Accesses whose writes Redis has not confirmed — a chunk that fails, the chunks after
+/// it, or all unconfirmed when the flush is dropped — are dropped and counted: they are
+/// statistics, not data. `timeout` bounds each chunk.
+pub(super) async fn flush(
+    pool: &Pool,
+    layout: &Layout,
+    kind: Kind,
+    scripts: &FlushScripts,
+    access: &AccessBuffer,
+    timeout: Duration,
+) -> Result<usize> {
+    let pending: Vec<(String, Pending)> = access.take();
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    // Counts what is still unwritten as lost if this future ends or is dropped early.
+    let mut unwritten = Unwritten {
+        access,
+        accesses: pending.iter().map(|(_, p)| p.count).sum(),
+    };
+    for chunk in pending.chunks(FLUSH_CHUNK_KEYS) {
+        let op = async {
+            if !scripts.loaded.load(Ordering::Relaxed) {
+                scripts.load(pool).await?;
+            }
+            send(pool, layout, scripts, writes(layout, kind, chunk)).await
+        };
+        match tokio::time::timeout(timeout, op).await {
+            Ok(Ok(())) => unwritten.accesses -= chunk.iter().map(|(_, p)| p.count).sum::<u64>(),
+            Ok(Err(err)) => return Err(map_error(&err, timeout)),
+            Err(_) => return Err(CacheError::Timeout(timeout)),
+        }
+    }
+    Ok(pending.len())
+}
+
+/// The accesses of a flush not written yet; counted as lost when dropped.
+struct Unwritten<'a> {
+    access: &'a AccessBuffer,
+    accesses: u64,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        if self.accesses > 0 {
+            self.access.lost(self.accesses);
+        }
+    }
+}
+
+/// Flushes every `every` until the cache is dropped (its tasks are aborted).
+pub(super) async fn flush_loop(
+    pool: Pool,
+    layout: std::sync::Arc<Layout>,
+    kind: Kind,
+    scripts: std::sync::Arc<FlushScripts>,
+    access: std::sync::Arc<AccessBuffer>,
+    every: Duration,
+    timeout: Duration,
+) {
+    let every = every.max(Duration::from_millis(1));
+    // The first flush one interval from now, not at once: nothing is pending yet, and a
+    // flush at whatever moment this task first runs would land in the middle of the first
+    // lookups (a read overlapping a flush of its key can miss the accesses in flight).
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(err) = flush(&pool, &layout, kind, &scripts, &access, timeout).await {
+            tracing::debug!(error = %err, "access flush failed; those accesses are dropped");
+        }
+    }
+}
