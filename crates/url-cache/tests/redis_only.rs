@@ -695,6 +695,51 @@ async fn l1_hits_count_every_access_across_flushes() {
     assert!(cache.stats().l1_hits >= 15, "{:?}", cache.stats());
 }
 
+/// A burst of other replicas' invalidations that arrives while the process is busy drops
+/// the keys it names, and only those. It used to overflow fred's 32-message buffer of
+/// received messages; the L1 then had to empty itself whole (which keys the lost messages
+/// named is unknown), and every hot key's next lookup went to Redis at once: on the Zipf
+/// load of `benches/load/redis.sh` that surge timed lookups out and opened the service's
+/// breaker.
+#[tokio::test] // One thread: while the test blocks it, nothing reads the subscription.
+async fn a_burst_of_invalidations_drops_only_the_keys_it_names() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.l1_max_entries = 100;
+    config.access_flush_interval = Duration::from_secs(3600);
+    let cache = RedisCache::connect(config).await.unwrap();
+    let now = SystemClock.now_unix();
+    for key in ["kept.jpg", "marker.jpg"] {
+        cache.put(entry(key, now, 3600.0)).await.unwrap();
+        assert!(cache.get(key).await.unwrap().is_some());
+        assert!(cache.get_ready(key).is_some(), "{key} is not in the L1");
+    }
+    // Another replica ("other") invalidates 500 keys, then the marker; the messages
+    // queue up in the socket while this thread is blocked publishing them.
+    let channel = "image:url-index:invalidate";
+    for i in 0..500 {
+        let message = format!("other\nburst/{i}.jpg");
+        assert_eq!(server.command(&["PUBLISH", channel, &message]), ":1");
+    }
+    assert_eq!(
+        server.command(&["PUBLISH", channel, "other\nmarker.jpg"]),
+        ":1"
+    );
+    // Once the marker is gone, every message before it has been applied.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.get_ready("marker.jpg").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the marker was never invalidated"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        cache.get_ready("kept.jpg").is_some(),
+        "the burst emptied the whole L1"
+    );
+}
+
 /// Two replicas with an L1: a hot key is served from the process (no command reaches
 /// Redis, counted as an L1 hit), and a write, a refresh or a delete through one replica
 /// reaches the other's L1 within a second, through Redis pub/sub.

@@ -69,6 +69,16 @@ use crate::{
     Result, StatsCounters, SystemClock, UrlCache,
 };
 
+/// Invalidation messages the subscriber holds until the L1 applies them (fred's default
+/// is 32). When more arrive before the L1's task runs, the oldest are lost, and since it
+/// cannot know which keys they named the L1 must empty itself whole. Every replica
+/// receives every put's message, its own included (ignored by id), so a burst of misses
+/// on a busy process overflowed 32: measured on the Zipf load of `benches/load/redis.sh`,
+/// the L1 emptied several times a second, and the surge of lookups to Redis that followed
+/// timed out and opened the service's breaker. Preallocated by fred, for each of the
+/// subscriber's nine event channels: about 3 MB with an L1, nothing without.
+const INVALIDATION_BUFFER: usize = 4096;
+
 thread_local! {
     /// Per-thread clients of the lookup path, by cache id. They live as long as their
     /// thread (an actix worker lives as long as the server); a cache dropped earlier
@@ -426,7 +436,12 @@ impl RedisCache {
                 config.l1_ttl,
                 format!("{}:invalidate", layout.index),
             ));
-            // The pool's builder: the same server, timeouts and reconnection policy.
+            // The pool's builder: the same server, timeouts and reconnection policy; a
+            // buffer of received messages big enough for a burst.
+            let mut builder = builder.clone();
+            builder.with_performance_config(|performance| {
+                performance.broadcast_channel_capacity = INVALIDATION_BUFFER;
+            });
             let subscriber = builder.build_subscriber_client().map_err(|e| {
                 CacheError::InvalidInput(format!("Redis subscriber: {}", e.details()))
             })?;
@@ -1092,7 +1107,13 @@ async fn invalidations(subscriber: fred::clients::SubscriberClient, l1: Arc<L1>)
                     }
                 }
                 // Messages were lost: what the L1 holds may be stale.
-                Err(RecvError::Lagged(_)) => l1.clear(),
+                Err(RecvError::Lagged(lost)) => {
+                    tracing::warn!(
+                        lost,
+                        "L1 emptied: the subscriber fell behind and invalidations were lost"
+                    );
+                    l1.clear();
+                }
                 Err(RecvError::Closed) => break,
             },
             // A connection error, or a reconnection (after which fred subscribes again
