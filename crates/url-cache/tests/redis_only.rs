@@ -181,6 +181,56 @@ async fn a_hit_is_one_read_and_accesses_are_written_in_batches() {
     assert_eq!(cache.access_updates_dropped(), 0);
 }
 
+/// A put far below the capacity sends no `ZCARD`s: the count is taken by the first put,
+/// then only when it is a second old or the estimate nears the capacity, where every
+/// put counts, so the capacity still holds exactly within a process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_count_the_entries_only_when_the_capacity_may_be_reached() {
+    let server = RedisServer::start();
+    let clock = Arc::new(ManualClock::from_unix_secs(SystemClock.now_unix()));
+    let mut config = RedisConfig::new(server.url());
+    config.max_entries = 20;
+    config.access_flush_interval = Duration::from_secs(3600);
+    let cache = RedisCache::connect_with_clock(config, clock.clone())
+        .await
+        .unwrap();
+    let zcards = || command_calls(&server).get("zcard").copied().unwrap_or(0);
+    let now = clock.now_unix();
+    let put = |i: usize| cache.put(entry(&format!("held/{i}.jpg"), now, 3600.0));
+    assert_eq!(server.command(&["CONFIG", "RESETSTAT"]), "+OK");
+    put(0).await.unwrap();
+    assert_eq!(zcards(), 16, "the first put counts (16 shards)");
+    for i in 1..17 {
+        put(i).await.unwrap();
+    }
+    assert_eq!(zcards(), 16, "17 of 20: no count");
+    // The 18th reaches 90 %: from here every put counts, and the 21st evicts one.
+    for i in 17..21 {
+        put(i).await.unwrap();
+    }
+    assert_eq!(zcards(), 16 * 5);
+    assert_eq!(cache.len().await.unwrap(), 20);
+    assert_eq!(cache.stats().evictions, 1);
+    // A count a second old is taken again, whatever the estimate.
+    let roomy = RedisCache::connect_with_clock(
+        {
+            let mut config = RedisConfig::new(server.url());
+            config.namespace = Some("roomy".into());
+            config
+        },
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(server.command(&["CONFIG", "RESETSTAT"]), "+OK");
+    roomy.put(entry("r/0.jpg", now, 3600.0)).await.unwrap();
+    roomy.put(entry("r/1.jpg", now, 3600.0)).await.unwrap();
+    assert_eq!(zcards(), 16);
+    clock.advance(Duration::from_secs(1));
+    roomy.put(entry("r/2.jpg", now, 3600.0)).await.unwrap();
+    assert_eq!(zcards(), 32);
+}
+
 /// A flush larger than one pipeline chunk writes every key, chunk after chunk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_of_many_keys_writes_them_all_in_chunks() {

@@ -41,10 +41,12 @@ use crate::clock::from_unix_secs;
 
 mod access;
 mod flush;
+mod held;
 mod l1;
 use access::AccessBuffer;
 use flush::{flush, flush_loop, FlushScripts};
 use fred::interfaces::PubsubInterface;
+use held::HeldCount;
 use l1::{Held, L1};
 
 /// Takes the lease (`KEYS[1]`) for `ARGV[1]` for `ARGV[2]` ms if it is free, or extends
@@ -257,6 +259,8 @@ struct Inner {
     subscriber: Option<fred::clients::SubscriberClient>,
     policy: EvictionPolicy,
     max_entries: usize,
+    /// The entries held, as far as puts need to know ([`held`]).
+    held: HeldCount,
     /// Connections (re)established, counted from fred's reconnection events.
     reconnects: Arc<AtomicU64>,
     /// The PING task and the reconnection listeners; they hold no reference to `Inner`,
@@ -473,6 +477,7 @@ impl RedisCache {
                 subscriber,
                 policy: config.policy,
                 max_entries: config.max_entries.max(1),
+                held: HeldCount::new(config.max_entries.max(1)),
                 reconnects,
                 tasks,
             }),
@@ -828,15 +833,37 @@ impl RedisCache {
     async fn store_once(&self, entry: CacheEntry) -> Result<()> {
         let key = entry.image_key.clone();
         let pipe = self.inner.pool.next_connected().pipeline();
+        let now = self.inner.clock.now_unix();
+        let count = self.inner.held.must_count(1, now);
         let op = async {
             self.queue_store(&pipe, entry).await?;
             self.queue_published(&pipe, &[&key]).await?;
-            self.queue_count(&pipe).await?;
+            if count {
+                self.queue_count(&pipe).await?;
+            }
             let replies: Vec<Value> = pipe.all().await?;
-            Ok(self.counted(&replies))
+            Ok(self.held_after_put(count.then_some(&replies[..]), 1, now))
         };
         let held = self.run(op).await?;
         self.enforce_capacity(held, &key).await
+    }
+
+    /// The entries held after a put of `new` entries, counted from the put's `ZCARD`
+    /// replies when it sent them. Without them, `None`: the estimate grows, and only an
+    /// exact count may evict (concurrent puts can each add to an estimate that none of
+    /// them saw near the capacity).
+    fn held_after_put(&self, replies: Option<&[Value]>, new: usize, now: f64) -> Option<u64> {
+        match replies {
+            Some(replies) => {
+                let held = self.counted(replies);
+                self.inner.held.counted(held, now);
+                Some(held)
+            }
+            None => {
+                self.inner.held.added(new);
+                None
+            }
+        }
     }
 
     /// With an L1: queues the message that drops `keys` from the other replicas' L1s
@@ -940,7 +967,10 @@ impl RedisCache {
         Ok(())
     }
 
-    async fn enforce_capacity(&self, held: u64, just_written: &str) -> Result<()> {
+    async fn enforce_capacity(&self, held: Option<u64>, just_written: &str) -> Result<()> {
+        let Some(held) = held else {
+            return Ok(());
+        };
         if held as usize > self.inner.max_entries {
             self.evict(held as usize - self.inner.max_entries, just_written)
                 .await?;
@@ -1417,15 +1447,18 @@ impl UrlCache for RedisCache {
             return Ok(());
         };
         let pipe = self.inner.pool.next_connected().pipeline();
+        let count = self.inner.held.must_count(live.len(), now);
         let op = async {
             for entry in live.iter().cloned() {
                 self.queue_store(&pipe, entry).await?;
             }
             let written: Vec<&str> = live.iter().map(|e| &*e.image_key).collect();
             self.queue_published(&pipe, &written).await?;
-            self.queue_count(&pipe).await?;
+            if count {
+                self.queue_count(&pipe).await?;
+            }
             let replies: Vec<Value> = pipe.all().await?;
-            Ok(self.counted(&replies))
+            Ok(self.held_after_put(count.then_some(&replies[..]), live.len(), now))
         };
         match self.run(op).await {
             Ok(held) => self.enforce_capacity(held, &last).await,
