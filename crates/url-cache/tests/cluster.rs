@@ -81,3 +81,51 @@ async fn the_conformance_suite_passes_on_a_three_master_cluster() {
         .await
         .unwrap());
 }
+
+/// An access flush sends each command to the node of its key's slot: no `MOVED` (which
+/// fred would follow, slowly, by synchronising the cluster's slots anew each time). Its
+/// scripts were once routed by their SHA-1 instead of their key, and every flush set off
+/// thousands of reconnections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_flush_sends_every_command_to_its_slots_node() {
+    let cluster = RedisCluster::start(3);
+    for (n, policy) in [EvictionPolicy::lru(), EvictionPolicy::lfu()]
+        .into_iter()
+        .enumerate()
+    {
+        let mut config = RedisConfig::new(&cluster.url());
+        config.policy = policy;
+        config.access_flush_interval = Duration::from_secs(3600);
+        config.key_prefix = format!("flush-{n}:");
+        let cache = RedisCache::connect(config).await.unwrap();
+        let now = std::time::SystemTime::now();
+        let keys: Vec<String> = (0..100).map(|i| format!("routed/{i}.jpg")).collect();
+        for key in &keys {
+            let entry = url_cache::CacheEntry::new(
+                key.as_str(),
+                format!("https://b.example/{key}?q-signature=s"),
+                now + Duration::from_secs(3600),
+                now,
+            );
+            cache.put(entry).await.unwrap();
+            assert!(cache.get(key).await.unwrap().is_some());
+        }
+        for node in &cluster.nodes {
+            assert_eq!(node.command(&["CONFIG", "RESETSTAT"]), "+OK");
+        }
+        assert_eq!(cache.flush_access().await.unwrap(), 100);
+        for node in &cluster.nodes {
+            let errors = node.info("errorstats");
+            assert!(
+                !errors.contains("errorstat_MOVED"),
+                "{policy:?}: node {} answered MOVED: {errors}",
+                node.addr()
+            );
+        }
+        for key in [&keys[0], &keys[99]] {
+            let stored = cache.peek(key).await.unwrap().unwrap();
+            assert_eq!(stored.access_count, 1, "{policy:?}: {key}");
+        }
+        assert_eq!(cache.access_updates_dropped(), 0);
+    }
+}

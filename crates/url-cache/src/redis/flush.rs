@@ -141,14 +141,16 @@ async fn queue(
 ) -> Result<(), FredError> {
     match write {
         Write::Accesses { key, pending } => {
+            let entry_key = layout.entry_key(key);
+            let command = evalsha(&entry_key);
             let args = vec![
                 Value::from(scripts.add_accesses.sha1().clone()),
                 Value::from(1),
-                Value::from(layout.entry_key(key)),
+                Value::from(entry_key),
                 Value::from(pending.count as i64),
                 Value::from(pending.last.to_string()),
             ];
-            pipe.custom::<(), _>(evalsha(), args).await
+            pipe.custom::<(), _>(command, args).await
         }
         Write::Recency { shard, members } => {
             pipe.zadd::<(), _, _>(
@@ -162,23 +164,27 @@ async fn queue(
             .await
         }
         Write::Frequencies { shard, members } => {
+            let policy = layout.policy(*shard);
+            let command = evalsha(&policy);
             let mut args = Vec::with_capacity(3 + members.len() * 2);
             args.push(Value::from(scripts.add_frequencies.sha1().clone()));
             args.push(Value::from(1));
-            args.push(Value::from(layout.policy(*shard)));
+            args.push(Value::from(policy));
             for (count, key) in members {
                 args.push(Value::from(*count as i64));
                 args.push(Value::from(*key));
             }
-            pipe.custom::<(), _>(evalsha(), args).await
+            pipe.custom::<(), _>(command, args).await
         }
     }
 }
 
-/// `EVALSHA sha 1 key args…`, routed by its one key. (fred's pipelines have no
-/// `evalsha` of their own.)
-fn evalsha() -> CustomCommand {
-    CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false)
+/// `EVALSHA` of a script on `key` alone, sent to the node of `key`'s slot. (fred's
+/// pipelines have no `evalsha` of their own, and a custom command is routed by its
+/// first string argument, here the SHA-1, unless given its slot.)
+fn evalsha(key: &str) -> CustomCommand {
+    let slot = fred::util::redis_keyslot(key.as_bytes());
+    CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false)
 }
 
 /// Whether Redis answered that it does not have the script.
