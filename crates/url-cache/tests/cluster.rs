@@ -93,7 +93,7 @@ async fn an_access_flush_sends_every_command_to_its_slots_node() {
         .into_iter()
         .enumerate()
     {
-        let mut config = RedisConfig::new(&cluster.url());
+        let mut config = RedisConfig::new(cluster.url());
         config.policy = policy;
         config.access_flush_interval = Duration::from_secs(3600);
         config.key_prefix = format!("flush-{n}:");
