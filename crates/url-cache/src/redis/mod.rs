@@ -41,11 +41,13 @@ use crate::clock::from_unix_secs;
 
 mod access;
 mod flush;
+mod hash;
 mod held;
 mod l1;
 use access::AccessBuffer;
 use flush::{flush, flush_loop, FlushScripts};
 use fred::interfaces::PubsubInterface;
+use hash::{parse_entry, EntryFields, Fields};
 use held::HeldCount;
 use l1::{Held, L1};
 
@@ -596,10 +598,10 @@ impl RedisCache {
         migrate: bool,
     ) -> Result<Option<CacheEntry>> {
         let hash = replies.next();
-        let fields: HashMap<String, String> = match hash {
-            Some(Ok(value)) => match value.convert() {
+        let fields = match hash {
+            Some(Ok(value)) => match Fields::from_reply(value) {
                 Ok(fields) => fields,
-                Err(err) => return self.drop_corrupt(key, err.details()).await,
+                Err(reason) => return self.drop_corrupt(key, reason).await,
             },
             Some(Err(err)) if is_wrong_type(&err) => {
                 // The original system's JSON string (or garbage) under the entry key.
@@ -616,7 +618,7 @@ impl RedisCache {
                 return Err(CacheError::Unavailable("truncated pipeline reply".into()));
             }
         };
-        if !fields.contains_key("url") {
+        if !fields.has_url() {
             // Absent, or only the stub a missed lookup leaves; perhaps still where the
             // layout without namespace kept it.
             if let Some(old) = self.inner.unnamespaced.as_ref().filter(|_| migrate) {
@@ -1267,35 +1269,6 @@ fn map_error(err: &FredError, timeout: Duration) -> CacheError {
     }
 }
 
-fn parse_entry(key: &str, fields: &HashMap<String, String>) -> Result<CacheEntry> {
-    let corrupt = |field: &str| CacheError::Corrupt {
-        key: key.to_owned(),
-        reason: format!("field {field} is missing or malformed"),
-    };
-    let number = |field: &str| -> Result<f64> {
-        fields
-            .get(field)
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| v.is_finite())
-            .ok_or_else(|| corrupt(field))
-    };
-    Ok(CacheEntry {
-        url: fields
-            .get("url")
-            .map(|url| url.as_str().into())
-            .ok_or_else(|| corrupt("url"))?,
-        expires_at: from_unix_secs(number("expires_at")?),
-        access_count: fields
-            .get("access_count")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-        created_at: from_unix_secs(number("created_at")?),
-        last_accessed: from_unix_secs(number("last_accessed").unwrap_or(0.0)),
-        image_key: fields.get("image_key").map_or(key, String::as_str).into(),
-        mime_type: fields.get("mime_type").map(|mime| mime.as_str().into()),
-    })
-}
-
 #[async_trait]
 impl UrlCache for RedisCache {
     fn get_ready(&self, key: &str) -> Option<Result<Option<CacheEntry>>> {
@@ -1315,8 +1288,17 @@ impl UrlCache for RedisCache {
         if let Some(answer) = self.get_ready(key) {
             return answer;
         }
-        // One key is a batch of one: the same pipeline, the same reply handling.
-        Ok(self.get_many(&[key]).await?.pop().flatten())
+        // One read, on this thread's client: no pipeline to build and collect. The reply
+        // goes the batch's way from here.
+        validate_key(key)?;
+        let now = self.inner.clock.now_unix();
+        let client = self.lookup_client();
+        let entry_key = self.entry_key(key);
+        let reply = self
+            .run(async { Ok(client.hgetall::<Value, _>(entry_key).await) })
+            .await?;
+        self.finish_lookup(key, &mut vec![reply].into_iter(), now, true)
+            .await
     }
 
     async fn peek(&self, key: &str) -> Result<Option<CacheEntry>> {
