@@ -8,7 +8,7 @@
 # Rows, wrk -t1 -c64, every server on one worker, ROUNDS interleaved rounds, medians:
 #   nginx return 302                                  the baseline
 #   image-url, memory cache, one key                  the ceiling
-#   image-url, Redis, no L1, one key                  one HGETALL per hit
+#   image-url, Redis, no L1, one key                  one HMGET per hit
 #   image-url, Redis, no L1, Zipf keys                (s = 1.1 over 100 000 keys)
 #   image-url, Redis + L1, Zipf keys                  hot keys without a round trip
 #   2 replicas on a 3-master Cluster, Zipf keys       (wrk -t2 -c64, one thread per replica)
@@ -211,4 +211,4 @@ if degraded:
 elif s["degraded"]:
     print(f"port '"$p"': {s['"'"'degraded'"'"']} requests answered degraded during the warm-up, none during the rounds")'
 done
-redis-cli -p "$REDIS_PORT" info commandstats | grep -E "cmdstat_(hgetall|hincrby|zadd|hset|publish)" | cut -d, -f1
+redis-cli -p "$REDIS_PORT" info commandstats | grep -E "cmdstat_(hmget|evalsha|zadd|hset|publish|zcard)" | cut -d, -f1

@@ -1,6 +1,6 @@
 //! Access bookkeeping of the Redis backend, kept in the process and written in batches.
 //!
-//! A cache hit on Redis is one read (`HGETALL`). What LRU and LFU need from it — the
+//! A cache hit on Redis is one read (`HMGET`). What LRU and LFU need from it — the
 //! access count, the last access time and the entry's place in the policy index — is
 //! added up here per key and written by [`mod@super::flush`] once per interval (default 1 s),
 //! in pipelines of 256 keys. The eviction order is therefore exact to within one

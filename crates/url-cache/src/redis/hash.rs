@@ -1,13 +1,15 @@
-//! An entry's hash as Redis returns it (`HGETALL`), and the entry it holds.
+//! An entry's hash as Redis returns it, and the entry it holds.
 //!
-//! A lookup reads the reply's field/value pairs where they are, in the reply: converting
-//! it into a `HashMap<String, String>` first (fred's conversion) allocated a map and two
-//! strings per field, on every hit.
+//! A lookup asks for the entry's fields by name (`HMGET`) and reads their values where
+//! the reply holds them. It used to ask for the whole hash (`HGETALL`) and convert the
+//! reply into a `HashMap<String, String>`: fred builds a map of the reply, then the
+//! conversion a second one with two strings per field, on every hit.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use fred::prelude::Value;
+use fred::types::Key;
 
 use crate::clock::from_unix_secs;
 use crate::{CacheEntry, CacheError, Result};
@@ -30,42 +32,44 @@ impl EntryFields for HashMap<String, String> {
     }
 }
 
-/// An `HGETALL` reply: the pairs as they came (a flat array in RESP2, a map in RESP3).
-pub(super) struct Fields(Vec<(Value, Value)>);
+/// The fields a lookup reads (`HMGET`), in the order of its reply.
+pub(super) const FIELDS: [&str; 7] = [
+    "url",
+    "expires_at",
+    "access_count",
+    "created_at",
+    "last_accessed",
+    "image_key",
+    "mime_type",
+];
+
+/// [`FIELDS`] as fred's keys, without copying.
+pub(super) fn field_keys() -> Vec<Key> {
+    FIELDS
+        .iter()
+        .map(|name| Key::from_static_str(name))
+        .collect()
+}
+
+/// An `HMGET` reply of [`FIELDS`]: each field's value where the reply holds it (nil where
+/// the hash has no such field, or there is no hash).
+pub(super) struct Fields(Vec<Value>);
 
 impl Fields {
-    /// The pairs of `reply`; an error says why it is not a hash's.
+    /// The values of `reply`; an error says why it is not an `HMGET` of [`FIELDS`].
     pub fn from_reply(reply: Value) -> Result<Self, &'static str> {
         match reply {
-            Value::Null => Ok(Fields(Vec::new())),
-            Value::Array(items) => {
-                if items.len() % 2 != 0 {
-                    return Err("a hash reply with an odd number of items");
-                }
-                let mut items = items.into_iter();
-                let mut pairs = Vec::with_capacity(items.len() / 2);
-                while let (Some(name), Some(value)) = (items.next(), items.next()) {
-                    pairs.push((name, value));
-                }
-                Ok(Fields(pairs))
-            }
-            Value::Map(map) => Ok(Fields(
-                map.inner()
-                    .into_iter()
-                    .map(|(name, value)| (Value::Bytes(name.inner().clone()), value))
-                    .collect(),
-            )),
-            _ => Err("not a hash reply"),
+            Value::Array(values) if values.len() == FIELDS.len() => Ok(Fields(values)),
+            Value::Array(_) => Err("an HMGET reply with the wrong number of values"),
+            _ => Err("not an HMGET reply"),
         }
     }
 }
 
 impl EntryFields for Fields {
     fn field(&self, name: &str) -> Option<Cow<'_, str>> {
-        self.0
-            .iter()
-            .find(|(field, _)| field.as_str().as_deref() == Some(name))
-            .and_then(|(_, value)| value.as_str())
+        let at = FIELDS.iter().position(|field| *field == name)?;
+        self.0[at].as_str()
     }
 }
 
@@ -111,38 +115,31 @@ mod tests {
     }
 
     #[test]
-    fn reads_pairs_from_either_protocol_and_refuses_what_is_not_a_hash() {
-        let flat = Value::Array(vec![
-            text("url"),
+    fn reads_values_by_position_and_refuses_what_is_not_an_hmget_reply() {
+        let reply = Value::Array(vec![
             text("https://b.example/a.jpg"),
-            Value::Bytes("expires_at".into()),
             text("200.5"),
-            text("created_at"),
-            text("100"),
+            Value::Null,
+            Value::Bytes("100".into()),
+            Value::Null,
+            Value::Null,
+            text("image/png"),
         ]);
-        let fields = Fields::from_reply(flat).unwrap();
+        let fields = Fields::from_reply(reply).unwrap();
         assert!(fields.has_url());
         let entry = parse_entry("a.jpg", &fields).unwrap();
         assert_eq!(&*entry.url, "https://b.example/a.jpg");
         assert_eq!(entry.expires_at_unix(), 200.5);
+        assert_eq!(entry.created_at_unix(), 100.0);
+        assert_eq!(entry.access_count, 0);
         assert_eq!(&*entry.image_key, "a.jpg");
-        assert_eq!(entry.mime_type, None);
+        assert_eq!(entry.mime_type.as_deref(), Some("image/png"));
 
-        let mut map = HashMap::new();
-        map.insert(
-            fred::types::Key::from("url"),
-            text("https://b.example/m.jpg"),
-        );
-        let map = Value::Map(fred::types::Map::try_from(map).unwrap());
-        let fields = Fields::from_reply(map).unwrap();
-        assert_eq!(
-            fields.field("url").as_deref(),
-            Some("https://b.example/m.jpg")
-        );
-        assert!(parse_entry("m.jpg", &fields).is_err(), "no expires_at");
-
-        assert!(!Fields::from_reply(Value::Null).unwrap().has_url());
-        assert!(Fields::from_reply(Value::Array(vec![text("url")])).is_err());
+        // No hash (or a stub without a URL): every value nil.
+        let none = Fields::from_reply(Value::Array(vec![Value::Null; 7])).unwrap();
+        assert!(!none.has_url());
+        assert!(parse_entry("a.jpg", &none).is_err());
+        assert!(Fields::from_reply(Value::Array(vec![text("x")])).is_err());
         assert!(Fields::from_reply(text("a JSON string")).is_err());
     }
 }

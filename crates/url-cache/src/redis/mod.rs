@@ -17,9 +17,9 @@
 //! a hash tag, so they sit in one slot. `{index}` is the prefix without its trailing `:`
 //! plus `-index` (`image:url-index`), so no object key can collide with an index.
 //!
-//! A hit is one command, `HGETALL`. The access bookkeeping (count, last access, the
-//! policy index) is added up in the process ([`access`]) and written in batches
-//! ([`mod@flush`]). No command spans two keys atomically, so the layout works on a Cluster;
+//! A hit is one command, `HMGET` of the entry's fields ([`hash`]). The access bookkeeping
+//! (count, last access, the policy index) is added up in the process ([`access`]) and
+//! written in batches ([`mod@flush`]). No command spans two keys atomically, so the layout works on a Cluster;
 //! each script (a lease, an entry's accesses, one policy shard's) touches one key.
 
 use std::collections::HashMap;
@@ -47,7 +47,7 @@ mod l1;
 use access::AccessBuffer;
 use flush::{flush, flush_loop, FlushScripts};
 use fred::interfaces::PubsubInterface;
-use hash::{parse_entry, EntryFields, Fields};
+use hash::{field_keys, parse_entry, EntryFields, Fields};
 use held::HeldCount;
 use l1::{Held, L1};
 
@@ -1295,7 +1295,7 @@ impl UrlCache for RedisCache {
         let client = self.lookup_client();
         let entry_key = self.entry_key(key);
         let reply = self
-            .run(async { Ok(client.hgetall::<Value, _>(entry_key).await) })
+            .run(async { Ok(client.hmget::<Value, _, _>(entry_key, field_keys()).await) })
             .await?;
         self.finish_lookup(key, &mut vec![reply].into_iter(), now, true)
             .await
@@ -1367,7 +1367,7 @@ impl UrlCache for RedisCache {
         let pipe = self.lookup_client().pipeline();
         for key in keys {
             let _: () = pipe
-                .hgetall(self.entry_key(key))
+                .hmget(self.entry_key(key), field_keys())
                 .await
                 .map_err(|e| map_error(&e, self.inner.command_timeout))?;
         }
