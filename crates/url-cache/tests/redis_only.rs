@@ -20,6 +20,15 @@ async fn raw_client(server: &RedisServer) -> fred::prelude::Client {
     client
 }
 
+/// A cache on `server` whose accesses are flushed by the test (`flush_access`), not by
+/// the timer; with an L1 of `l1_max_entries` (0: none).
+async fn flushed_by_the_test(server: &RedisServer, l1_max_entries: usize) -> RedisCache {
+    let mut config = RedisConfig::new(server.url());
+    config.l1_max_entries = l1_max_entries;
+    config.access_flush_interval = Duration::from_secs(3600);
+    RedisCache::connect(config).await.unwrap()
+}
+
 fn entry(key: &str, now: f64, ttl: f64) -> CacheEntry {
     CacheEntry::new(
         key,
@@ -130,15 +139,12 @@ async fn layout_is_a_hash_per_entry_plus_sharded_sorted_sets() {
     assert_eq!(cache.len().await.unwrap(), 65);
 }
 
-/// A hit is one command (`HMGET` of the entry's fields) and a miss writes nothing; the accesses reach Redis
-/// with the next flush, one pipeline for every key, and `peek` shows them before.
+/// A hit is one command (`HMGET` of the entry's fields) and a miss writes nothing; the
+/// accesses reach Redis with the next flush, and `peek` shows them before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hit_is_one_read_and_accesses_are_written_in_batches() {
     let server = RedisServer::start();
-    let mut config = RedisConfig::new(server.url());
-    // Flushed by the test, not by the timer.
-    config.access_flush_interval = Duration::from_secs(3600);
-    let cache = RedisCache::connect(config).await.unwrap();
+    let cache = flushed_by_the_test(&server, 0).await;
     let now = SystemClock.now_unix();
     for key in ["a.jpg", "b.jpg"] {
         cache.put(entry(key, now, 3600.0)).await.unwrap();
@@ -235,9 +241,7 @@ async fn puts_count_the_entries_only_when_the_capacity_may_be_reached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_of_many_keys_writes_them_all_in_chunks() {
     let server = RedisServer::start();
-    let mut config = RedisConfig::new(server.url());
-    config.access_flush_interval = Duration::from_secs(3600);
-    let cache = RedisCache::connect(config).await.unwrap();
+    let cache = flushed_by_the_test(&server, 0).await;
     let now = SystemClock.now_unix();
     let keys: Vec<String> = (0..600).map(|i| format!("many/{i}.jpg")).collect();
     for key in &keys {
@@ -269,9 +273,7 @@ async fn a_flush_of_many_keys_writes_them_all_in_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_flush_counts_its_accesses_as_lost() {
     let server = RedisServer::start();
-    let mut config = RedisConfig::new(server.url());
-    config.access_flush_interval = Duration::from_secs(3600);
-    let cache = RedisCache::connect(config).await.unwrap();
+    let cache = flushed_by_the_test(&server, 0).await;
     let now = SystemClock.now_unix();
     for i in 0..300 {
         let key = format!("drop/{i}.jpg");
@@ -294,9 +296,7 @@ async fn a_dropped_flush_counts_its_accesses_as_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_after_a_delete_resurrects_nothing() {
     let server = RedisServer::start();
-    let mut config = RedisConfig::new(server.url());
-    config.access_flush_interval = Duration::from_secs(3600);
-    let cache = RedisCache::connect(config).await.unwrap();
+    let cache = flushed_by_the_test(&server, 0).await;
     let other = RedisCache::connect(RedisConfig::new(server.url()))
         .await
         .unwrap();
@@ -321,9 +321,7 @@ async fn a_flush_after_a_delete_resurrects_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_loads_its_script_again_when_redis_forgot_it() {
     let server = RedisServer::start();
-    let mut config = RedisConfig::new(server.url());
-    config.access_flush_interval = Duration::from_secs(3600);
-    let cache = RedisCache::connect(config).await.unwrap();
+    let cache = flushed_by_the_test(&server, 0).await;
     let now = SystemClock.now_unix();
     cache.put(entry("kept.jpg", now, 3600.0)).await.unwrap();
     let raw = raw_client(&server).await;
@@ -724,11 +722,7 @@ async fn leases_are_exclusive_and_run_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l1_hits_count_every_access_across_flushes() {
     let server = RedisServer::start();
-    let mut config = RedisConfig::new(server.url());
-    config.l1_max_entries = 100;
-    // Flushed by the test, between lookups.
-    config.access_flush_interval = Duration::from_secs(3600);
-    let cache = RedisCache::connect(config).await.unwrap();
+    let cache = flushed_by_the_test(&server, 100).await;
     let now = SystemClock.now_unix();
     cache.put(entry("a.jpg", now, 3600.0)).await.unwrap();
     for expected in 1..=20u64 {
@@ -754,10 +748,7 @@ async fn l1_hits_count_every_access_across_flushes() {
 #[tokio::test] // One thread: while the test blocks it, nothing reads the subscription.
 async fn a_burst_of_invalidations_drops_only_the_keys_it_names() {
     let server = RedisServer::start();
-    let mut config = RedisConfig::new(server.url());
-    config.l1_max_entries = 100;
-    config.access_flush_interval = Duration::from_secs(3600);
-    let cache = RedisCache::connect(config).await.unwrap();
+    let cache = flushed_by_the_test(&server, 100).await;
     let now = SystemClock.now_unix();
     for key in ["kept.jpg", "marker.jpg"] {
         cache.put(entry(key, now, 3600.0)).await.unwrap();
