@@ -19,8 +19,9 @@
 //!
 //! A hit is one command, `HMGET` of the entry's fields ([`hash`]). The access bookkeeping
 //! (count, last access, the policy index) is added up in the process ([`access`]) and
-//! written in batches ([`mod@flush`]). No command spans two keys atomically, so the layout works on a Cluster;
-//! each script (a lease, an entry's accesses, one policy shard's) touches one key.
+//! written in batches ([`mod@flush`]). No command spans two keys atomically, so the layout
+//! works on a Cluster; each script (a lease, an entry's accesses, one policy shard's)
+//! touches one key.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -619,8 +620,8 @@ impl RedisCache {
             }
         };
         if !fields.has_url() {
-            // Absent, or only the stub a missed lookup leaves; perhaps still where the
-            // layout without namespace kept it.
+            // Absent, or a stub without a URL (an earlier version's access flush could
+            // leave one); perhaps still where the layout without namespace kept it.
             if let Some(old) = self.inner.unnamespaced.as_ref().filter(|_| migrate) {
                 let old_key = format!("{}{key}", old.prefix);
                 return self.adopt(&old_key, Some(old), key, now, true).await;
