@@ -25,7 +25,7 @@ use crate::{CacheError, Result};
 /// Adds one entry's accesses: `ARGV[1]` more to its count, `ARGV[2]` its last access. Only
 /// to an entry that is there: an entry deleted since its read stays deleted (a plain
 /// `HINCRBY` would create a hash). 1 if the entry was there.
-pub(super) const ADD_ACCESSES: &str = r#"
+const ADD_ACCESSES: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], 'access_count', ARGV[1])
 redis.call('HSET', KEYS[1], 'last_accessed', ARGV[2])
@@ -35,7 +35,7 @@ return 1
 /// LFU: adds accesses to the scores of the members of one policy shard (`KEYS[1]`);
 /// `ARGV` is count, member, count, member… `XX`: a member no longer indexed (its entry
 /// gone) is not indexed again.
-pub(super) const ADD_FREQUENCIES: &str = r#"
+const ADD_FREQUENCIES: &str = r#"
 for i = 1, #ARGV, 2 do
   redis.call('ZADD', KEYS[1], 'XX', 'INCR', ARGV[i], ARGV[i + 1])
 end

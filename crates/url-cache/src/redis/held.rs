@@ -12,10 +12,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How old an exact count may be before a put counts again, seconds.
-pub(crate) const RECOUNT_AFTER: f64 = 1.0;
+const RECOUNT_AFTER: f64 = 1.0;
 
 /// From which share of the capacity (by the estimate after the put) every put counts.
-pub(crate) const COUNT_FROM_PERCENT: u64 = 90;
+const COUNT_FROM_PERCENT: u64 = 90;
 
 /// The estimate of the entries held.
 pub(crate) struct HeldCount {
