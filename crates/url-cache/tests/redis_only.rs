@@ -739,6 +739,36 @@ async fn l1_hits_count_every_access_across_flushes() {
     assert!(cache.stats().l1_hits >= 15, "{:?}", cache.stats());
 }
 
+/// An L1 entry lives `l1_ttl` by the cache's clock, whatever the URL's own expiry: the
+/// next lookup after that reads Redis again (and sees what another writer left there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_entries_leave_after_their_ttl_by_the_caches_clock() {
+    let server = RedisServer::start();
+    let clock = Arc::new(ManualClock::from_unix_secs(SystemClock.now_unix()));
+    let mut config = RedisConfig::new(server.url());
+    config.l1_max_entries = 100;
+    config.l1_ttl = Duration::from_secs(30);
+    config.access_flush_interval = Duration::from_secs(3600);
+    let cache = RedisCache::connect_with_clock(config, clock.clone())
+        .await
+        .unwrap();
+    let now = clock.now_unix();
+    cache.put(entry("ttl.jpg", now, 3600.0)).await.unwrap();
+    assert!(cache.get("ttl.jpg").await.unwrap().is_some());
+    assert!(cache.get_ready("ttl.jpg").is_some(), "filled the L1");
+    clock.advance(Duration::from_secs(29));
+    assert!(cache.get_ready("ttl.jpg").is_some(), "within its ttl");
+    clock.advance(Duration::from_secs(1));
+    assert!(
+        cache.get_ready("ttl.jpg").is_none(),
+        "served from the L1 past its ttl"
+    );
+    let hits = cache.stats().l1_hits;
+    assert!(cache.get("ttl.jpg").await.unwrap().is_some());
+    assert_eq!(cache.stats().l1_hits, hits, "read from Redis");
+    assert!(cache.get_ready("ttl.jpg").is_some(), "in the L1 again");
+}
+
 /// A burst of other replicas' invalidations that arrives while the process is busy drops
 /// the keys it names, and only those. It used to overflow fred's 32-message buffer of
 /// received messages; the L1 then had to empty itself whole (which keys the lost messages

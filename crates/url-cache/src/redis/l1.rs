@@ -6,9 +6,15 @@
 //! those keys from its L1 when the message arrives, within milliseconds. The L1 is only
 //! used while the subscription is up: when its connection drops, the L1 is emptied and
 //! bypassed (lookups go to Redis) until the subscription is back, since invalidations
-//! published meanwhile are lost. Entries also leave after `l1_ttl` whatever happens, and an
-//! entry past its URL's expiry is never served. With stable windows the replicas serve
-//! byte-identical URLs anyway.
+//! published meanwhile are lost. Entries also leave after `l1_ttl` by the cache's clock
+//! whatever happens, and an entry past its URL's expiry is never served. With stable
+//! windows the replicas serve byte-identical URLs anyway.
+//!
+//! The entries live in a `quick_cache` (S3-FIFO, sharded, a read lock and an atomic per
+//! hit). moka was measured first: its hits (a read log replayed into a frequency sketch
+//! and deques, SipHash) cost about a tenth of an L1 replica's CPU on the Zipf trace of
+//! `benches/load/redis.sh`. quick_cache has no time-to-live, so each entry carries its
+//! own deadline, checked on every read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +31,8 @@ use crate::CacheEntry;
 pub(crate) struct Held {
     entry: CacheEntry,
     served: AtomicU64,
+    /// Unix seconds (the cache's clock) from which the entry is no longer served.
+    stale_at: f64,
 }
 
 impl Held {
@@ -43,7 +51,9 @@ impl Held {
 }
 
 pub(crate) struct L1 {
-    entries: moka::sync::Cache<Arc<str>, Arc<Held>>,
+    entries: quick_cache::sync::Cache<Arc<str>, Arc<Held>>,
+    /// How long an entry is served after it was read from or written to Redis.
+    ttl: f64,
     /// Whether the subscription to invalidations is up: only then is the L1 used.
     live: AtomicBool,
     /// Wakes whoever waits for the subscription (see [`L1::wait_live`]).
@@ -59,10 +69,8 @@ impl L1 {
     pub fn new(max_entries: usize, ttl: Duration, channel: String) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         L1 {
-            entries: moka::sync::Cache::builder()
-                .max_capacity(max_entries as u64)
-                .time_to_live(ttl.max(Duration::from_millis(1)))
-                .build(),
+            entries: quick_cache::sync::Cache::new(max_entries.max(1)),
+            ttl: ttl.as_secs_f64(),
             live: AtomicBool::new(false),
             went_live: tokio::sync::Notify::new(),
             hits: Default::default(),
@@ -76,20 +84,28 @@ impl L1 {
         }
     }
 
-    /// The entry, while the subscription is up.
-    pub fn get(&self, key: &str) -> Option<Arc<Held>> {
+    /// The entry, while the subscription is up and the entry within its `l1_ttl` at
+    /// `now` (unix seconds); one past it is dropped.
+    pub fn get(&self, key: &str, now: f64) -> Option<Arc<Held>> {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
-        self.entries.get(key)
+        let held = self.entries.get(key)?;
+        if now < held.stale_at {
+            return Some(held);
+        }
+        self.entries.remove(key);
+        None
     }
 
-    /// Keeps `entry`, while the subscription is up.
-    pub fn insert(&self, entry: &CacheEntry) {
+    /// Keeps `entry`, read from or written to Redis at `now`, while the subscription is
+    /// up.
+    pub fn insert(&self, entry: &CacheEntry, now: f64) {
         if self.live.load(Ordering::Acquire) {
             let held = Held {
                 entry: entry.clone(),
                 served: AtomicU64::new(0),
+                stale_at: now + self.ttl,
             };
             self.entries.insert(entry.image_key.clone(), Arc::new(held));
         }
@@ -98,7 +114,7 @@ impl L1 {
     /// The subscription is up (again): the L1 starts empty, since messages may have been
     /// missed before.
     pub fn resume(&self) {
-        self.entries.invalidate_all();
+        self.entries.clear();
         self.live.store(true, Ordering::Release);
         self.went_live.notify_waiters();
     }
@@ -107,7 +123,7 @@ impl L1 {
     /// [`L1::resume`].
     pub fn suspend(&self) {
         self.live.store(false, Ordering::Release);
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 
     /// Returns once the subscription is up.
@@ -123,13 +139,13 @@ impl L1 {
 
     pub fn invalidate<S: AsRef<str>>(&self, keys: &[S]) {
         for key in keys {
-            self.entries.invalidate(key.as_ref());
+            self.entries.remove(key.as_ref());
         }
     }
 
     /// Drops everything (messages may have been missed).
     pub fn clear(&self) {
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 
     pub fn hit(&self) {
@@ -158,7 +174,7 @@ impl L1 {
             return;
         }
         for key in lines {
-            self.entries.invalidate(key);
+            self.entries.remove(key);
         }
     }
 }
@@ -183,41 +199,41 @@ mod tests {
         let b = L1::new(10, Duration::from_secs(60), "c".into());
         for l1 in [&a, &b] {
             l1.resume();
-            l1.insert(&entry("x"));
-            l1.insert(&entry("y"));
+            l1.insert(&entry("x"), 0.0);
+            l1.insert(&entry("y"), 0.0);
         }
         let from_a = a.message(&["x"]);
         a.receive(&from_a);
-        assert!(a.get("x").is_some(), "its own message");
+        assert!(a.get("x", 0.0).is_some(), "its own message");
         b.receive(&from_a);
-        assert!(b.get("x").is_none());
-        assert!(b.get("y").is_some());
+        assert!(b.get("x", 0.0).is_none());
+        assert!(b.get("y", 0.0).is_some());
         b.clear();
-        assert!(b.get("y").is_none());
+        assert!(b.get("y", 0.0).is_none());
     }
 
     #[test]
     fn a_suspended_l1_serves_and_keeps_nothing_and_resumes_empty() {
         let l1 = L1::new(10, Duration::from_secs(60), "c".into());
-        l1.insert(&entry("x"));
+        l1.insert(&entry("x"), 0.0);
         assert!(
-            l1.get("x").is_none(),
+            l1.get("x", 0.0).is_none(),
             "not live before the first subscription"
         );
         l1.resume();
-        l1.insert(&entry("x"));
-        assert!(l1.get("x").is_some());
+        l1.insert(&entry("x"), 0.0);
+        assert!(l1.get("x", 0.0).is_some());
         // Each access served from the L1 counts on top of the count it was filled with.
-        let held = l1.get("x").unwrap();
+        let held = l1.get("x", 0.0).unwrap();
         assert_eq!(held.serve().access_count, 1);
-        assert_eq!(l1.get("x").unwrap().serve().access_count, 2);
+        assert_eq!(l1.get("x", 0.0).unwrap().serve().access_count, 2);
         assert_eq!(held.entry().access_count, 0);
         l1.suspend();
-        assert!(l1.get("x").is_none());
-        l1.insert(&entry("y"));
+        assert!(l1.get("x", 0.0).is_none());
+        l1.insert(&entry("y"), 0.0);
         l1.resume();
         assert!(
-            l1.get("x").is_none() && l1.get("y").is_none(),
+            l1.get("x", 0.0).is_none() && l1.get("y", 0.0).is_none(),
             "resumes empty"
         );
     }

@@ -646,7 +646,7 @@ impl RedisCache {
         entry.last_accessed = from_unix_secs(now);
         // With the count as answered: the L1's hits count on from it.
         if let Some(l1) = &self.inner.l1 {
-            l1.insert(&entry);
+            l1.insert(&entry, now);
         }
         self.inner.stats.hit(1);
         Ok(Some(entry))
@@ -658,7 +658,7 @@ impl RedisCache {
     /// the L1. `None` without an L1.
     fn live_in_l1(&self, key: &str, now: f64) -> Option<Arc<Held>> {
         let l1 = self.inner.l1.as_ref()?;
-        let held = l1.get(key)?;
+        let held = l1.get(key, now)?;
         if now < held.entry().expires_at_unix() {
             return Some(held);
         }
@@ -914,7 +914,7 @@ impl RedisCache {
         // writer's to count, not the next flush's.
         self.inner.access.forget(&entry.image_key);
         if let Some(l1) = &self.inner.l1 {
-            l1.insert(&entry);
+            l1.insert(&entry, self.inner.clock.now_unix());
         }
         let entry_key = self.entry_key(&entry.image_key);
         let layout = &self.inner.layout;
