@@ -1,13 +1,18 @@
 //! The access flush: what [`AccessBuffer`] added up, written to Redis in batches.
 //!
-//! Per key read since the last flush, one `EVALSHA` of [`ADD_ACCESSES`] on the entry's
-//! hash (count and last access, only if the entry is still there); per policy shard, one
-//! command for all of a chunk's keys in that shard (LRU: one `ZADD XX GT` with every
-//! member; LFU: one `EVALSHA` of [`ADD_FREQUENCIES`], since `ZADD INCR` takes one member).
-//! Every command touches one key, or one shard's sorted set, so all of it runs on a
-//! Cluster. Measured on the Zipf trace of `benches/load/redis.sh`, the four commands per
-//! key this replaces (`HINCRBY`, `HSET`, `EXPIRE NX`, `ZADD`) cost about a fifth of a
-//! Redis + L1 replica's CPU: a busy second reads tens of thousands of distinct keys.
+//! Per chunk of keys read since the last flush, `EVALSHA` of [`ADD_ACCESSES`] on the
+//! entries' hashes (count and last access, only to an entry still there): one for the
+//! whole chunk on a standalone server or under Sentinel, one per hash slot on a Cluster
+//! (a script's keys must share a slot). Per policy shard, one command for all of a
+//! chunk's keys in that shard (LRU: one `ZADD XX GT` with every member; LFU: one
+//! `EVALSHA` of [`ADD_FREQUENCIES`], since `ZADD INCR` takes one member). Every command
+//! touches one slot, so all of it runs on a Cluster.
+//!
+//! Measured on the Zipf trace of `benches/load/redis.sh`, the four commands per key of
+//! the first version (`HINCRBY`, `HSET`, `EXPIRE NX`, `ZADD`) cost about a fifth of a
+//! Redis + L1 replica's CPU: a busy second reads tens of thousands of distinct keys. One
+//! script per key still cost the replica about 10 000 instructions per key (building,
+//! sending and reading each command) and Redis a script call per key.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,14 +27,19 @@ use super::{map_error, Layout};
 use crate::policy::Kind;
 use crate::{CacheError, Result};
 
-/// Adds one entry's accesses: `ARGV[1]` more to its count, `ARGV[2]` its last access. Only
-/// to an entry that is there: an entry deleted since its read stays deleted (a plain
-/// `HINCRBY` would create a hash). 1 if the entry was there.
+/// Adds entries' accesses: to the entry `KEYS[i]`, `ARGV[2i - 1]` more to its count and
+/// `ARGV[2i]` its last access. Only to an entry that is there: an entry deleted since its
+/// read stays deleted (a plain `HINCRBY` would create a hash). How many were there.
 const ADD_ACCESSES: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'access_count', ARGV[1])
-redis.call('HSET', KEYS[1], 'last_accessed', ARGV[2])
-return 1
+local found = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HINCRBY', key, 'access_count', ARGV[2 * i - 1])
+    redis.call('HSET', key, 'last_accessed', ARGV[2 * i])
+    found = found + 1
+  end
+end
+return found
 "#;
 
 /// LFU: adds accesses to the scores of the members of one policy shard (`KEYS[1]`);
@@ -80,8 +90,11 @@ const FLUSH_CHUNK_KEYS: usize = 256;
 
 /// One command of a flush.
 enum Write<'a> {
-    /// [`ADD_ACCESSES`] on one entry.
-    Accesses { key: &'a str, pending: Pending },
+    /// [`ADD_ACCESSES`] on entries of one slot (any entries, off a Cluster).
+    Accesses {
+        slot: u16,
+        members: Vec<(String, Pending)>,
+    },
     /// LRU: `ZADD {shard} XX GT` with each member's last access.
     Recency {
         shard: usize,
@@ -94,15 +107,31 @@ enum Write<'a> {
     },
 }
 
-/// The commands that write `chunk`'s accesses under `kind`: one per key, then one per
-/// policy shard the chunk touches (none under FIFO, whose order accesses do not change).
-fn writes<'a>(layout: &Layout, kind: Kind, chunk: &'a [(String, Pending)]) -> Vec<Write<'a>> {
-    let mut writes: Vec<Write<'a>> = chunk
-        .iter()
-        .map(|(key, pending)| Write::Accesses {
-            key,
-            pending: *pending,
-        })
+/// The commands that write `chunk`'s accesses under `kind`: one script for the entries
+/// (on a Cluster, one per slot), then one command per policy shard the chunk touches
+/// (none under FIFO, whose order accesses do not change).
+fn writes<'a>(
+    layout: &Layout,
+    kind: Kind,
+    clustered: bool,
+    chunk: &'a [(String, Pending)],
+) -> Vec<Write<'a>> {
+    let mut by_slot: Vec<(u16, Vec<(String, Pending)>)> = Vec::new();
+    for (key, pending) in chunk {
+        let entry_key = layout.entry_key(key);
+        let slot = if clustered {
+            fred::util::redis_keyslot(entry_key.as_bytes())
+        } else {
+            0
+        };
+        match by_slot.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, members)) => members.push((entry_key, *pending)),
+            None => by_slot.push((slot, vec![(entry_key, *pending)])),
+        }
+    }
+    let mut writes: Vec<Write<'a>> = by_slot
+        .into_iter()
+        .map(|(slot, members)| Write::Accesses { slot, members })
         .collect();
     if kind == Kind::Fifo {
         return writes;
@@ -137,16 +166,18 @@ async fn queue(
     write: &Write<'_>,
 ) -> Result<(), FredError> {
     match write {
-        Write::Accesses { key, pending } => {
-            let entry_key = layout.entry_key(key);
-            let command = evalsha(&entry_key);
-            let args = vec![
-                Value::from(scripts.add_accesses.sha1().clone()),
-                Value::from(1),
-                Value::from(entry_key),
-                Value::from(pending.count as i64),
-                Value::from(pending.last.to_string()),
-            ];
+        Write::Accesses { slot, members } => {
+            let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(*slot), false);
+            let mut args = Vec::with_capacity(2 + members.len() * 3);
+            args.push(Value::from(scripts.add_accesses.sha1().clone()));
+            args.push(Value::from(members.len() as i64));
+            for (entry_key, _) in members {
+                args.push(Value::from(entry_key.as_str()));
+            }
+            for (_, pending) in members {
+                args.push(Value::from(pending.count as i64));
+                args.push(Value::from(pending.last));
+            }
             pipe.custom::<(), _>(command, args).await
         }
         Write::Recency { shard, members } => {
@@ -251,7 +282,14 @@ pub(super) async fn flush(
             if !scripts.loaded.load(Ordering::Relaxed) {
                 scripts.load(pool).await?;
             }
-            send(pool, layout, scripts, writes(layout, kind, chunk)).await
+            let clustered = pool.next().is_clustered();
+            send(
+                pool,
+                layout,
+                scripts,
+                writes(layout, kind, clustered, chunk),
+            )
+            .await
         };
         match tokio::time::timeout(timeout, op).await {
             Ok(Ok(())) => unwritten.accesses -= chunk.iter().map(|(_, p)| p.count).sum::<u64>(),
