@@ -11,8 +11,11 @@
 //! dropped and counted rather than blocking a reader or growing without end.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+use foldhash::fast::RandomState;
 
 /// Accesses of one key not yet written.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,9 +29,15 @@ pub(crate) struct Pending {
 /// Independent locks, so that readers of different keys rarely wait for each other.
 const SHARDS: usize = 16;
 
+/// Accesses of the keys of one shard. foldhash rather than SipHash: every lookup, L1 hits
+/// included, records its access here, and the keys are not chosen by an attacker any more
+/// than the memory cache's are (which hashes them with foldhash too).
+type Shard = HashMap<String, Pending, RandomState>;
+
 /// Accesses per key since the last flush.
 pub(crate) struct AccessBuffer {
-    shards: [Mutex<HashMap<String, Pending>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
+    hasher: RandomState,
     keys: AtomicUsize,
     max_keys: usize,
     dropped: AtomicU64,
@@ -37,16 +46,20 @@ pub(crate) struct AccessBuffer {
 impl AccessBuffer {
     /// A buffer holding at most `max_keys` distinct keys.
     pub fn new(max_keys: usize) -> Self {
+        let hasher = RandomState::default();
         AccessBuffer {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::with_hasher(hasher.clone()))),
+            hasher,
             keys: AtomicUsize::new(0),
             max_keys: max_keys.max(1),
             dropped: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Pending>> {
-        &self.shards[(super::fnv1a(key) as usize) % SHARDS]
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
+        // Middle bits of the hash: the map inside picks buckets by the low ones and
+        // tags by the top seven.
+        &self.shards[(self.hasher.hash_one(key) >> 32) as usize % SHARDS]
     }
 
     /// Records an access of `key` at `now`; the key's pending accesses afterwards (none
@@ -97,7 +110,9 @@ impl AccessBuffer {
     pub fn take(&self) -> Vec<(String, Pending)> {
         let mut all = Vec::new();
         for shard in &self.shards {
-            let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let taken = std::mem::replace(&mut *shard, HashMap::with_hasher(self.hasher.clone()));
+            drop(shard);
             self.keys.fetch_sub(taken.len(), Ordering::Relaxed);
             all.extend(taken);
         }
