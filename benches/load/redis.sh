@@ -2,7 +2,8 @@
 # The redirect on Redis, side by side with nginx's `return 302`, in one run (issue 15).
 # Usage: bash benches/load/redis.sh   (needs wrk, nginx, redis-server, redis-cli:
 #        apt-get install wrk nginx-light redis-server)
-#        DURATION, ROUNDS, L1_ENTRIES (each replica's L1, default 20 000) and L1_TTL
+#        DURATION, ROUNDS, L1_ENTRIES (each replica's L1, default 20 000: a fifth of the
+#        trace's keys; a second replica's L1 holds them all) and L1_TTL
 #        (seconds an L1 entry lives, default 60 as the server's) may be set, and WARM_ALL
 #        (how long the pass over every key lasts, default 10s: enough for 100 000 keys
 #        at 10 k misses/s).
@@ -13,6 +14,7 @@
 #   image-url, Redis, no L1, one key                  one HMGET per hit
 #   image-url, Redis, no L1, Zipf keys                (s = 1.1 over 100 000 keys)
 #   image-url, Redis + L1, Zipf keys                  hot keys without a round trip
+#   image-url, Redis + L1 holding every key, Zipf     the L1's own cost
 #   2 replicas on a 3-master Cluster, Zipf keys       (wrk -t2 -c64, one thread per replica)
 # Afterwards: the L1 hit rate and the Redis commands per request, from the servers' own
 # statistics and Redis's INFO commandstats.
@@ -27,12 +29,12 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-# Ten distinct free ports, all held while they are chosen (one at a time could repeat),
+# Eleven distinct free ports, all held while they are chosen (one at a time could repeat),
 # each below 55536: a Cluster node also listens on its port + 10000 (its bus).
 mapfile -t FREE < <(python3 -c '
 import socket
 held, ports = [], []
-while len(ports) < 10:
+while len(ports) < 11:
     s = socket.socket(); s.bind(("127.0.0.1", 0)); held.append(s)
     port = s.getsockname()[1]
     if port + 10000 <= 65535:
@@ -109,21 +111,23 @@ serve() { # port env...
     $bin serve 2>/dev/null & pids+=($!)
 }
 MEM=$(port); take_port; REDIS_SRV=$(port); take_port; L1_SRV=$(port); take_port
+L1_ALL=$(port); take_port
 C1=$(port); take_port; C2=$(port); take_port
 serve "$MEM"
 serve "$REDIS_SRV" IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT" IMAGE_URL_CACHE__NAMESPACE=plain
 serve "$L1_SRV" IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT" IMAGE_URL_CACHE__NAMESPACE=l1 IMAGE_URL_CACHE__L1_MAX_ENTRIES=$L1_ENTRIES IMAGE_URL_CACHE__L1_TTL_SECS=$L1_TTL
+serve "$L1_ALL" IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT" IMAGE_URL_CACHE__NAMESPACE=l1all IMAGE_URL_CACHE__L1_MAX_ENTRIES=100000 IMAGE_URL_CACHE__L1_TTL_SECS=$L1_TTL
 for p in "$C1" "$C2"; do
   serve "$p" IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__REDIS_URL="$CLUSTER_URL" IMAGE_URL_CACHE__L1_MAX_ENTRIES=$L1_ENTRIES IMAGE_URL_CACHE__L1_TTL_SECS=$L1_TTL
 done
-for p in "$NGINX_PORT" "$MEM" "$REDIS_SRV" "$L1_SRV" "$C1" "$C2"; do wait_port "$p"; done
+for p in "$NGINX_PORT" "$MEM" "$REDIS_SRV" "$L1_SRV" "$L1_ALL" "$C1" "$C2"; do wait_port "$p"; done
 NGINX_PIDS="$(cat "$work/nginx/nginx.pid") $(pgrep -P "$(cat "$work/nginx/nginx.pid")" | tr '\n' ' ')"
 pid() { pid_of_port "$1"; }
 
 # Warm every cache: every key of the trace once (misses sign and write; the rounds then
 # measure the steady state, every key cached, not the first misses of the long tail),
 # then the Zipf trace (the L1s fill with the hot keys).
-for p in "$MEM" "$REDIS_SRV" "$L1_SRV" "$C1" "$C2"; do
+for p in "$MEM" "$REDIS_SRV" "$L1_SRV" "$L1_ALL" "$C1" "$C2"; do
   ZIPF_SEQUENTIAL=1 wrk -t1 -c64 -d"${WARM_ALL:-10s}" -s benches/load/zipf.lua "http://127.0.0.1:$p" >/dev/null
   wrk -t1 -c64 -d4s -s benches/load/zipf.lua "http://127.0.0.1:$p" >/dev/null
   curl -s -o /dev/null "http://127.0.0.1:$p/api/v1/images/a.jpg/proxy"
@@ -135,13 +139,13 @@ redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
 # server's breaker. Wait for the breakers to close (their cool-down is 10 s), and count
 # only the degraded answers of the measured rounds below.
 stat() { curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$1/api/v1/images/stats"; }
-for p in "$REDIS_SRV" "$L1_SRV" "$C1" "$C2"; do
+for p in "$REDIS_SRV" "$L1_SRV" "$L1_ALL" "$C1" "$C2"; do
   for _ in $(seq 150); do
     [ "$(stat "$p" | python3 -c 'import json, sys; print(json.load(sys.stdin)["circuit"])')" = closed ] && break
     sleep 0.1
   done
 done
-for p in "$REDIS_SRV" "$L1_SRV" "$C1" "$C2"; do
+for p in "$REDIS_SRV" "$L1_SRV" "$L1_ALL" "$C1" "$C2"; do
   stat "$p" > "$work/before-$p.json"
 done
 
@@ -153,6 +157,7 @@ rows=(
   "image-url, Redis, no L1, one key|http://127.0.0.1:$REDIS_SRV/api/v1/images/a.jpg/proxy|64|1||$(pid "$REDIS_SRV")"
   "image-url, Redis, no L1, Zipf|http://127.0.0.1:$REDIS_SRV|64|1|benches/load/zipf.lua|$(pid "$REDIS_SRV")"
   "image-url, Redis + L1, Zipf|http://127.0.0.1:$L1_SRV|64|1|benches/load/zipf.lua|$(pid "$L1_SRV")"
+  "image-url, Redis + L1 holding every key, Zipf|http://127.0.0.1:$L1_ALL|64|1|benches/load/zipf.lua|$(pid "$L1_ALL")"
 )
 results="$work/results"; : > "$results"
 for round in $(seq "$ROUNDS"); do
@@ -200,7 +205,9 @@ for label, runs in rows.items():
 PY
 
 echo
-for p in "$L1_SRV" "$REDIS_SRV" "$C1" "$C2"; do
+declare -A NAME=([$L1_SRV]="Redis + L1" [$L1_ALL]="Redis + L1 holding every key"
+  [$REDIS_SRV]="Redis, no L1" [$C1]="Cluster replica 1" [$C2]="Cluster replica 2")
+for p in "$L1_SRV" "$L1_ALL" "$REDIS_SRV" "$C1" "$C2"; do
   stat "$p" | BEFORE="$work/before-$p.json" python3 -c '
 import json, os, sys
 s = json.load(sys.stdin); c = s["cache"]
@@ -208,14 +215,14 @@ b = json.load(open(os.environ["BEFORE"])); bc = b["cache"]
 # During the measured rounds only (the misses of the warm-up are not the steady state).
 hits = c["hits"] - bc["hits"]; l1 = c.get("l1_hits", 0) - bc.get("l1_hits", 0)
 lookups = hits + c["misses"] - bc["misses"] + c["expired"] - bc["expired"]
-print(f"port '"$p"': during the rounds {lookups} lookups, hit rate {hits / max(lookups, 1):.3f}, L1 hits {l1} ({l1 / max(lookups, 1):.1%} of lookups served without a round trip)")
+print(f"'"${NAME[$p]}"': during the rounds {lookups} lookups, hit rate {hits / max(lookups, 1):.3f}, L1 hits {l1} ({l1 / max(lookups, 1):.1%} of lookups served without a round trip)")
 # Degraded answers skipped the cache (its breaker was open): rows that had them during
 # the measured rounds did not measure the cache, and say so.
 degraded = s["degraded"] - b["degraded"]
 circuit, errors = s["circuit"], s["cache_errors"]
 if degraded:
-    print(f"port '"$p"': WARNING {degraded} requests answered degraded during the rounds (cache breaker {circuit}, {errors} cache errors since start): its rows are not valid")
+    print(f"'"${NAME[$p]}"': WARNING {degraded} requests answered degraded during the rounds (cache breaker {circuit}, {errors} cache errors since start): its rows are not valid")
 elif s["degraded"]:
-    print(f"port '"$p"': {s['"'"'degraded'"'"']} requests answered degraded during the warm-up, none during the rounds")'
+    print(f"'"${NAME[$p]}"': {s['"'"'degraded'"'"']} requests answered degraded during the warm-up, none during the rounds")'
 done
 redis-cli -p "$REDIS_PORT" info commandstats | grep -E "cmdstat_(hmget|evalsha|zadd|hset|publish|zcard)" | cut -d, -f1

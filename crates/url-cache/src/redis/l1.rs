@@ -11,9 +11,9 @@
 //! windows the replicas serve byte-identical URLs anyway.
 //!
 //! The entries live in a `quick_cache` (S3-FIFO, sharded, a read lock and an atomic per
-//! hit). moka was measured first: its hits (a read log replayed into a frequency sketch
-//! and deques, SipHash) cost about a tenth of an L1 replica's CPU on the Zipf trace of
-//! `benches/load/redis.sh`. quick_cache has no time-to-live, so each entry carries its
+//! hit). moka came first: its hits (a read log replayed into a frequency sketch and
+//! deques, SipHash) took about 8 % of an L1 replica's CPU in a profile on the Zipf trace
+//! of `benches/load/redis.sh`. quick_cache has no time-to-live, so each entry carries its
 //! own deadline, checked on every read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
