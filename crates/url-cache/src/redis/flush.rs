@@ -17,9 +17,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fred::prelude::{ClientLike, Error as FredError, Pool, SortedSetsInterface, Value};
+use fred::prelude::{ClientLike, Error as FredError, Pool, Value};
 use fred::types::scripts::Script;
-use fred::types::SetOptions;
 use fred::types::{ClusterHash, CustomCommand};
 
 use super::access::{AccessBuffer, Pending};
@@ -27,35 +26,61 @@ use super::{map_error, Layout};
 use crate::policy::Kind;
 use crate::{CacheError, Result};
 
-/// Adds entries' accesses: to the entry `KEYS[i]`, `ARGV[2i - 1]` more to its count and
-/// `ARGV[2i]` its last access. Only to an entry that is there: an entry deleted since its
-/// read stays deleted (a plain `HINCRBY` would create a hash). How many were there.
+/// Adds entries' accesses: `ARGV[1]` holds one line `<count> <last access>` per entry of
+/// `KEYS`, in order; the count is added to the entry's and the last access replaces its
+/// own. Only to an entry that is there: an entry deleted since its read stays deleted (a
+/// plain `HINCRBY` would create a hash). How many were there.
+///
+/// The numbers travel packed in one argument rather than two arguments per key: every
+/// argument is a value the replica allocates, encodes and frees, and those were most of
+/// a flush's cost per key.
 const ADD_ACCESSES: &str = r#"
-local found = 0
-for i, key in ipairs(KEYS) do
+local found, i = 0, 0
+for count, last in string.gmatch(ARGV[1], '(%d+) ([^\n]+)\n') do
+  i = i + 1
+  local key = KEYS[i]
   if redis.call('EXISTS', key) == 1 then
-    redis.call('HINCRBY', key, 'access_count', ARGV[2 * i - 1])
-    redis.call('HSET', key, 'last_accessed', ARGV[2 * i])
+    redis.call('HINCRBY', key, 'access_count', count)
+    redis.call('HSET', key, 'last_accessed', last)
     found = found + 1
   end
 end
 return found
 "#;
 
-/// LFU: adds accesses to the scores of the members of one policy shard (`KEYS[1]`);
-/// `ARGV` is count, member, count, member… `XX`: a member no longer indexed (its entry
-/// gone) is not indexed again.
-const ADD_FREQUENCIES: &str = r#"
-for i = 1, #ARGV, 2 do
-  redis.call('ZADD', KEYS[1], 'XX', 'INCR', ARGV[i], ARGV[i + 1])
+/// LRU: moves members of one policy shard (`KEYS[1]`) later, one `ZADD XX GT` for all;
+/// `ARGV[1]` holds one line `<last access> <member>` per member (a key has no control
+/// character). `XX`: a member no longer indexed (its entry gone) is not indexed again;
+/// `GT`: a later access already written is not moved back.
+const ADD_RECENCIES: &str = r#"
+local args = {}
+for last, member in string.gmatch(ARGV[1], '([^ ]+) ([^\n]*)\n') do
+  args[#args + 1] = last
+  args[#args + 1] = member
 end
-return 0
+if #args > 0 then
+  redis.call('ZADD', KEYS[1], 'XX', 'GT', unpack(args))
+end
+return #args / 2
+"#;
+
+/// LFU: adds accesses to the scores of the members of one policy shard (`KEYS[1]`);
+/// `ARGV[1]` holds one line `<count> <member>` per member. One `ZADD XX INCR` per member,
+/// since `INCR` takes one; `XX` as above.
+const ADD_FREQUENCIES: &str = r#"
+local n = 0
+for count, member in string.gmatch(ARGV[1], '([^ ]+) ([^\n]*)\n') do
+  redis.call('ZADD', KEYS[1], 'XX', 'INCR', count, member)
+  n = n + 1
+end
+return n
 "#;
 
 /// The flush's scripts, called by their SHA-1 (`EVALSHA`): loaded before this process's
 /// first flush, and again whenever Redis answers that it does not have them.
 pub(super) struct FlushScripts {
     add_accesses: Script,
+    add_recencies: Script,
     add_frequencies: Script,
     /// Loaded once by this process (Redis may have forgotten them since).
     loaded: AtomicBool,
@@ -65,15 +90,17 @@ impl FlushScripts {
     pub fn new() -> Self {
         FlushScripts {
             add_accesses: Script::from_lua(ADD_ACCESSES),
+            add_recencies: Script::from_lua(ADD_RECENCIES),
             add_frequencies: Script::from_lua(ADD_FREQUENCIES),
             loaded: AtomicBool::new(false),
         }
     }
 
-    /// Loads both scripts (on every primary of a Cluster).
+    /// Loads the scripts (on every primary of a Cluster).
     async fn load(&self, pool: &Pool) -> Result<(), FredError> {
         let client = pool.next_connected();
         self.add_accesses.load(client).await?;
+        self.add_recencies.load(client).await?;
         self.add_frequencies.load(client).await?;
         self.loaded.store(true, Ordering::Relaxed);
         Ok(())
@@ -88,72 +115,107 @@ impl FlushScripts {
 /// on rotating connections, a lookup waits for at most one chunk.
 const FLUSH_CHUNK_KEYS: usize = 256;
 
-/// One command of a flush.
-enum Write<'a> {
+/// One command of a flush: `EVALSHA` of one of the scripts, its numbers packed in one
+/// argument of lines.
+enum Write {
     /// [`ADD_ACCESSES`] on entries of one slot (any entries, off a Cluster).
+    /// The keys and lines are kept as the `Value`s sent (moved in, not copied), so that
+    /// sending them again after a `NOSCRIPT` only bumps reference counts.
     Accesses {
         slot: u16,
-        members: Vec<(String, Pending)>,
+        entry_keys: Vec<Value>,
+        lines: Value,
     },
-    /// LRU: `ZADD {shard} XX GT` with each member's last access.
-    Recency {
-        shard: usize,
-        members: Vec<(f64, &'a str)>,
-    },
-    /// LFU: [`ADD_FREQUENCIES`] on one shard.
-    Frequencies {
-        shard: usize,
-        members: Vec<(u64, &'a str)>,
-    },
+    /// [`ADD_RECENCIES`] (LRU) or [`ADD_FREQUENCIES`] (LFU) on one policy shard.
+    Order { shard: usize, lines: Value },
+}
+
+/// Appends `unix_secs` to `line`, to the millisecond. Integers only: the shortest decimal
+/// form of an `f64` was a tenth of a flush's cost per key.
+fn push_time(line: &mut String, unix_secs: f64) {
+    let millis = (unix_secs.max(0.0) * 1000.0).round() as u64;
+    let mut digits = itoa::Buffer::new();
+    line.push_str(digits.format(millis / 1000));
+    line.push('.');
+    let fraction = millis % 1000;
+    if fraction < 100 {
+        line.push('0');
+    }
+    if fraction < 10 {
+        line.push('0');
+    }
+    line.push_str(digits.format(fraction));
+}
+
+/// Appends `<n> ` to `line`.
+fn push_count(line: &mut String, n: u64) {
+    line.push_str(itoa::Buffer::new().format(n));
+    line.push(' ');
 }
 
 /// The commands that write `chunk`'s accesses under `kind`: one script for the entries
-/// (on a Cluster, one per slot), then one command per policy shard the chunk touches
+/// (on a Cluster, one per slot), then one script per policy shard the chunk touches
 /// (none under FIFO, whose order accesses do not change).
-fn writes<'a>(
-    layout: &Layout,
-    kind: Kind,
-    clustered: bool,
-    chunk: &'a [(String, Pending)],
-) -> Vec<Write<'a>> {
-    let mut by_slot: Vec<(u16, Vec<(String, Pending)>)> = Vec::new();
-    for (key, pending) in chunk {
-        let entry_key = layout.entry_key(key);
-        let slot = if clustered {
-            fred::util::redis_keyslot(entry_key.as_bytes())
-        } else {
-            0
-        };
-        match by_slot.iter_mut().find(|(s, _)| *s == slot) {
-            Some((_, members)) => members.push((entry_key, *pending)),
-            None => by_slot.push((slot, vec![(entry_key, *pending)])),
+fn writes(layout: &Layout, kind: Kind, clustered: bool, chunk: &[(String, Pending)]) -> Vec<Write> {
+    let mut entries: Vec<(u16, String, Pending)> = chunk
+        .iter()
+        .map(|(key, pending)| {
+            let entry_key = layout.entry_key(key);
+            let slot = if clustered {
+                fred::util::redis_keyslot(entry_key.as_bytes())
+            } else {
+                0
+            };
+            (slot, entry_key, *pending)
+        })
+        .collect();
+    entries.sort_by_key(|(slot, ..)| *slot);
+    // (slot, entry keys, lines) per slot, in slot order.
+    let mut groups: Vec<(u16, Vec<Value>, String)> = Vec::new();
+    for (slot, entry_key, pending) in entries {
+        if groups.last().is_none_or(|group| group.0 != slot) {
+            groups.push((slot, Vec::new(), String::new()));
+        }
+        if let Some((_, entry_keys, lines)) = groups.last_mut() {
+            entry_keys.push(Value::from(entry_key));
+            push_count(lines, pending.count);
+            push_time(lines, pending.last);
+            lines.push('\n');
         }
     }
-    let mut writes: Vec<Write<'a>> = by_slot
+    let mut writes: Vec<Write> = groups
         .into_iter()
-        .map(|(slot, members)| Write::Accesses { slot, members })
+        .map(|(slot, entry_keys, lines)| Write::Accesses {
+            slot,
+            entry_keys,
+            lines: Value::from(lines),
+        })
         .collect();
     if kind == Kind::Fifo {
         return writes;
     }
-    let mut shards: Vec<Vec<(&'a str, Pending)>> = vec![Vec::new(); layout.shards];
+    let mut shards: Vec<String> = vec![String::new(); layout.shards];
     for (key, pending) in chunk {
-        shards[layout.shard_of(key)].push((key, *pending));
-    }
-    for (shard, members) in shards.into_iter().enumerate() {
-        if members.is_empty() {
-            continue;
+        let lines = &mut shards[layout.shard_of(key)];
+        match kind {
+            Kind::Lfu => {
+                push_count(lines, pending.count);
+            }
+            Kind::Lru | Kind::Fifo => {
+                push_time(lines, pending.last);
+                lines.push(' ');
+            }
         }
-        writes.push(match kind {
-            Kind::Lfu => Write::Frequencies {
+        lines.push_str(key);
+        lines.push('\n');
+    }
+    for (shard, lines) in shards.into_iter().enumerate() {
+        if !lines.is_empty() {
+            writes.push(Write::Order {
                 shard,
-                members: members.iter().map(|(key, p)| (p.count, *key)).collect(),
-            },
-            Kind::Lru | Kind::Fifo => Write::Recency {
-                shard,
-                members: members.iter().map(|(key, p)| (p.last, *key)).collect(),
-            },
-        });
+                lines: Value::from(lines),
+            });
+        }
     }
     writes
 }
@@ -162,47 +224,37 @@ fn writes<'a>(
 async fn queue(
     pipe: &fred::clients::Pipeline<fred::clients::Client>,
     layout: &Layout,
+    kind: Kind,
     scripts: &FlushScripts,
-    write: &Write<'_>,
+    write: &Write,
 ) -> Result<(), FredError> {
     match write {
-        Write::Accesses { slot, members } => {
+        Write::Accesses {
+            slot,
+            entry_keys,
+            lines,
+        } => {
             let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(*slot), false);
-            let mut args = Vec::with_capacity(2 + members.len() * 3);
+            let mut args = Vec::with_capacity(3 + entry_keys.len());
             args.push(Value::from(scripts.add_accesses.sha1().clone()));
-            args.push(Value::from(members.len() as i64));
-            for (entry_key, _) in members {
-                args.push(Value::from(entry_key.as_str()));
-            }
-            for (_, pending) in members {
-                args.push(Value::from(pending.count as i64));
-                args.push(Value::from(pending.last));
-            }
+            args.push(Value::from(entry_keys.len() as i64));
+            args.extend(entry_keys.iter().cloned());
+            args.push(lines.clone());
             pipe.custom::<(), _>(command, args).await
         }
-        Write::Recency { shard, members } => {
-            pipe.zadd::<(), _, _>(
-                layout.policy(*shard),
-                Some(SetOptions::XX),
-                Some(fred::types::sorted_sets::Ordering::GreaterThan),
-                false,
-                false,
-                members.clone(),
-            )
-            .await
-        }
-        Write::Frequencies { shard, members } => {
+        Write::Order { shard, lines } => {
             let policy = layout.policy(*shard);
-            let command = evalsha(&policy);
-            let mut args = Vec::with_capacity(3 + members.len() * 2);
-            args.push(Value::from(scripts.add_frequencies.sha1().clone()));
-            args.push(Value::from(1));
-            args.push(Value::from(policy));
-            for (count, key) in members {
-                args.push(Value::from(*count as i64));
-                args.push(Value::from(*key));
-            }
-            pipe.custom::<(), _>(command, args).await
+            let script = match kind {
+                Kind::Lfu => &scripts.add_frequencies,
+                Kind::Lru | Kind::Fifo => &scripts.add_recencies,
+            };
+            let args = vec![
+                Value::from(script.sha1().clone()),
+                Value::from(1),
+                Value::from(policy.as_str()),
+                lines.clone(),
+            ];
+            pipe.custom::<(), _>(evalsha(&policy), args).await
         }
     }
 }
@@ -227,12 +279,13 @@ async fn send(
     pool: &Pool,
     layout: &Layout,
     scripts: &FlushScripts,
-    mut writes: Vec<Write<'_>>,
+    kind: Kind,
+    mut writes: Vec<Write>,
 ) -> Result<(), FredError> {
     for attempt in 0..2 {
         let pipe = pool.next_connected().pipeline();
         for write in &writes {
-            queue(&pipe, layout, scripts, write).await?;
+            queue(&pipe, layout, kind, scripts, write).await?;
         }
         let replies = pipe.try_all::<Value>().await;
         let mut again = Vec::new();
@@ -287,6 +340,7 @@ pub(super) async fn flush(
                 pool,
                 layout,
                 scripts,
+                kind,
                 writes(layout, kind, clustered, chunk),
             )
             .await
@@ -335,5 +389,66 @@ pub(super) async fn flush_loop(
         if let Err(err) = flush(&pool, &layout, kind, &scripts, &access, timeout).await {
             tracing::debug!(error = %err, "access flush failed; those accesses are dropped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_written_to_the_millisecond() {
+        for (secs, text) in [
+            (1_700_000_000.25, "1700000000.250"),
+            (1_700_000_000.000_5, "1700000000.001"),
+            (5.07, "5.070"),
+            (12.0, "12.000"),
+            (0.009, "0.009"),
+            (-3.0, "0.000"),
+        ] {
+            let mut line = String::new();
+            push_time(&mut line, secs);
+            assert_eq!(line, text, "{secs}");
+        }
+    }
+
+    /// A chunk's lines name every key once, in the order of the script's keys, and a
+    /// key with spaces stays whole (the scripts split a line at its first space).
+    #[test]
+    fn a_chunk_packs_one_line_per_key() {
+        let layout = Layout::new("image:url:", 16);
+        let chunk: Vec<(String, Pending)> = ["a.jpg", "with space.jpg", "b.jpg"]
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let pending = Pending {
+                    count: i as u64 + 1,
+                    last: 10.5 + i as f64,
+                };
+                (key.to_string(), pending)
+            })
+            .collect();
+        let writes = writes(&layout, Kind::Lru, false, &chunk);
+        let Write::Accesses {
+            entry_keys, lines, ..
+        } = &writes[0]
+        else {
+            panic!("the entries' script comes first");
+        };
+        assert_eq!(entry_keys.len(), 3);
+        assert_eq!(lines.as_str().unwrap(), "1 10.500\n2 11.500\n3 12.500\n");
+        let orders: Vec<String> = writes[1..]
+            .iter()
+            .map(|write| match write {
+                Write::Order { lines, .. } => lines.as_string().unwrap(),
+                Write::Accesses { .. } => panic!("one entries' script off a Cluster"),
+            })
+            .collect();
+        let mut all: Vec<&str> = orders.iter().flat_map(|l| l.lines()).collect();
+        all.sort();
+        assert_eq!(
+            all,
+            ["10.500 a.jpg", "11.500 with space.jpg", "12.500 b.jpg"]
+        );
     }
 }
