@@ -15,6 +15,7 @@
 //! sending and reading each command) and Redis a script call per key.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::{ClientLike, Error as FredError, Pool, Value};
@@ -156,7 +157,12 @@ fn push_count(line: &mut String, n: u64) {
 /// The commands that write `chunk`'s accesses under `kind`: one script for the entries
 /// (on a Cluster, one per slot), then one script per policy shard the chunk touches
 /// (none under FIFO, whose order accesses do not change).
-fn writes(layout: &Layout, kind: Kind, clustered: bool, chunk: &[(String, Pending)]) -> Vec<Write> {
+fn writes(
+    layout: &Layout,
+    kind: Kind,
+    clustered: bool,
+    chunk: &[(Arc<str>, Pending)],
+) -> Vec<Write> {
     let mut entries: Vec<(u16, String, Pending)> = chunk
         .iter()
         .map(|(key, pending)| {
@@ -321,7 +327,7 @@ pub(super) async fn flush(
     access: &AccessBuffer,
     timeout: Duration,
 ) -> Result<usize> {
-    let pending: Vec<(String, Pending)> = access.take();
+    let pending: Vec<(Arc<str>, Pending)> = access.take();
     if pending.is_empty() {
         return Ok(0);
     }
@@ -417,7 +423,7 @@ mod tests {
     #[test]
     fn a_chunk_packs_one_line_per_key() {
         let layout = Layout::new("image:url:", 16);
-        let chunk: Vec<(String, Pending)> = ["a.jpg", "with space.jpg", "b.jpg"]
+        let chunk: Vec<(Arc<str>, Pending)> = ["a.jpg", "with space.jpg", "b.jpg"]
             .iter()
             .enumerate()
             .map(|(i, key)| {
@@ -425,7 +431,7 @@ mod tests {
                     count: i as u64 + 1,
                     last: 10.5 + i as f64,
                 };
-                (key.to_string(), pending)
+                (Arc::from(*key), pending)
             })
             .collect();
         let writes = writes(&layout, Kind::Lru, false, &chunk);

@@ -641,7 +641,13 @@ impl RedisCache {
         }
         // The access is recorded here and written with the next flush; the entry shows
         // the stored count plus this process's pending ones, this access included.
-        let pending = self.inner.access.record(key, now);
+        // Under the entry's own key, shared, when it is the key looked up (it always is,
+        // but for a hash some other writer left).
+        let pending = if *entry.image_key == *key {
+            self.inner.access.record(&entry.image_key, now)
+        } else {
+            self.inner.access.record(&Arc::from(key), now)
+        };
         entry.access_count += pending.map_or(1, |p| p.count);
         entry.last_accessed = from_unix_secs(now);
         // With the count as answered: the L1's hits count on from it.
@@ -666,14 +672,15 @@ impl RedisCache {
         None
     }
 
-    fn served_from_l1(&self, key: &str, held: &Held, now: f64) -> CacheEntry {
+    fn served_from_l1(&self, held: &Held, now: f64) -> CacheEntry {
         if let Some(l1) = &self.inner.l1 {
             l1.hit();
         }
         self.inner.stats.hit(1);
         // Recorded for the next flush (Redis's count); the answer counts from the L1's
         // own figure, which no flush changes.
-        self.inner.access.record(key, now);
+        // The L1 holds the entry under its key: recorded under that, shared.
+        self.inner.access.record(&held.entry().image_key, now);
         let mut entry = held.serve();
         entry.last_accessed = from_unix_secs(now);
         entry
@@ -1280,7 +1287,7 @@ impl UrlCache for RedisCache {
         }
         let now = self.inner.clock.now_unix();
         let held = self.live_in_l1(key, now)?;
-        Some(Ok(Some(self.served_from_l1(key, &held, now))))
+        Some(Ok(Some(self.served_from_l1(&held, now))))
     }
 
     async fn get(&self, key: &str) -> Result<Option<CacheEntry>> {
@@ -1354,15 +1361,12 @@ impl UrlCache for RedisCache {
             .map(|(key, _)| *key)
             .collect();
         if remote.is_empty() {
-            return Ok(keys
-                .iter()
-                .zip(from_l1)
-                .map(|(key, held)| held.map(|held| self.served_from_l1(key, &held, now)))
+            return Ok(from_l1
+                .into_iter()
+                .map(|held| held.map(|held| self.served_from_l1(&held, now)))
                 .collect());
         }
         let migrate = migrate && remote.len() == 1;
-        let keys_in_l1 = from_l1;
-        let all_keys = keys;
         let keys = remote.as_slice();
         // One read per key, nothing written: the accesses go to the buffer.
         let pipe = self.lookup_client().pipeline();
@@ -1390,10 +1394,10 @@ impl UrlCache for RedisCache {
         }
         // Back in the order asked, L1 hits in their places.
         let mut fetched = fetched.into_iter();
-        let mut found = Vec::with_capacity(all_keys.len());
-        for (key, in_l1) in all_keys.iter().zip(keys_in_l1) {
+        let mut found = Vec::with_capacity(from_l1.len());
+        for in_l1 in from_l1 {
             found.push(match in_l1 {
-                Some(held) => Some(self.served_from_l1(key, &held, now)),
+                Some(held) => Some(self.served_from_l1(&held, now)),
                 None => fetched.next().flatten(),
             });
         }
