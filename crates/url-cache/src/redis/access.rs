@@ -110,14 +110,14 @@ impl AccessBuffer {
     }
 
     /// Takes everything pending, leaving the buffer empty.
+    /// The maps keep their capacity: they fill again within the next interval, and
+    /// growing them from empty every second was a percent of an L1 replica's CPU.
     pub fn take(&self) -> Vec<(Arc<str>, Pending)> {
-        let mut all = Vec::new();
+        let mut all = Vec::with_capacity(self.keys.load(Ordering::Relaxed));
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            let taken = std::mem::replace(&mut *shard, HashMap::with_hasher(self.hasher.clone()));
-            drop(shard);
-            self.keys.fetch_sub(taken.len(), Ordering::Relaxed);
-            all.extend(taken);
+            self.keys.fetch_sub(shard.len(), Ordering::Relaxed);
+            all.extend(shard.drain());
         }
         all
     }
