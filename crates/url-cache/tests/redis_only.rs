@@ -202,6 +202,29 @@ async fn a_hit_is_one_read_and_accesses_are_written_in_batches() {
     assert_eq!(cache.access_updates_dropped(), 0);
 }
 
+/// A lookup's future is allocated and copied whole on every call: it holds fred's command
+/// future (about 5 KB) once, not twice beside the rare paths' futures (12.4 KB before:
+/// the deadline wrapper kept its argument and its timeout side by side, and adopting or
+/// dropping a corrupt entry was inlined).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookups_future_holds_one_command_future() {
+    let server = RedisServer::start();
+    let cache = flushed_by_the_test(&server, 0).await;
+    let get = cache.get("a.jpg");
+    assert!(
+        std::mem::size_of_val(&*get) < 6 * 1024,
+        "{} bytes",
+        std::mem::size_of_val(&*get)
+    );
+    drop(get);
+    let get_many = cache.get_many(&["a.jpg", "b.jpg"]);
+    assert!(
+        std::mem::size_of_val(&*get_many) < 6 * 1024,
+        "{} bytes",
+        std::mem::size_of_val(&*get_many)
+    );
+}
+
 /// A put far below the capacity sends no `ZCARD`s: the count is taken by the first put,
 /// then only when it is a second old or the estimate nears the capacity, where every
 /// put counts, so the capacity still holds exactly within a process.

@@ -568,11 +568,16 @@ impl RedisCache {
     }
 
     /// Runs `op` under the command deadline, mapping and counting failures.
-    async fn run<T, F>(&self, op: F) -> Result<T>
+    ///
+    /// A combinator, not an `async fn`: an `async fn` keeps its argument and the timeout
+    /// built from it side by side in its state, and fred's command futures are about 5 KB
+    /// each, so every lookup's future was twice that larger (and copied whole).
+    fn run<'a, T, F>(&'a self, op: F) -> impl std::future::Future<Output = Result<T>> + 'a
     where
-        F: std::future::Future<Output = Result<T, FredError>>,
+        F: std::future::Future<Output = Result<T, FredError>> + 'a,
     {
-        match tokio::time::timeout(self.inner.command_timeout, op).await {
+        use futures_util::FutureExt;
+        tokio::time::timeout(self.inner.command_timeout, op).map(move |outcome| match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => {
                 let err = map_error(&err, self.inner.command_timeout);
@@ -586,7 +591,7 @@ impl RedisCache {
                 self.inner.healthy.store(false, Ordering::Relaxed);
                 Err(CacheError::Timeout(self.inner.command_timeout))
             }
-        }
+        })
     }
 
     /// Turns one key's pipeline replies into the lookup's outcome, counting it. A
@@ -602,13 +607,11 @@ impl RedisCache {
         let fields = match hash {
             Some(Ok(value)) => match Fields::from_reply(value) {
                 Ok(fields) => fields,
-                Err(reason) => return self.drop_corrupt(key, reason).await,
+                Err(reason) => return Box::pin(self.drop_corrupt(key, reason)).await,
             },
             Some(Err(err)) if is_wrong_type(&err) => {
                 // The original system's JSON string (or garbage) under the entry key.
-                return self
-                    .adopt(&self.entry_key(key), None, key, now, false)
-                    .await;
+                return Box::pin(self.adopt(&self.entry_key(key), None, key, now, false)).await;
             }
             Some(Err(err)) => {
                 self.inner.stats.error();
@@ -624,19 +627,19 @@ impl RedisCache {
             // leave one); perhaps still where the layout without namespace kept it.
             if let Some(old) = self.inner.unnamespaced.as_ref().filter(|_| migrate) {
                 let old_key = format!("{}{key}", old.prefix);
-                return self.adopt(&old_key, Some(old), key, now, true).await;
+                return Box::pin(self.adopt(&old_key, Some(old), key, now, true)).await;
             }
             self.inner.stats.miss(1);
             return Ok(None);
         }
         let mut entry = match parse_entry(key, &fields) {
             Ok(entry) => entry,
-            Err(err) => return self.drop_corrupt(key, &err.to_string()).await,
+            Err(err) => return Box::pin(self.drop_corrupt(key, &err.to_string())).await,
         };
         if now >= entry.expires_at_unix() {
             self.inner.stats.expired(1);
             // Redis expires the hash on its own clock; ours said it is gone, so drop it.
-            self.delete_or_log(key).await;
+            Box::pin(self.delete_or_log(key)).await;
             return Ok(None);
         }
         // The access is recorded here and written with the next flush; the entry shows
