@@ -571,7 +571,7 @@ impl RedisCache {
     ///
     /// A combinator, not an `async fn`: an `async fn` keeps its argument and the timeout
     /// built from it side by side in its state, and fred's command futures are about 5 KB
-    /// each, so every lookup's future was twice that larger (and copied whole).
+    /// each, so every lookup's future held one twice (and is copied whole).
     fn run<'a, T, F>(&'a self, op: F) -> impl std::future::Future<Output = Result<T>> + 'a
     where
         F: std::future::Future<Output = Result<T, FredError>> + 'a,
