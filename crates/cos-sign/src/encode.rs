@@ -40,6 +40,18 @@ fn push_escaped_runs(out: &mut String, s: &str, keep: impl Fn(u8) -> bool, hex: 
     out.push_str(&s[run_start..]);
 }
 
+/// Whether [`push_path`] writes `key` unchanged: every byte unreserved or `/`, and no
+/// `/` after a `.`. No early exit: keys are short and the loop stays branch-free.
+pub(crate) fn is_path_verbatim(key: &str) -> bool {
+    let mut verbatim = true;
+    let mut previous = 0u8;
+    for &b in key.as_bytes() {
+        verbatim &= is_unreserved(b) | ((b == b'/') & (previous != b'.'));
+        previous = b;
+    }
+    verbatim
+}
+
 /// Appends the URL path of an object key: `quote(key, '/-_.~')`, then `./` written as
 /// `.%2F` (the SDK does this so that servers and proxies do not collapse dot segments).
 pub(crate) fn push_path(out: &mut String, key: &str) {

@@ -24,8 +24,41 @@ use crate::{encode, Error, Result};
 /// assert!("a/..".parse::<ObjectKey>().is_err());
 /// # Ok::<(), cos_sign::Error>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectKey(Box<str>);
+#[derive(Clone)]
+pub struct ObjectKey {
+    text: Box<str>,
+    /// Whether the URL path is `/` and the key unchanged (see
+    /// [`ObjectKey::url_path_is_verbatim`]); found once, when the key is validated, so
+    /// that the per-request checks of a cached URL compare bytes instead of encoding.
+    verbatim: bool,
+}
+
+// Equality, order and hash are the text's: `verbatim` is a function of it.
+impl PartialEq for ObjectKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for ObjectKey {}
+
+impl PartialOrd for ObjectKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ObjectKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl std::hash::Hash for ObjectKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
 
 impl ObjectKey {
     /// The longest key COS accepts, in bytes of UTF-8.
@@ -40,35 +73,76 @@ impl ObjectKey {
         if key.len() > Self::MAX_LEN {
             return Err(Error::KeyTooLong { len: key.len() });
         }
-        if let Some((position, _)) = key.char_indices().find(|(_, c)| c.is_control()) {
-            return Err(Error::KeyControlCharacter { position });
+        // A verbatim key is printable ASCII: only other keys need the character scan.
+        let verbatim = encode::is_path_verbatim(key);
+        if !verbatim {
+            if let Some((position, _)) = key.char_indices().find(|(_, c)| c.is_control()) {
+                return Err(Error::KeyControlCharacter { position });
+            }
         }
         if normalises_to_nothing(key) {
             return Err(Error::KeyNormalisesToNothing);
         }
-        Ok(ObjectKey(key.into()))
+        Ok(ObjectKey {
+            text: key.into(),
+            verbatim,
+        })
     }
 
     /// The key without its leading `/`, as stored in COS.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// Whether the key's URL path is `/` followed by the key unchanged: every byte is one
+    /// of `A-Za-z0-9-_.~/` and no `/` follows a `.`. Such a key also has nothing to
+    /// escape in a query or a cache key (no `%`, `?`, `&`, `=`, space or non-ASCII).
+    ///
+    /// ```
+    /// use cos_sign::ObjectKey;
+    /// assert!(ObjectKey::new("images/cat-01.jpg")?.url_path_is_verbatim());
+    /// assert!(!ObjectKey::new("images/cat 01.jpg")?.url_path_is_verbatim());
+    /// assert!(!ObjectKey::new("a./b.jpg")?.url_path_is_verbatim()); // `.%2F`
+    /// # Ok::<(), cos_sign::Error>(())
+    /// ```
+    pub fn url_path_is_verbatim(&self) -> bool {
+        self.verbatim
     }
 
     /// The path signed by signature v5: `/` followed by the key, not encoded.
     pub fn signing_path(&self) -> String {
-        let mut path = String::with_capacity(self.0.len() + 1);
+        let mut path = String::with_capacity(self.text.len() + 1);
         path.push('/');
-        path.push_str(&self.0);
+        path.push_str(&self.text);
         path
     }
 
     /// The URL path, percent-encoded as the official SDK does (`/` kept, everything but
     /// `A-Za-z0-9-_.~` escaped, `./` written `.%2F`).
     pub fn url_path(&self) -> String {
-        let mut path = String::with_capacity(self.0.len() * 3 + 1);
+        let mut path = String::with_capacity(self.text.len() * 3 + 1);
         path.push('/');
-        encode::push_path(&mut path, &self.0);
+        self.push_url_path(&mut path);
         path
+    }
+
+    /// Appends the URL path without its leading `/`.
+    pub(crate) fn push_url_path(&self, out: &mut String) {
+        if self.verbatim {
+            out.push_str(&self.text);
+        } else {
+            encode::push_path(out, &self.text);
+        }
+    }
+
+    /// If `url` starts with the key's URL path (without its leading `/`), the rest of
+    /// `url`.
+    pub(crate) fn strip_url_path<'u>(&self, url: &'u str) -> Option<&'u str> {
+        if self.verbatim {
+            url.strip_prefix(&*self.text)
+        } else {
+            encode::strip_path(url, &self.text)
+        }
     }
 
     /// Whether the key's URL path reaches the server as written. The path encoding keeps
@@ -86,13 +160,13 @@ impl ObjectKey {
     pub fn url_is_stable(&self) -> bool {
         // The last segment is `.` or `..`. Written without a search: this runs on every
         // request.
-        let key: &str = &self.0;
+        let key: &str = &self.text;
         !(key == "." || key == ".." || key.ends_with("/.") || key.ends_with("/.."))
     }
 
     /// The key's file extension (after the last `.` of the last segment), if any.
     pub fn extension(&self) -> Option<&str> {
-        let name = self.0.rsplit('/').next()?;
+        let name = self.text.rsplit('/').next()?;
         let (stem, ext) = name.rsplit_once('.')?;
         (!stem.is_empty() && !ext.is_empty()).then_some(ext)
     }
@@ -113,19 +187,19 @@ fn normalises_to_nothing(key: &str) -> bool {
 
 impl fmt::Debug for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ObjectKey").field(&self.0).finish()
+        f.debug_tuple("ObjectKey").field(&self.text).finish()
     }
 }
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
 impl AsRef<str> for ObjectKey {
     fn as_ref(&self) -> &str {
-        &self.0
+        &self.text
     }
 }
 

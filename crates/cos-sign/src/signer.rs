@@ -218,7 +218,7 @@ impl CosSigner {
         url.push_str("://");
         url.push_str(self.endpoint.authority());
         url.push('/');
-        crate::encode::push_path(&mut url, key.as_str());
+        key.push_url_path(&mut url);
         url.push_str("?q-sign-algorithm=sha1&q-ak=");
         push_query_component(&mut url, self.credentials.secret_id());
         let time = format!("{}%3B{}", window.start(), window.end());

@@ -43,6 +43,8 @@ proptest! {
             let decoded = url::form_urlencoded::parse(format!("k={}", path.replace('+', "%2B")).as_bytes())
                 .next().unwrap().1.into_owned();
             prop_assert_eq!(decoded, key.signing_path());
+            // The verbatim flag says exactly when the path is the key unchanged.
+            prop_assert_eq!(key.url_path_is_verbatim(), path == key.signing_path());
         }
     }
 

@@ -162,7 +162,10 @@ impl UrlOptions {
             && cache_control.is_none()
             && process.is_none();
         let params = if plain { Vec::new() } else { self.params()? };
-        if params.is_empty() && !raw.bytes().any(|b| b == b'%' || b == b'?') {
+        // A verbatim key has neither `%` nor `?`: known without a scan.
+        if params.is_empty()
+            && (key.url_path_is_verbatim() || !raw.bytes().any(|b| b == b'%' || b == b'?'))
+        {
             // The common case, on every lookup: the key itself, not a copy of it.
             return Ok(Cow::Borrowed(raw));
         }
