@@ -23,6 +23,13 @@ mod presign;
 mod serve;
 mod sign_link;
 
+/// mimalloc rather than glibc's allocator: a redirect makes about a dozen short-lived
+/// allocations (actix's boxed futures, header values, the key), and glibc's `free`
+/// alone cost about 100 instructions each — a sixth of the server's own work per
+/// request (docs/performance.md, issue 16).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
