@@ -378,8 +378,30 @@ pub(crate) fn redirect_cache_control(
     if usable < 60 {
         return header::HeaderValue::from_static("no-store");
     }
-    // On every redirect: written into a stack buffer with itoa, then copied once into the
-    // header value (no `format!`, no intermediate `String`).
+    thread_local! {
+        /// The value this thread built last, with its max-age. With stable windows every
+        /// redirect in the same second has the same max-age: it shares the value (a
+        /// reference count) instead of formatting, checking and copying it again.
+        static LAST: std::cell::RefCell<Option<(u64, header::HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((max_age, value)) if *max_age == usable => value.clone(),
+            _ => {
+                let value = private_max_age(usable);
+                *last = Some((usable, value.clone()));
+                value
+            }
+        }
+    })
+}
+
+/// `private, max-age=N`.
+fn private_max_age(usable: u64) -> header::HeaderValue {
+    // Written into a stack buffer with itoa, then copied once into the header value (no
+    // `format!`, no intermediate `String`).
     const PREFIX: &[u8] = b"private, max-age=";
     let mut value = [0u8; PREFIX.len() + 20];
     value[..PREFIX.len()].copy_from_slice(PREFIX);
@@ -777,6 +799,10 @@ mod tests {
         let pre_refresh = Duration::from_secs(900);
         let max = Duration::from_secs(3600);
         let cases = [
+            (3600, "private, max-age=2700"),
+            // The same value again (from the thread's last), then others.
+            (3600, "private, max-age=2700"),
+            (3601, "private, max-age=2701"),
             (3600, "private, max-age=2700"),
             (960, "private, max-age=60"),
             (959, "no-store"),

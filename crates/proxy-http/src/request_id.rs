@@ -4,7 +4,9 @@
 //! `middleware::from_fn`: on the redirect endpoint the whole request costs a few
 //! microseconds, and `from_fn` boxes two futures and the response body per request. Here
 //! the future is a small pinned wrapper, the body is passed through untouched, and
-//! nothing is allocated but the id itself.
+//! nothing is allocated but the id's header value. The id itself is a small `Copy`
+//! value ([`RequestId`]) until then: making it the thread's current id twice per request
+//! copies bytes instead of sharing a header value's buffer.
 //!
 //! Problem bodies carry the id because the middleware makes it the thread's current
 //! request id while the handler runs (a guard around each poll), and [`crate::ApiError`]
@@ -12,7 +14,7 @@
 //! answer with a fresh id in the body and in `X-Request-Id`.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -34,18 +36,60 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
+/// The longest caller-supplied id kept (longer ones are replaced by a fresh id).
+const MAX_ID_LEN: usize = 64;
+
+/// A request id: a fresh one (21 bytes) or an accepted caller's (at most
+/// [`MAX_ID_LEN`] bytes of `[A-Za-z0-9._-]`), held inline.
+#[derive(Clone, Copy)]
+struct RequestId {
+    bytes: [u8; MAX_ID_LEN],
+    len: u8,
+}
+
+impl RequestId {
+    /// `id` if it is one [`accepted`] keeps.
+    fn given(id: &HeaderValue) -> Option<Self> {
+        let id = id.as_bytes();
+        accepted(id).then(|| {
+            let mut bytes = [0; MAX_ID_LEN];
+            bytes[..id.len()].copy_from_slice(id);
+            RequestId {
+                bytes,
+                len: id.len() as u8,
+            }
+        })
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII gets in (`accepted`, `new_id`); an empty id can never be seen.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.bytes[..usize::from(self.len)])
+            .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RequestId").field(&self.as_str()).finish()
+    }
+}
+
 thread_local! {
     /// The id of the request whose handler this thread is polling now (actix runs a
     /// request on one worker thread), set by the middleware around each poll.
-    static CURRENT: RefCell<Option<HeaderValue>> = const { RefCell::new(None) };
+    static CURRENT: Cell<Option<RequestId>> = const { Cell::new(None) };
 }
 
 /// The id of the request being handled on this thread, and whether it is a fresh one
 /// (no middleware around the handler: the caller must send it in `X-Request-Id`).
 pub(crate) fn current_or_new() -> (HeaderValue, bool) {
-    match CURRENT.with(|current| current.borrow().clone()) {
-        Some(id) => (id, false),
-        None => (new_id(), true),
+    match CURRENT.with(Cell::get) {
+        Some(id) => (id.header_value(), false),
+        None => (new_id().header_value(), true),
     }
 }
 
@@ -53,26 +97,24 @@ pub(crate) fn current_or_new() -> (HeaderValue, bool) {
 /// any: for a log formatter that puts the id on every line of a request without the
 /// `request` span (see [`RequestContext::with_request_spans`]).
 pub fn with_current_request_id<R>(f: impl FnOnce(Option<&str>) -> R) -> R {
-    CURRENT.with(|current| {
-        let current = current.borrow();
-        f(current.as_ref().and_then(|id| id.to_str().ok()))
-    })
+    let current = CURRENT.with(Cell::get);
+    f(current.as_ref().map(RequestId::as_str))
 }
 
 /// Makes `id` the thread's current request id until dropped, then restores the one
 /// before (so nested or interleaved requests never see each other's).
-struct Current(Option<HeaderValue>);
+struct Current(Option<RequestId>);
 
 impl Current {
-    fn enter(id: &HeaderValue) -> Self {
-        Current(CURRENT.with(|current| current.replace(Some(id.clone()))))
+    fn enter(id: &RequestId) -> Self {
+        Current(CURRENT.with(|current| current.replace(Some(*id))))
     }
 }
 
 impl Drop for Current {
     fn drop(&mut self) {
         let previous = self.0.take();
-        CURRENT.with(|current| *current.borrow_mut() = previous);
+        CURRENT.with(|current| current.set(previous));
     }
 }
 
@@ -101,7 +143,7 @@ fn next_id_number() -> u64 {
 
 /// A fresh id: 12 hex digits fixed per process, a dash, and a number unique in the
 /// process.
-fn new_id() -> HeaderValue {
+fn new_id() -> RequestId {
     static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let prefix = *PREFIX.get_or_init(|| {
         std::time::SystemTime::now()
@@ -110,11 +152,10 @@ fn new_id() -> HeaderValue {
             .unwrap_or(0)
     });
     let counter = next_id_number();
-    let mut id = [b'-'; 21];
-    write_hex(&mut id[..12], prefix);
-    write_hex(&mut id[13..], counter);
-    // Hex digits and a dash are always a valid header value.
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut bytes = [b'-'; MAX_ID_LEN];
+    write_hex(&mut bytes[..12], prefix);
+    write_hex(&mut bytes[13..21], counter);
+    RequestId { bytes, len: 21 }
 }
 
 /// Writes the low `4 * out.len()` bits of `value` as lower-case hex.
@@ -127,10 +168,9 @@ fn write_hex(out: &mut [u8], mut value: u64) {
 }
 
 /// Accepts a caller's id if it is short and plain, so it can be logged safely.
-fn accepted(id: &HeaderValue) -> bool {
-    let id = id.as_bytes();
+fn accepted(id: &[u8]) -> bool {
     !id.is_empty()
-        && id.len() <= 64
+        && id.len() <= MAX_ID_LEN
         && id
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
@@ -246,12 +286,10 @@ where
         let id = req
             .headers()
             .get(&REQUEST_ID)
-            .filter(|v| accepted(v))
-            .cloned()
+            .and_then(RequestId::given)
             .unwrap_or_else(new_id);
-        // `accepted` and `new_id` only let ASCII through.
         let span = if self.worker.request_spans {
-            tracing::info_span!("request", request_id = id.to_str().unwrap_or(""))
+            tracing::info_span!("request", request_id = id.as_str())
         } else {
             tracing::Span::none()
         };
@@ -276,7 +314,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Instrumented<F>,
         started: Instant,
-        id: Option<HeaderValue>,
+        id: Option<RequestId>,
         worker: Rc<PerWorker>,
     }
 }
@@ -306,7 +344,7 @@ where
 /// Everything done once the handler has answered.
 fn finish<B: MessageBody>(
     mut response: ServiceResponse<B>,
-    id: HeaderValue,
+    id: RequestId,
     started: Instant,
     worker: &PerWorker,
 ) -> ServiceResponse<B> {
@@ -332,12 +370,12 @@ fn finish<B: MessageBody>(
             method,
             route,
             status.as_u16(),
-            id.as_bytes(),
+            id.as_str().as_bytes(),
         ),
         WorkerAccessLines::Off => {}
         WorkerAccessLines::Tracing => tracing::info!(
             target: "image_url::access",
-            request_id = id.to_str().unwrap_or(""),
+            request_id = id.as_str(),
             method,
             route = route.as_ref(),
             status = status.as_u16(),
@@ -345,7 +383,7 @@ fn finish<B: MessageBody>(
             "request"
         ),
     }
-    response.headers_mut().insert(REQUEST_ID, id);
+    response.headers_mut().insert(REQUEST_ID, id.header_value());
     response
 }
 
@@ -381,15 +419,16 @@ mod tests {
     fn fresh_ids_are_distinct_and_well_formed() {
         let a = new_id();
         let b = new_id();
-        assert_ne!(a, b);
+        assert_ne!(a.as_str(), b.as_str());
         for id in [&a, &b] {
-            let text = id.to_str().unwrap();
+            let text = id.as_str();
             assert_eq!(text.len(), 21, "{text}");
             assert_eq!(&text[12..13], "-");
             assert!(text
                 .bytes()
                 .all(|c| c == b'-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
-            assert!(accepted(id));
+            assert!(accepted(text.as_bytes()));
+            assert_eq!(id.header_value(), text);
         }
     }
 
@@ -462,10 +501,13 @@ mod tests {
     #[test]
     fn only_plain_caller_ids_are_kept() {
         for good in ["abc", "req-1_2.3", &"a".repeat(64)] {
-            assert!(accepted(&HeaderValue::from_str(good).unwrap()), "{good}");
+            assert!(accepted(good.as_bytes()), "{good}");
+            let kept = RequestId::given(&HeaderValue::from_str(good).unwrap()).unwrap();
+            assert_eq!(kept.as_str(), good);
         }
         for bad in ["", "has space", "semi;colon", &"a".repeat(65), "quote\""] {
-            assert!(!accepted(&HeaderValue::from_str(bad).unwrap()), "{bad}");
+            assert!(!accepted(bad.as_bytes()), "{bad}");
+            assert!(RequestId::given(&HeaderValue::from_str(bad).unwrap()).is_none());
         }
     }
 }
