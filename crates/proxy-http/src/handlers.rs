@@ -171,6 +171,10 @@ fn key_from_path(req: &HttpRequest, suffix: &str) -> Result<ObjectKey, ApiError>
         .strip_prefix(PREFIX)
         .and_then(|p| p.strip_suffix(suffix))
         .ok_or(ApiError::NotFound)?;
+    if !raw.as_bytes().contains(&b'%') {
+        // Nothing to decode, and the path is already a `str`: no second UTF-8 check.
+        return ObjectKey::new(raw).map_err(|e| ApiError::Service(ServiceError::InvalidKey(e)));
+    }
     let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| {
