@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use common::{batch, http, origin, serve_for, start, Load, Running};
+use common::{batch, batch_until_cached, http, origin, serve_for, start, Load, Running};
 use image_url_tests::RedisCluster;
 
 mod common;
@@ -35,6 +35,8 @@ async fn replicas_share_a_cluster_and_survive_a_master_going_down() {
 
     // Cached through A, a hit through B, byte for byte.
     let first = batch(&http, &a.base, &keys).await;
+    // Once A's writes have landed (A serves them), B finds them without signing.
+    batch_until_cached(&http, &a.base, &keys).await;
     let second = batch(&http, &b.base, &keys).await;
     for key in &keys {
         assert_eq!(first["results"][key]["from_cache"], false, "{first}");
