@@ -94,8 +94,15 @@ impl L1 {
         if now < held.stale_at {
             return Some(held);
         }
-        self.entries.remove(key);
+        self.drop_expired(key, &held);
         None
+    }
+
+    /// Removes `expired`, the entry found under `key`, unless another task replaced it
+    /// since it was read (a fresh entry inserted in between stays).
+    fn drop_expired(&self, key: &str, expired: &Arc<Held>) {
+        self.entries
+            .remove_if(key, |current| Arc::ptr_eq(current, expired));
     }
 
     /// Keeps `entry`, read from or written to Redis at `now`, while the subscription is
@@ -191,6 +198,21 @@ mod tests {
             now + Duration::from_secs(60),
             now,
         )
+    }
+
+    /// An expired entry read by one task while another stores a fresh one for the key:
+    /// the first task's removal leaves the fresh entry in place.
+    #[test]
+    fn dropping_an_expired_entry_keeps_one_stored_since() {
+        let l1 = L1::new(10, Duration::from_secs(60), "c".into());
+        l1.resume();
+        l1.insert(&entry("x"), 0.0);
+        let expired = l1.entries.get("x").unwrap();
+        l1.insert(&entry("x"), 100.0);
+        l1.drop_expired("x", &expired);
+        assert!(l1.get("x", 100.0).is_some(), "the fresh entry stays");
+        l1.drop_expired("x", &l1.entries.get("x").unwrap());
+        assert!(l1.get("x", 100.0).is_none(), "the entry read is removed");
     }
 
     #[test]
