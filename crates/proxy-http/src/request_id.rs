@@ -5,7 +5,7 @@
 //! microseconds, and `from_fn` boxes two futures and the response body per request. Here
 //! the future is a small pinned wrapper, the body is passed through untouched, and
 //! nothing is allocated but the id's header value. The id itself is a small `Copy`
-//! value ([`RequestId`]) until then: making it the thread's current id twice per request
+//! value (`RequestId`) until then: making it the thread's current id twice per request
 //! copies bytes instead of sharing a header value's buffer.
 //!
 //! Problem bodies carry the id because the middleware makes it the thread's current
