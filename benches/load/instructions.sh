@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # User-space instructions per redirect request, counted by callgrind: image-url-server
-# (memory cache) beside the constant-302 actix-web handler, same client, same requests.
+# (memory cache) beside the constant-302 actix-web handler, same client: the handler
+# asked for /a.jpg with a short Location, and asked for our request path answering with
+# a Location as long as our signed URL (the like-for-like row).
 # Instruction counts do not depend on what else the machine is doing, so this number
 # moves only when the code does — unlike req/s on a shared machine.
 # Usage: bash benches/load/instructions.sh   (needs valgrind; N=3000 requests by default)
