@@ -171,15 +171,17 @@ fn key_from_path(req: &HttpRequest, suffix: &str) -> Result<ObjectKey, ApiError>
         .strip_prefix(PREFIX)
         .and_then(|p| p.strip_suffix(suffix))
         .ok_or(ApiError::NotFound)?;
-    if !raw.as_bytes().contains(&b'%') {
-        // Nothing to decode, and the path is already a `str`: no second UTF-8 check.
-        return ObjectKey::new(raw).map_err(|e| ApiError::Service(ServiceError::InvalidKey(e)));
-    }
-    let decoded = percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| {
-            ApiError::BadRequest("the image key is not UTF-8 once percent-decoded".into())
-        })?;
+    // Without a `%` there is nothing to decode, and the path is already a `str`: no
+    // second UTF-8 check.
+    let decoded = if raw.as_bytes().contains(&b'%') {
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| {
+                ApiError::BadRequest("the image key is not UTF-8 once percent-decoded".into())
+            })?
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    };
     ObjectKey::new(&decoded).map_err(|e| ApiError::Service(ServiceError::InvalidKey(e)))
 }
 
