@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 // Response times are taken from the CPU's time-stamp counter where it is reliable:
 // two reads per request, each far cheaper than a clock syscall (or its vDSO).
@@ -756,9 +756,11 @@ impl ImageUrlService {
             // Answered at once (the memory backend): not timed, nothing to see.
             std::task::Poll::Ready(answer) => Ok(answer),
             std::task::Poll::Pending => {
-                // A remote backend: a round trip, beside which a clock read is nothing.
-                let started = Instant::now();
-                let answer = tokio::time::timeout(self.inner.config.cache_timeout, call).await;
+                // A remote backend: a round trip. One clock read starts both the deadline
+                // and the latency measurement (`timeout` would read the clock again).
+                let started = tokio::time::Instant::now();
+                let deadline = started + self.inner.config.cache_timeout;
+                let answer = tokio::time::timeout_at(deadline, call).await;
                 self.inner.counters.cache_call(started.elapsed());
                 answer
             }

@@ -993,3 +993,63 @@ fn lookups_on_one_thread_survive_its_runtimes_one_after_another() {
     drop(cache);
     drop(shared);
 }
+
+/// The connections to `server` (not counting the one asking) and the last command of the
+/// one made last (CLIENT LIST's highest id).
+fn connections_and_newest_command(server: &RedisServer) -> (usize, Option<String>) {
+    let list = server.bulk(&["CLIENT", "LIST"]).unwrap_or_default();
+    let field = |line: &str, name: &str| {
+        line.split(' ')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let connections: Vec<(u64, String)> = list
+        .lines()
+        .filter_map(|line| Some((field(line, "id")?.parse().ok()?, field(line, "cmd")?)))
+        .filter(|(_, cmd)| cmd != "client|list")
+        .collect();
+    let newest = connections.iter().max().map(|(_, cmd)| cmd.clone());
+    (connections.len(), newest)
+}
+
+/// A lookup on a current-thread runtime (an actix-web worker) goes through the thread's
+/// own client, which has no deadline of its own: the cache's `command_timeout` must
+/// still bound it when Redis stops answering.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lookup_on_the_threads_own_client_is_bounded_by_the_command_timeout() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.command_timeout = Duration::from_millis(300);
+    config.pool_size = 1;
+    let cache = RedisCache::connect(config).await.unwrap();
+    cache
+        .put(entry("k", SystemClock.now_unix(), 3600.0))
+        .await
+        .unwrap();
+    // The first lookups go through the pool while this thread's client connects; it is
+    // in use once there is one more connection and its last command is a lookup.
+    let (pooled, _) = connections_and_newest_command(&server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(cache.get("k").await.unwrap().is_some());
+        let (connections, newest) = connections_and_newest_command(&server);
+        if connections > pooled && newest.as_deref() == Some("hmget") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the thread's client never served a lookup"
+        );
+    }
+    server.signal("STOP");
+    let started = Instant::now();
+    let outcome = cache.get("k").await;
+    let took = started.elapsed();
+    server.signal("CONT");
+    assert!(
+        matches!(outcome, Err(url_cache::CacheError::Timeout(_))),
+        "{outcome:?}"
+    );
+    // Bounded by the 300 ms timeout (a generous margin for a busy machine).
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}

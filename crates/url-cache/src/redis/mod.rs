@@ -241,7 +241,9 @@ pub struct RedisCache {
 
 struct Inner {
     pool: Pool,
-    /// Builds the per-thread clients of the lookup path ([`RedisCache::lookup_client`]).
+    /// Builds the per-thread clients of the lookup path ([`RedisCache::lookup_client`]):
+    /// the pool's configuration without fred's own command deadline (every lookup runs
+    /// under [`RedisCache::run`]'s).
     builder: Builder,
     /// This cache among the per-thread clients of a thread.
     id: u64,
@@ -462,11 +464,18 @@ impl RedisCache {
         } else {
             (None, None)
         };
+        // The per-thread lookup clients carry no deadline of their own: their only
+        // commands are lookups, each already under `run`'s deadline (and the service's,
+        // far shorter). fred's default would arm a second timer on every hit.
+        let mut lookup_builder = builder.clone();
+        lookup_builder.with_performance_config(|performance| {
+            performance.default_command_timeout = Duration::ZERO;
+        });
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(RedisCache {
             inner: Arc::new(Inner {
                 pool,
-                builder,
+                builder: lookup_builder,
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 clock,
                 stats: StatsCounters::default(),
@@ -1076,7 +1085,11 @@ impl Layout {
     }
 
     fn entry_key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        // Not `format!`: on the lookup path its machinery cost more than the copy.
+        let mut entry_key = String::with_capacity(self.prefix.len() + key.len());
+        entry_key.push_str(&self.prefix);
+        entry_key.push_str(key);
+        entry_key
     }
 
     fn shard_of(&self, key: &str) -> usize {
