@@ -120,11 +120,15 @@ async fn dispatch_key_route(
             state.limit(&req)?;
             proxy_or_redirect(req, state).await
         }
+        // The other routes' futures are boxed: actix allocates and copies this future
+        // whole for every request, so its size is that of its largest branch.
         "/status" if method == actix_web::http::Method::GET => {
             state.limit(&req)?;
-            status(req, state).await
+            Box::pin(status(req, state)).await
         }
-        "/refresh" if method == actix_web::http::Method::POST => refresh(req, state).await,
+        "/refresh" if method == actix_web::http::Method::POST => {
+            Box::pin(refresh(req, state)).await
+        }
         _ => Err(ApiError::MethodNotAllowed),
     }
 }
@@ -333,7 +337,9 @@ pub(crate) async fn proxy_or_redirect(
             headers.insert(header::CACHE_CONTROL, cache_control);
             Ok(response)
         }
-        Some("proxy") => proxy::stream(&req, &state, service, &key, &options).await,
+        // Boxed: streaming from COS holds a larger future than a redirect needs, and
+        // every redirect's future would otherwise be that large (it is copied whole).
+        Some("proxy") => Box::pin(proxy::stream(&req, &state, service, &key, &options)).await,
         Some(other) => Err(ApiError::BadRequest(format!(
             "mode must be redirect or proxy, not {other:?}"
         ))),
