@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # User-space instructions per redirect on the Zipf trace, counted by callgrind: the memory
 # cache beside Redis with an L1 that holds every key, with the access flush held off (an
-# L1 hit's own cost) and every second (the flush's cost, also per key it wrote).
+# L1 hit's own cost) and every second (the flush's cost, also per key it wrote), and
+# beside Redis without an L1 (a round trip per request: the client's own cost, with
+# nothing to share it, since one request at a time sends one command per write).
 # Instruction counts do not depend on what else the machine is doing; the flush's share
 # does depend on how many flushes fall in the run, which is why it is also given per key.
 # Usage: bash benches/load/l1-instructions.sh   (needs valgrind, redis-server, redis-cli;
@@ -74,6 +76,7 @@ read -r memory _ < <(count memory IMAGE_URL_CACHE__BACKEND=memory)
 l1=(IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__L1_MAX_ENTRIES=100000 IMAGE_URL_CACHE__L1_TTL_SECS=3600)
 read -r held _ < <(count held "${l1[@]}" IMAGE_URL_CACHE__ACCESS_FLUSH_MS=3600000)
 read -r flushed keys < <(count flushed "${l1[@]}" IMAGE_URL_CACHE__ACCESS_FLUSH_MS=1000)
+read -r remote _ < <(count remote IMAGE_URL_CACHE__BACKEND=redis IMAGE_URL_CACHE__ACCESS_FLUSH_MS=3600000)
 echo
 echo "User-space instructions per redirect, Zipf (s = 1.1) over $K keys, $N keep-alive requests (callgrind)"
 echo
@@ -83,6 +86,7 @@ ratio() { python3 -c "print(f'{$1 / $memory:.2f} ×')"; }
 echo "| memory cache | $memory | 1.00 × |"
 echo "| Redis + L1 (every key held), access flush held off | $held | $(ratio "$held") |"
 echo "| Redis + L1 (every key held), access flush every second | $flushed | $(ratio "$flushed") |"
+echo "| Redis, no L1, access flush held off (one HMGET per request) | $remote | $(ratio "$remote") |"
 echo
 if [ "$keys" -gt 0 ]; then
   echo "The flush wrote $keys keys during the measurement: $(( (flushed - held) * N / keys )) instructions per key written."
