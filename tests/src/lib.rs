@@ -419,6 +419,42 @@ pub fn resident_kib(pid: u32) -> u64 {
         .expect("a VmRSS line")
 }
 
+/// [`batch`] again until every key is served from the cache, within 10 s: the service
+/// answers a miss as soon as the URL is signed and stores it afterwards, on its own,
+/// so the request right after a miss may still miss. Each round is itself the wait.
+pub async fn batch_until_cached(
+    http: &reqwest::Client,
+    base: &str,
+    keys: &[String],
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let body = batch(http, base, keys).await;
+        if keys
+            .iter()
+            .all(|key| body["results"][key]["from_cache"] == true)
+        {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entries were never stored: {body}"
+        );
+    }
+}
+
+/// `POST {base}/api/v1/images/batch/urls` with `keys`, as JSON.
+pub async fn batch(http: &reqwest::Client, base: &str, keys: &[String]) -> serde_json::Value {
+    http.post(format!("{base}/api/v1/images/batch/urls"))
+        .json(&serde_json::json!({ "keys": keys }))
+        .send()
+        .await
+        .expect("the server answers")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

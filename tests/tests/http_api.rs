@@ -184,21 +184,7 @@ async fn redirect_flow(redis: bool) {
     assert_eq!(body["results"][""]["error"]["status"], 400);
     // The service stores a miss's URL after answering, detached (on Redis a round trip
     // later): ask until it is served from the cache.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let res = s
-            .http
-            .post(s.url("/api/v1/images/batch/urls"))
-            .json(&serde_json::json!({"keys": ["logo.png"]}))
-            .send()
-            .await
-            .unwrap();
-        let body: serde_json::Value = res.json().await.unwrap();
-        if body["results"]["logo.png"]["from_cache"] == true {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never stored: {body}");
-    }
+    image_url_tests::batch_until_cached(&s.http, &s.url(""), &["logo.png".to_owned()]).await;
     let many: Vec<String> = (0..101).map(|i| format!("k{i}")).collect();
     let res = s
         .http

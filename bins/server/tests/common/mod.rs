@@ -1,7 +1,7 @@
 //! What the tests that run `image-url-server` as a process share.
 
 // Each test binary compiles this module and uses only part of it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -315,38 +315,4 @@ impl Load {
     }
 }
 
-/// [`batch`] again until every key is served from the cache, within 10 s: the service
-/// answers a miss as soon as the URL is signed and stores it afterwards, on its own,
-/// so the request right after a miss may still miss. Each round is itself the wait.
-pub async fn batch_until_cached(
-    http: &reqwest::Client,
-    base: &str,
-    keys: &[String],
-) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let body = batch(http, base, keys).await;
-        if keys
-            .iter()
-            .all(|key| body["results"][key]["from_cache"] == true)
-        {
-            return body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the entries were never stored: {body}"
-        );
-    }
-}
-
-/// `POST {base}/api/v1/images/batch/urls` with `keys`, as JSON.
-pub async fn batch(http: &reqwest::Client, base: &str, keys: &[String]) -> serde_json::Value {
-    http.post(format!("{base}/api/v1/images/batch/urls"))
-        .json(&serde_json::json!({ "keys": keys }))
-        .send()
-        .await
-        .expect("the server answers")
-        .json()
-        .await
-        .expect("a JSON body")
-}
+pub use image_url_tests::{batch, batch_until_cached};
