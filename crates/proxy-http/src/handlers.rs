@@ -22,19 +22,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig, surface: Surface) {
     let not_allowed = || web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) });
     let public = surface != Surface::Admin;
     let admin = surface != Surface::Public;
-    cfg.service(
-        web::scope("")
-            .guard(actix_web::guard::fn_guard(move |ctx| {
-                key_route(ctx.head().uri.path()).is_some_and(|(suffix, _)| {
-                    if suffix == "/refresh" {
-                        admin
-                    } else {
-                        public
-                    }
-                })
-            }))
-            .default_service(web::to(dispatch_key_route)),
-    );
+    cfg.service(KeyRoutes { public, admin });
     if public {
         cfg.service(
             web::resource("/api/v1/images/batch/urls")
@@ -80,6 +68,36 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig, surface: Surface) {
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NotFound)
         }));
+}
+
+/// The key routes, registered as one service behind a guard on the path: a prefix
+/// `ResourceDef` (compared without a regex) and the handler as the endpoint. Not a
+/// `web::scope("")`, which would wrap the endpoint in a second routing table and a
+/// second boxed future on every redirect.
+struct KeyRoutes {
+    public: bool,
+    admin: bool,
+}
+
+impl actix_web::dev::HttpServiceFactory for KeyRoutes {
+    fn register(self, config: &mut actix_web::dev::AppService) {
+        let KeyRoutes { public, admin } = self;
+        let guard = actix_web::guard::fn_guard(move |ctx| {
+            key_route(ctx.head().uri.path()).is_some_and(|(suffix, _)| {
+                if suffix == "/refresh" {
+                    admin
+                } else {
+                    public
+                }
+            })
+        });
+        config.register_service(
+            actix_web::dev::ResourceDef::root_prefix(""),
+            Some(vec![Box::new(guard)]),
+            web::to(dispatch_key_route),
+            None,
+        );
+    }
 }
 
 /// Which endpoints a listener serves.

@@ -353,8 +353,11 @@ fn finish<B: MessageBody>(
     // router (a small allocation, off the hot path).
     let route: Cow<'static, str> = match crate::handlers::key_route(request.path()) {
         Some((_, pattern)) => Cow::Borrowed(pattern),
+        // The key routes' catch-all prefix is the empty pattern: every path "matches"
+        // it in the resource map, so an empty pattern means no route.
         None => request
             .match_pattern()
+            .filter(|pattern| !pattern.is_empty())
             .map_or(Cow::Borrowed("unmatched"), Cow::Owned),
     };
     let status = response.status();
