@@ -567,7 +567,8 @@ impl ImageUrlService {
             }
         }
         let signed = if options.use_cache {
-            self.sign_once(key, cache_key.into_owned(), options).await?
+            // Boxed for the same reason as a remote lookup: a hit never comes here.
+            Box::pin(self.sign_once(key, cache_key.into_owned(), options)).await?
         } else {
             self.sign_now(key, options)?
         };
@@ -816,7 +817,10 @@ impl ImageUrlService {
             // An answer at once (the memory backend, an L1 hit) skips `get`'s boxed future.
             Some(permit) => match cache.get_ready(cache_key) {
                 Some(answer) => self.settled(permit, Ok(answer)),
-                None => self.settle(permit, cache.get(cache_key)).await,
+                // Boxed: waiting on a remote cache holds a deadline timer, and inline it
+                // would make every hit's future (allocated and copied per request by
+                // the HTTP layer) that much larger. A round trip dwarfs the allocation.
+                None => Box::pin(self.settle(permit, cache.get(cache_key))).await,
             },
         };
         match answer {
