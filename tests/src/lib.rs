@@ -445,8 +445,16 @@ pub async fn batch_until_cached(
 
 /// `POST {base}/api/v1/images/batch/urls` with `keys`, as JSON.
 pub async fn batch(http: &reqwest::Client, base: &str, keys: &[String]) -> serde_json::Value {
-    http.post(format!("{base}/api/v1/images/batch/urls"))
-        .json(&serde_json::json!({ "keys": keys }))
+    json_answer(
+        http.post(format!("{base}/api/v1/images/batch/urls"))
+            .json(&serde_json::json!({ "keys": keys })),
+    )
+    .await
+}
+
+/// Sends `request` and reads its answer as JSON, whatever the status.
+pub async fn json_answer(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
         .send()
         .await
         .expect("the server answers")

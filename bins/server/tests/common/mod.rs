@@ -198,13 +198,7 @@ pub async fn get_json(http: &reqwest::Client, url: &str, token: Option<&str>) ->
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    request
-        .send()
-        .await
-        .expect("the server answers")
-        .json()
-        .await
-        .expect("a JSON body")
+    json_answer(request).await
 }
 
 /// `GET {base}/api/v1/images/{key}/proxy`, which must answer a redirect; the answer.
@@ -315,4 +309,4 @@ impl Load {
     }
 }
 
-pub use image_url_tests::{batch, batch_until_cached};
+pub use image_url_tests::{batch, batch_until_cached, json_answer};
