@@ -67,8 +67,8 @@ impl RequestId {
     }
 
     fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_bytes(&self.bytes[..usize::from(self.len)])
-            .unwrap_or_else(|_| HeaderValue::from_static("0"))
+        let id = bytes::Bytes::copy_from_slice(&self.bytes[..usize::from(self.len)]);
+        crate::handlers::header_value(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }
 
