@@ -185,6 +185,32 @@ enum Lookup {
     Unavailable,
 }
 
+impl Lookup {
+    /// A settled cache read (`None`: the cache failed or was skipped).
+    fn from_answer(answer: Option<url_cache::Result<Option<CacheEntry>>>) -> Self {
+        match answer {
+            Some(Ok(Some(entry))) => Lookup::Found(entry),
+            // Corrupt entries are overwritten by the signing that follows.
+            Some(Ok(None)) | Some(Err(_)) => Lookup::Missing,
+            None => Lookup::Unavailable,
+        }
+    }
+}
+
+/// How far [`ImageUrlService::get_url`] got without waiting.
+enum Now<'s> {
+    Answered(Result<ImageUrl>),
+    Wait(Wait<'s>),
+}
+
+/// What is left to do once [`ImageUrlService::get_url`] has to wait.
+enum Wait<'s> {
+    /// The cache answers later: wait for it (with the breaker's permit), then resolve.
+    Lookup(Permit<'s>),
+    /// Resolve from this lookup (`None`: without the cache).
+    Resolve(Option<Lookup>),
+}
+
 /// One key's answer in a batch.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -259,27 +285,96 @@ impl ImageUrlService {
     /// Never fails because of the cache.
     pub async fn get_url(&self, key: &ObjectKey, options: &UrlOptions) -> Result<ImageUrl> {
         bump(&self.inner.counters.requests);
-        let work = async {
-            self.inner.access.check(key, options)?;
-            self.resolve(key, options, None).await
+        // Most requests (a memory or L1 hit, a rejected key) are answered by plain calls,
+        // without building a future of their own, and are counted in the histogram's
+        // lowest bucket (well under its 1 µs resolution) without reading a clock.
+        let wait = match self.answer_now(key, options) {
+            Now::Answered(result) => {
+                self.inner.counters.record_answered_at_once();
+                return result;
+            }
+            Now::Wait(wait) => wait,
         };
-        let mut work = std::pin::pin!(work);
-        // Most requests (a memory or L1 hit, a rejected key) are answered in their first
-        // poll, in well under the histogram's 1 µs resolution: they are counted in its
-        // lowest bucket without reading a clock. A request that waits (a cache round
-        // trip, a signing) is timed from its first wait; the first poll before it is
-        // CPU time of the same order as a hit, negligible beside the wait.
-        match futures::poll!(work.as_mut()) {
+        // The rest (a cache call, a signing) is boxed, so that this future stays small
+        // for a hit: the HTTP layer allocates and moves it whole per request.
+        let mut rest = Box::pin(async move {
+            let prefetched = match wait {
+                Wait::Resolve(prefetched) => prefetched,
+                Wait::Lookup(permit) => {
+                    let lookup = self
+                        .settle(permit, self.inner.cache.get(&options.cache_key(key)?))
+                        .await;
+                    Some(Lookup::from_answer(lookup))
+                }
+            };
+            self.resolve(key, options, prefetched).await
+        });
+        // It may still answer at once (a cache whose `get` is ready when first polled);
+        // otherwise it is timed from its first wait. The first poll before that is CPU
+        // time of the order of a hit, negligible beside the wait.
+        match futures::poll!(rest.as_mut()) {
             std::task::Poll::Ready(result) => {
                 self.inner.counters.record_answered_at_once();
                 result
             }
             std::task::Poll::Pending => {
                 let started = Stopwatch::now();
-                let result = work.await;
+                let result = rest.await;
                 self.inner.counters.record_latency(started.elapsed());
                 result
             }
+        }
+    }
+
+    /// [`ImageUrlService::get_url`] as far as it goes without waiting: the answer to a
+    /// rejected key or a fresh cached URL, or what the rest needs.
+    fn answer_now<'s>(&'s self, key: &ObjectKey, options: &UrlOptions) -> Now<'s> {
+        if let Err(err) = self.inner.access.check(key, options) {
+            return Now::Answered(Err(err));
+        }
+        if !options.use_cache || options.force_refresh {
+            return Now::Wait(Wait::Resolve(None));
+        }
+        let cache_key = match options.cache_key(key) {
+            Ok(cache_key) => cache_key,
+            Err(err) => return Now::Answered(Err(err)),
+        };
+        let cache = &self.inner.cache;
+        let lookup = match self.inner.breaker.try_acquire(|| cache.reconnects()) {
+            None => Lookup::Unavailable,
+            Some(permit) => match cache.get_ready(&cache_key) {
+                Some(answer) => Lookup::from_answer(self.settled(permit, Ok(answer))),
+                None => return Now::Wait(Wait::Lookup(permit)),
+            },
+        };
+        if let Lookup::Found(entry) = &lookup {
+            let now = self.inner.clock.now_unix();
+            if let Verdict::Fresh { expires_at } = self.judge(key, entry, now) {
+                let Lookup::Found(entry) = lookup else {
+                    unreachable!("matched as found just above")
+                };
+                return Now::Answered(Ok(self.hit(key, entry, expires_at, now)));
+            }
+        }
+        // Stale, corrupt, missing or unavailable: `resolve` counts it and signs.
+        Now::Wait(Wait::Resolve(Some(lookup)))
+    }
+
+    /// The answer for a fresh cached entry.
+    fn hit(&self, key: &ObjectKey, entry: CacheEntry, expires_at: f64, now: f64) -> ImageUrl {
+        bump(&self.inner.counters.hits);
+        // The entry carries the MIME type guessed when it was stored.
+        let mime = entry.mime_type.or_else(|| mime_type(key));
+        // The entry's key is the object key unless options made the cache key longer:
+        // then share it rather than copy the key.
+        let key = if *entry.image_key == *key.as_str() {
+            entry.image_key
+        } else {
+            key.as_str().into()
+        };
+        ImageUrl {
+            from_cache: true,
+            ..answer(key, entry.url, expires_at, now, mime)
         }
     }
 
@@ -529,20 +624,7 @@ impl ImageUrlService {
                     let now = self.inner.clock.now_unix();
                     match self.judge(key, &entry, now) {
                         Verdict::Fresh { expires_at } => {
-                            bump(&counters.hits);
-                            // The entry carries the MIME type guessed when it was stored.
-                            let mime = entry.mime_type.or_else(|| mime_type(key));
-                            // The entry's key is the object key unless options made the
-                            // cache key longer: then share it rather than copy the key.
-                            let key = if *entry.image_key == *key.as_str() {
-                                entry.image_key
-                            } else {
-                                key.as_str().into()
-                            };
-                            return Ok(ImageUrl {
-                                from_cache: true,
-                                ..answer(key, entry.url, expires_at, now, mime)
-                            });
+                            return Ok(self.hit(key, entry, expires_at, now));
                         }
                         Verdict::Stale => {
                             bump(&counters.pre_refreshes);
@@ -823,12 +905,7 @@ impl ImageUrlService {
                 None => Box::pin(self.settle(permit, cache.get(cache_key))).await,
             },
         };
-        match answer {
-            Some(Ok(Some(entry))) => Lookup::Found(entry),
-            // Corrupt entries are overwritten by the signing that follows.
-            Some(Ok(None)) | Some(Err(_)) => Lookup::Missing,
-            None => Lookup::Unavailable,
-        }
+        Lookup::from_answer(answer)
     }
 
     async fn cache_get_many(&self, cache_keys: &[&str]) -> Vec<Lookup> {
