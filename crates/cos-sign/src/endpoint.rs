@@ -147,7 +147,10 @@ impl Endpoint {
         let rest = url.strip_prefix(self.url_prefix.as_str())?;
         let rest = key.strip_url_path(rest)?;
         let rest = rest.strip_prefix("?q-sign-algorithm=sha1&q-ak=")?;
-        let (_ak, rest) = rest.split_once('&')?;
+        // Past the access key (of any length: URLs signed with rotated keys still
+        // pass). `memchr` scans 16 bytes a step with little set-up; `split_once` spent
+        // about 170 instructions here, 1 % of a redirect.
+        let rest = &rest[memchr::memchr(b'&', rest.as_bytes())? + 1..];
         let rest = rest.strip_prefix("q-sign-time=")?;
         let (start, rest) = leading_number(rest)?;
         let rest = rest.strip_prefix("%3B")?;
