@@ -141,21 +141,39 @@ fn next_id_number() -> u64 {
     })
 }
 
-/// A fresh id: 12 hex digits fixed per process, a dash, and a number unique in the
-/// process.
+/// A fresh id: 12 hex digits fixed per process, a dash, and 8 hex digits of a number
+/// unique in the process (until it wraps at 2^32).
 fn new_id() -> RequestId {
-    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let prefix = *PREFIX.get_or_init(|| {
-        std::time::SystemTime::now()
+    /// The first 13 bytes, written once.
+    static PREFIX: std::sync::OnceLock<[u8; 13]> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64 ^ u64::from(std::process::id()) << 32)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        let mut prefix = [b'-'; 13];
+        write_hex(&mut prefix[..12], seed);
+        prefix
     });
-    let counter = next_id_number();
-    let mut bytes = [b'-'; MAX_ID_LEN];
-    write_hex(&mut bytes[..12], prefix);
-    write_hex(&mut bytes[13..21], counter);
+    let mut bytes = [0; MAX_ID_LEN];
+    bytes[..13].copy_from_slice(prefix);
+    bytes[13..21].copy_from_slice(&hex8(next_id_number() as u32));
     RequestId { bytes, len: 21 }
+}
+
+/// `value` as 8 lower-case hex digits, all at once: each nibble is spread into a byte
+/// of its own, then every byte is turned into its digit in the same word.
+fn hex8(value: u32) -> [u8; 8] {
+    let mut x = u64::from(value);
+    x = (x | x << 16) & 0x0000_FFFF_0000_FFFF;
+    x = (x | x << 8) & 0x00FF_00FF_00FF_00FF;
+    // Byte k holds nibble k.
+    x = (x | x << 4) & 0x0F0F_0F0F_0F0F_0F0F;
+    // 1 in each byte whose nibble is 10 or more (adding 6 carries into bit 4).
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    let digits = x + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'0' - 10);
+    // The most significant nibble first.
+    digits.to_be_bytes()
 }
 
 /// Writes the low `4 * out.len()` bits of `value` as lower-case hex.
@@ -463,6 +481,18 @@ mod tests {
                 .all(|c| c == b'-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
             assert!(accepted(text.as_bytes()));
             assert_eq!(id.header_value(), text);
+        }
+    }
+
+    #[test]
+    fn eight_hex_digits_at_once_match_one_at_a_time() {
+        let mut values: Vec<u32> = (0..=0xffff).collect();
+        values.extend([u32::MAX, 0x8000_0000, 0x0123_4567, 0x89ab_cdef, 0xa0a0_a0a0]);
+        values.extend((0..32).map(|bit| 1 << bit));
+        for value in values {
+            let mut expected = [0u8; 8];
+            write_hex(&mut expected, u64::from(value));
+            assert_eq!(hex8(value), expected, "{value:#x}");
         }
     }
 
