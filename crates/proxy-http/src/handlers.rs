@@ -145,29 +145,27 @@ async fn dispatch_key_route(req: HttpRequest) -> Result<HttpResponse, ApiError> 
         return Err(ApiError::NotFound);
     };
     // Taken from the request rather than as a second extractor: one extractor future
-    // fewer on every redirect.
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::Service(ServiceError::Internal(
-                "the application state is not registered".into(),
-            ))
-        })?;
+    // fewer on every redirect. Borrowed, not cloned: every worker shares the state's
+    // reference count, and a clone would write it twice per request from each of them.
+    let state = req.app_data::<web::Data<AppState>>().ok_or_else(|| {
+        ApiError::Service(ServiceError::Internal(
+            "the application state is not registered".into(),
+        ))
+    })?;
     let method = req.method();
     match suffix {
         "/proxy" if method == actix_web::http::Method::GET => {
             state.limit(&req)?;
-            proxy_or_redirect(req, state).await
+            proxy_or_redirect(&req, state).await
         }
         // The other routes' futures are boxed: actix allocates and copies this future
         // whole for every request, so its size is that of its largest branch.
         "/status" if method == actix_web::http::Method::GET => {
             state.limit(&req)?;
-            Box::pin(status(req, state)).await
+            Box::pin(status(req.clone(), state.clone())).await
         }
         "/refresh" if method == actix_web::http::Method::POST => {
-            Box::pin(refresh(req, state)).await
+            Box::pin(refresh(req.clone(), state.clone())).await
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
@@ -350,11 +348,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
               (status = 400, description = "Invalid key", body = crate::Problem),
               (status = 404, description = "No such image (proxy mode)", body = crate::Problem)))]
 pub(crate) async fn proxy_or_redirect(
-    req: HttpRequest,
-    state: web::Data<AppState>,
+    req: &HttpRequest,
+    state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let key = key_from_path(&req, "/proxy")?;
-    let query = query_pairs(&req);
+    let key = key_from_path(req, "/proxy")?;
+    let query = query_pairs(req);
     let service = state.service()?;
     let options = public_options(service, &key, &query)?;
     let mode = query
@@ -384,7 +382,7 @@ pub(crate) async fn proxy_or_redirect(
         }
         // Boxed: streaming from COS holds a larger future than a redirect needs, and
         // every redirect's future would otherwise be that large (it is copied whole).
-        Some("proxy") => Box::pin(proxy::stream(&req, &state, service, &key, &options)).await,
+        Some("proxy") => Box::pin(proxy::stream(req, state, service, &key, &options)).await,
         Some(other) => Err(ApiError::BadRequest(format!(
             "mode must be redirect or proxy, not {other:?}"
         ))),
