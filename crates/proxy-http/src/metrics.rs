@@ -1,70 +1,116 @@
 //! Prometheus metrics: HTTP requests by route pattern (unmatched paths collapse into one
 //! label), and the service's counters rendered at scrape time.
+//!
+//! The HTTP series are written per worker and summed when scraped: each worker counts
+//! into cells of its own (plain loads and stores, no atomic read-modify-write, nothing
+//! another worker writes), where a shared `prometheus` counter and histogram took four
+//! atomic writes per request on cache lines every worker wrote.
 
 use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::http::{Method, StatusCode};
 
 use image_url_service::{CircuitState, ServiceStats};
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    TextEncoder,
+
+/// Upper bounds of the request-latency histogram's buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// [`LATENCY_BUCKETS`] in nanoseconds, for the comparisons made per request.
+const LATENCY_BUCKETS_NANOS: [u64; 15] = {
+    let mut nanos = [0; 15];
+    let mut i = 0;
+    while i < nanos.len() {
+        nanos[i] = (LATENCY_BUCKETS[i] * 1e9) as u64;
+        i += 1;
+    }
+    nanos
 };
 
-/// The HTTP-level metrics of one server.
-#[derive(Debug, Clone)]
+/// The HTTP-level metrics of one server: every worker's request series, read when
+/// scraped.
+#[derive(Debug, Clone, Default)]
 pub struct Metrics {
-    registry: Registry,
-    requests: IntCounterVec,
-    latency: HistogramVec,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Every series any worker has recorded into. Locked when a worker records a
+    /// (method, route, status) it has not seen before, and when scraped.
+    series: Arc<Mutex<Vec<Arc<Series>>>>,
 }
 
 impl Metrics {
     /// Empty metrics.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "image_url_http_requests_total",
-                "HTTP requests by route pattern and status",
-            ),
-            &["method", "route", "status"],
-        )
-        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "image_url_http_request_duration_seconds",
-                "HTTP request latency by route pattern",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0,
-            ]),
-            &["route"],
-        )
-        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
-        let _ = registry.register(Box::new(requests.clone()));
-        let _ = registry.register(Box::new(latency.clone()));
-        Metrics {
-            registry,
-            requests,
-            latency,
+        Self::default()
+    }
+
+    /// The HTTP series in the text format: requests by (method, route, status), latency
+    /// by route, each the sum over the workers.
+    fn render_http(&self, text: &mut String) {
+        let mut requests: BTreeMap<(&str, &str, u16), u64> = BTreeMap::new();
+        let mut latency: BTreeMap<&str, Latency> = BTreeMap::new();
+        // Held while rendering: the labels are borrowed from the series, and a worker
+        // waits on this lock only when it records a combination it has not seen before.
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        for one in series.iter() {
+            let count = one.requests.get();
+            *requests
+                .entry((one.method, &one.route, one.status.as_u16()))
+                .or_default() += count;
+            let route = latency.entry(&one.route).or_default();
+            route.count += count;
+            route.sum_nanos += one.latency_sum_nanos.get();
+            for (total, cell) in route.buckets.iter_mut().zip(&one.latency_buckets) {
+                *total += cell.get();
+            }
+        }
+        if requests.is_empty() {
+            return;
+        }
+        let name = "image_url_http_requests_total";
+        let _ = writeln!(
+            text,
+            "# HELP {name} HTTP requests by route pattern and status\n# TYPE {name} counter"
+        );
+        for ((method, route, status), count) in &requests {
+            let route = LabelValue(route);
+            let _ = writeln!(
+                text,
+                "{name}{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
+            );
+        }
+        let name = "image_url_http_request_duration_seconds";
+        let _ = writeln!(
+            text,
+            "# HELP {name} HTTP request latency by route pattern\n# TYPE {name} histogram"
+        );
+        for (route, latency) in &latency {
+            let route = LabelValue(route);
+            let mut cumulative = 0;
+            for (bound, count) in LATENCY_BUCKETS.iter().zip(latency.buckets) {
+                cumulative += count;
+                let _ = writeln!(
+                    text,
+                    "{name}_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let count = latency.count;
+            let sum = latency.sum_nanos as f64 / 1e9;
+            let _ = writeln!(
+                text,
+                "{name}_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}\n{name}_sum{{route=\"{route}\"}} {sum}\n{name}_count{{route=\"{route}\"}} {count}"
+            );
         }
     }
 
     /// The Prometheus text exposition, with `stats` appended when the service runs.
     pub fn render(&self, stats: Option<&ServiceStats>) -> String {
-        let mut buffer = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
-        let mut text = String::from_utf8(buffer).unwrap_or_default();
+        let mut text = String::new();
+        self.render_http(&mut text);
         if let Some(s) = stats {
             let counters = [
                 (
@@ -282,24 +328,87 @@ fn write_histogram(
     );
 }
 
-/// One worker's handles on the request series it has recorded into.
-///
-/// Finding a series by its labels hashes three strings under a lock; a worker sees a
-/// handful of (method, route, status) combinations, so it keeps their handles and finds
-/// them again with a few comparisons. Not `Sync`: each actix worker builds its own.
-#[derive(Debug)]
-pub(crate) struct WorkerMetrics {
-    metrics: Metrics,
-    seen: RefCell<Vec<Series>>,
+/// A label value as the text format writes it: `\\`, `"` and line feeds escaped.
+struct LabelValue<'a>(&'a str);
+
+impl std::fmt::Display for LabelValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
 }
 
+/// One route's latency, summed over the workers when scraped.
+#[derive(Default)]
+struct Latency {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum_nanos: u64,
+}
+
+/// A counter with one writer: the worker that made it adds with a plain load and store
+/// (no atomic read-modify-write); scrapes on other threads read it.
+#[derive(Debug, Default)]
+struct OwnedCounter(AtomicU64);
+
+impl OwnedCounter {
+    /// Only the owning worker calls this, so no update is lost between the load and the
+    /// store.
+    fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A series' (method, route, status).
+type SeriesLabels = (&'static str, String, StatusCode);
+
+/// One worker's counts for one (method, route, status): its requests, and their
+/// latencies by bucket (each bucket counts only its own range; scrapes accumulate).
 #[derive(Debug)]
 struct Series {
     method: &'static str,
     route: String,
     status: StatusCode,
-    requests: IntCounter,
-    latency: Histogram,
+    requests: OwnedCounter,
+    latency_buckets: [OwnedCounter; LATENCY_BUCKETS.len()],
+    latency_sum_nanos: OwnedCounter,
+}
+
+impl Series {
+    fn record(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.requests.add(1);
+        self.latency_sum_nanos.add(nanos);
+        // Most requests land in the first bucket: a short scan from the bottom.
+        if let Some(bucket) = LATENCY_BUCKETS_NANOS.iter().position(|&le| nanos <= le) {
+            self.latency_buckets[bucket].add(1);
+        }
+    }
+}
+
+/// One worker's request series: written by that worker alone, found again with a few
+/// comparisons (a worker sees a handful of (method, route, status) combinations; past
+/// [`MAX_SCANNED_SERIES`], through a map). Not `Sync`: each actix worker builds its own.
+#[derive(Debug)]
+pub(crate) struct WorkerMetrics {
+    metrics: Metrics,
+    seen: RefCell<Vec<Arc<Series>>>,
+    /// The series past the first [`MAX_SCANNED_SERIES`], by their labels.
+    more: RefCell<HashMap<SeriesLabels, Arc<Series>>>,
 }
 
 /// The access log's counters, in the exposition format.
@@ -341,14 +450,15 @@ pub(crate) fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// More distinct series than this are recorded without keeping their handles.
-const MAX_KEPT_SERIES: usize = 64;
+/// Series a worker finds by scanning; the rest it finds through a map.
+const MAX_SCANNED_SERIES: usize = 64;
 
 impl WorkerMetrics {
     pub(crate) fn new(metrics: Metrics) -> Self {
         WorkerMetrics {
             metrics,
             seen: RefCell::new(Vec::new()),
+            more: RefCell::new(HashMap::new()),
         }
     }
 
@@ -360,31 +470,38 @@ impl WorkerMetrics {
         elapsed: Duration,
     ) {
         let method = method_label(method);
-        let seconds = elapsed.as_secs_f64();
         let mut seen = self.seen.borrow_mut();
         if let Some(series) = seen
             .iter()
             .find(|s| s.status == status && s.method == method && s.route == route)
         {
-            series.requests.inc();
-            series.latency.observe(seconds);
+            series.record(elapsed);
             return;
         }
-        let requests = self
-            .metrics
-            .requests
-            .with_label_values(&[method, route, status.as_str()]);
-        let latency = self.metrics.latency.with_label_values(&[route]);
-        requests.inc();
-        latency.observe(seconds);
-        if seen.len() < MAX_KEPT_SERIES {
-            seen.push(Series {
-                method,
-                route: route.to_owned(),
-                status,
-                requests,
-                latency,
-            });
+        let mut more = self.more.borrow_mut();
+        let labels = (method, route.to_owned(), status);
+        if let Some(series) = more.get(&labels) {
+            series.record(elapsed);
+            return;
+        }
+        let series = Arc::new(Series {
+            method,
+            route: labels.1.clone(),
+            status,
+            requests: OwnedCounter::default(),
+            latency_buckets: Default::default(),
+            latency_sum_nanos: OwnedCounter::default(),
+        });
+        series.record(elapsed);
+        self.metrics
+            .series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&series));
+        if seen.len() < MAX_SCANNED_SERIES {
+            seen.push(series);
+        } else {
+            more.insert(labels, series);
         }
     }
 }
@@ -393,11 +510,70 @@ impl WorkerMetrics {
 mod tests {
     use super::*;
 
+    /// Each worker counts on its own; a scrape sums them, per series and per bucket.
+    #[test]
+    fn workers_count_apart_and_scrapes_sum_them() {
+        let metrics = Metrics::new();
+        let latencies = [
+            Duration::from_micros(3),
+            Duration::from_micros(100),
+            Duration::from_micros(101),
+            Duration::from_millis(3),
+            Duration::from_secs(9),
+        ];
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let metrics = metrics.clone();
+                std::thread::spawn(move || {
+                    let worker = WorkerMetrics::new(metrics);
+                    for elapsed in latencies {
+                        worker.observe_request(&Method::GET, "/p", StatusCode::FOUND, elapsed);
+                    }
+                    worker.observe_request(
+                        &Method::GET,
+                        "/a\"b\\c\nd",
+                        StatusCode::NOT_FOUND,
+                        Duration::ZERO,
+                    );
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        let text = metrics.render(None);
+        let name = "image_url_http_request_duration_seconds";
+        for line in [
+            "# TYPE image_url_http_requests_total counter",
+            r#"image_url_http_requests_total{method="GET",route="/p",status="302"} 10"#,
+            r#"image_url_http_requests_total{method="GET",route="/a\"b\\c\nd",status="404"} 2"#,
+            "# TYPE image_url_http_request_duration_seconds histogram",
+            &format!(r#"{name}_bucket{{route="/p",le="0.0001"}} 4"#),
+            &format!(r#"{name}_bucket{{route="/p",le="0.00025"}} 6"#),
+            &format!(r#"{name}_bucket{{route="/p",le="0.0025"}} 6"#),
+            &format!(r#"{name}_bucket{{route="/p",le="0.005"}} 8"#),
+            &format!(r#"{name}_bucket{{route="/p",le="1"}} 8"#),
+            &format!(r#"{name}_bucket{{route="/p",le="5"}} 8"#),
+            &format!(r#"{name}_bucket{{route="/p",le="+Inf"}} 10"#),
+            &format!(r#"{name}_sum{{route="/p"}} 18.006408"#),
+            &format!(r#"{name}_count{{route="/p"}} 10"#),
+            &format!(r#"{name}_count{{route="/a\"b\\c\nd"}} 2"#),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn nothing_recorded_renders_no_http_series() {
+        let text = Metrics::new().render(None);
+        assert!(!text.contains("image_url_http"), "{text}");
+    }
+
     #[test]
     fn kept_and_fresh_series_count_alike() {
         let metrics = Metrics::new();
         let worker = WorkerMetrics::new(metrics.clone());
-        for i in 0..(MAX_KEPT_SERIES + 10) {
+        for i in 0..(MAX_SCANNED_SERIES + 10) {
             let route = format!("/r{i}");
             for _ in 0..3 {
                 worker.observe_request(
@@ -421,7 +597,7 @@ mod tests {
             Duration::from_millis(1),
         );
         let text = metrics.render(None);
-        for i in [0, MAX_KEPT_SERIES - 1, MAX_KEPT_SERIES + 9] {
+        for i in [0, MAX_SCANNED_SERIES - 1, MAX_SCANNED_SERIES + 9] {
             let line = format!(
                 "image_url_http_requests_total{{method=\"GET\",route=\"/r{i}\",status=\"200\"}} 3"
             );
