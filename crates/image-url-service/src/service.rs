@@ -347,15 +347,18 @@ impl ImageUrlService {
                 None => return Now::Wait(Wait::Lookup(permit)),
             },
         };
-        if let Lookup::Found(entry) = &lookup {
-            let now = self.inner.clock.now_unix();
-            if let Verdict::Fresh { expires_at } = self.judge(key, entry, now) {
-                let Lookup::Found(entry) = lookup else {
-                    unreachable!("matched as found just above")
-                };
-                return Now::Answered(Ok(self.hit(key, entry, expires_at, now)));
+        let lookup = match lookup {
+            Lookup::Found(entry) => {
+                let now = self.inner.clock.now_unix();
+                match self.judge(key, &entry, now) {
+                    Verdict::Fresh { expires_at } => {
+                        return Now::Answered(Ok(self.hit(key, entry, expires_at, now)));
+                    }
+                    Verdict::Stale | Verdict::Corrupt => Lookup::Found(entry),
+                }
             }
-        }
+            other => other,
+        };
         // Stale, corrupt, missing or unavailable: `resolve` counts it and signs.
         Now::Wait(Wait::Resolve(Some(lookup)))
     }
