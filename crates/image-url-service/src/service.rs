@@ -197,6 +197,12 @@ impl Lookup {
     }
 }
 
+/// A cache read answered at once, or the permit to wait for it with.
+enum CacheRead<'s> {
+    Ready(Lookup),
+    Wait(Permit<'s>),
+}
+
 /// How far [`ImageUrlService::get_url`] got without waiting.
 enum Now<'s> {
     Answered(Result<ImageUrl>),
@@ -301,10 +307,7 @@ impl ImageUrlService {
             let prefetched = match wait {
                 Wait::Resolve(prefetched) => prefetched,
                 Wait::Lookup(permit) => {
-                    let lookup = self
-                        .settle(permit, self.inner.cache.get(&options.cache_key(key)?))
-                        .await;
-                    Some(Lookup::from_answer(lookup))
+                    Some(self.cache_get_later(permit, &options.cache_key(key)?).await)
                 }
             };
             self.resolve(key, options, prefetched).await
@@ -339,13 +342,9 @@ impl ImageUrlService {
             Ok(cache_key) => cache_key,
             Err(err) => return Now::Answered(Err(err)),
         };
-        let cache = &self.inner.cache;
-        let lookup = match self.inner.breaker.try_acquire(|| cache.reconnects()) {
-            None => Lookup::Unavailable,
-            Some(permit) => match cache.get_ready(&cache_key) {
-                Some(answer) => Lookup::from_answer(self.settled(permit, Ok(answer))),
-                None => return Now::Wait(Wait::Lookup(permit)),
-            },
+        let lookup = match self.cache_get_now(&cache_key) {
+            CacheRead::Ready(lookup) => lookup,
+            CacheRead::Wait(permit) => return Now::Wait(Wait::Lookup(permit)),
         };
         let lookup = match lookup {
             Lookup::Found(entry) => {
@@ -896,19 +895,35 @@ impl ImageUrlService {
     }
 
     async fn cache_get(&self, cache_key: &str) -> Lookup {
+        match self.cache_get_now(cache_key) {
+            CacheRead::Ready(lookup) => lookup,
+            // Boxed: waiting on a remote cache holds a deadline timer, and inline it
+            // would make every hit's future (allocated and copied per request by the
+            // HTTP layer) that much larger. A round trip dwarfs the allocation.
+            CacheRead::Wait(permit) => Box::pin(self.cache_get_later(permit, cache_key)).await,
+        }
+    }
+
+    /// A cache read as far as it goes without waiting: answered at once (the memory
+    /// backend, an L1 hit, or skipped by the open breaker), or the breaker's permit to
+    /// wait for the backend with.
+    fn cache_get_now(&self, cache_key: &str) -> CacheRead<'_> {
         let cache = &self.inner.cache;
-        let answer = match self.inner.breaker.try_acquire(|| cache.reconnects()) {
-            None => None,
-            // An answer at once (the memory backend, an L1 hit) skips `get`'s boxed future.
+        match self.inner.breaker.try_acquire(|| cache.reconnects()) {
+            None => CacheRead::Ready(Lookup::Unavailable),
             Some(permit) => match cache.get_ready(cache_key) {
-                Some(answer) => self.settled(permit, Ok(answer)),
-                // Boxed: waiting on a remote cache holds a deadline timer, and inline it
-                // would make every hit's future (allocated and copied per request by
-                // the HTTP layer) that much larger. A round trip dwarfs the allocation.
-                None => Box::pin(self.settle(permit, cache.get(cache_key))).await,
+                Some(answer) => {
+                    CacheRead::Ready(Lookup::from_answer(self.settled(permit, Ok(answer))))
+                }
+                None => CacheRead::Wait(permit),
             },
-        };
-        Lookup::from_answer(answer)
+        }
+    }
+
+    /// The rest of a cache read that has to wait: the backend's `get`, under the
+    /// deadline and counted by the breaker.
+    async fn cache_get_later(&self, permit: Permit<'_>, cache_key: &str) -> Lookup {
+        Lookup::from_answer(self.settle(permit, self.inner.cache.get(cache_key)).await)
     }
 
     async fn cache_get_many(&self, cache_keys: &[&str]) -> Vec<Lookup> {
