@@ -162,10 +162,10 @@ async fn dispatch_key_route(req: HttpRequest) -> Result<HttpResponse, ApiError> 
         // whole for every request, so its size is that of its largest branch.
         "/status" if method == actix_web::http::Method::GET => {
             state.limit(&req)?;
-            Box::pin(status(req.clone(), state.clone())).await
+            Box::pin(status(&req, state)).await
         }
         "/refresh" if method == actix_web::http::Method::POST => {
-            Box::pin(refresh(req.clone(), state.clone())).await
+            Box::pin(refresh(&req, state)).await
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
@@ -478,13 +478,10 @@ fn private_max_age(usable: u64) -> header::HeaderValue {
 #[utoipa::path(get, path = "/api/v1/images/{key}/status",
     params(("key" = String, Path, description = "Object key, percent-encoded")),
     responses((status = 200, description = "Cache status (no URL)"), (status = 400, description = "Invalid key", body = crate::Problem)))]
-pub(crate) async fn status(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let key = key_from_path(&req, "/status")?;
+pub(crate) async fn status(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+    let key = key_from_path(req, "/status")?;
     let service = state.service()?;
-    let options = public_options(service, &key, &query_pairs(&req))?;
+    let options = public_options(service, &key, &query_pairs(req))?;
     let status = service.status(&key, &options).await?;
     Ok(HttpResponse::Ok().json(status))
 }
@@ -494,14 +491,11 @@ pub(crate) async fn status(
     params(("key" = String, Path, description = "Object key, percent-encoded")),
     responses((status = 200, description = "A freshly signed URL"), (status = 401, description = "Missing or wrong admin token", body = crate::Problem)),
     security(("bearer" = [])))]
-pub(crate) async fn refresh(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &state)?;
-    let key = key_from_path(&req, "/refresh")?;
+pub(crate) async fn refresh(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+    require_admin(req, state)?;
+    let key = key_from_path(req, "/refresh")?;
     let service = state.service()?;
-    let options = admin_options(service, &req)?;
+    let options = admin_options(service, req)?;
     let answer = service.refresh(&key, &options).await?;
     Ok(HttpResponse::Ok().json(answer))
 }
