@@ -65,7 +65,10 @@ pub const MAX_KEY_LEN: usize = 4096;
 /// - **Expiry**: an entry is never returned at or after its `expires_at`, judged by the
 ///   backend's clock. A lookup that finds an expired entry drops it and counts `expired`.
 /// - **Access**: a lookup that returns an entry has recorded the access first: the
-///   returned `access_count` is one more than before and `last_accessed` is now.
+///   returned `access_count` is one more than before and `last_accessed` is now. Under
+///   concurrency "before" is as the calling thread sees it: a backend may count other
+///   threads' (or replicas') accesses late, by a bound it documents (the memory cache:
+///   at most 63 per thread, or one second).
 /// - **Statistics**: each looked-up key counts exactly one of hit, miss or expired; each
 ///   failed operation counts one error; each entry dropped for capacity one eviction.
 /// - **Capacity**: after `put` returns, the cache holds at most its capacity, evicting

@@ -9,24 +9,32 @@
 //!   chunks, see `slots`), a hash table of their places and two ordered indexes (policy
 //!   order, expiry order) that name entries by place, so every operation is O(log n) and
 //!   concurrent tasks only contend when their keys share a shard;
+//! - a thread that hits an entry again and again keeps a copy of its own and serves
+//!   those hits from it (see `hot`), so two workers on one popular key write no cache
+//!   line in common; the copies stop being served at any change to their shard, and the
+//!   accesses they serve reach the shared entry in batches (at most 63 per thread late,
+//!   or a second);
 //! - a lock is never held across an `.await` (no operation awaits while holding one);
 //! - the capacity is global and exact (an atomic count); the victim is the policy's
 //!   first choice within the writer's shard. Small caches (< 4096 entries by default)
 //!   use a single shard, so their policy is exact; larger ones follow it approximately,
 //!   as every sharded cache does (moka, caffeine).
 
+mod hot;
 mod shard;
 mod slots;
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use foldhash::fast::RandomState;
 
+use self::hot::{HotCopies, Served};
 use self::shard::Shard;
+use crate::sharded::Padded;
 use crate::{
     validate_entry, validate_key, CacheEntry, CacheStats, Clock, EvictionPolicy, Result,
     StatsCounters, SystemClock, UrlCache,
@@ -55,9 +63,8 @@ const DEFAULT_SHARDS: usize = 16;
 /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct MemoryCache {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Guarded]>,
     hasher: RandomState,
     policy: EvictionPolicy,
     capacity: usize,
@@ -66,6 +73,82 @@ pub struct MemoryCache {
     len: AtomicUsize,
     clock: Arc<dyn Clock>,
     stats: StatsCounters,
+    /// Each thread's copies of the entries it hits most (see `hot`).
+    hot: HotCopies,
+}
+
+impl std::fmt::Debug for MemoryCache {
+    // Not the entries: their URLs are signed, and signed URLs never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryCache")
+            .field("policy", &self.policy)
+            .field("capacity", &self.capacity)
+            .field("len", &self.len)
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A shard behind its lock, and the version that the threads' copies check without
+/// taking the lock. Each on cache lines of its own: taking the lock writes its line,
+/// while the version's is read on every hit served from a copy.
+#[derive(Debug)]
+struct Guarded {
+    shard: Padded<Mutex<Shard>>,
+    /// Raised, under the lock, by every change to the shard's entries.
+    version: Padded<AtomicU64>,
+}
+
+impl Guarded {
+    fn new(shard: Shard) -> Self {
+        Guarded {
+            shard: Padded(Mutex::new(shard)),
+            version: Padded(AtomicU64::new(0)),
+        }
+    }
+
+    /// The shard, to read or to record accesses: its entries stay as they are.
+    fn read(&self) -> MutexGuard<'_, Shard> {
+        lock(&self.shard.0)
+    }
+
+    /// The shard, to change its entries: the threads' copies of them stop being served.
+    fn write(&self) -> MutexGuard<'_, Shard> {
+        let shard = lock(&self.shard.0);
+        self.bump();
+        shard
+    }
+
+    /// Marks the copies stale; only called with the lock held, so a load and a store
+    /// cannot lose a raise.
+    fn bump(&self) {
+        let version = &self.version.0;
+        version.store(version.load(Ordering::Relaxed) + 1, Ordering::Release);
+    }
+
+    /// [`Shard::evict_one`], raising the version if it evicted.
+    fn evict_one(&self, keep: &str, policy: crate::policy::Kind) -> bool {
+        let mut shard = self.read();
+        let evicted = shard.evict_one(keep, policy);
+        if evicted {
+            self.bump();
+        }
+        evicted
+    }
+
+    /// [`Shard::remove_expired`], raising the version if it removed any.
+    fn remove_expired(&self, now: SystemTime, limit: usize) -> usize {
+        let mut shard = self.read();
+        let removed = shard.remove_expired(now, limit);
+        if removed > 0 {
+            self.bump();
+        }
+        removed
+    }
+
+    fn version(&self) -> u64 {
+        self.version.0.load(Ordering::Acquire)
+    }
 }
 
 /// Builds a [`MemoryCache`].
@@ -126,7 +209,7 @@ impl MemoryCacheBuilder {
             .min(self.capacity);
         let hasher = RandomState::default();
         let shards = (0..shard_count)
-            .map(|_| Mutex::new(Shard::new(hasher.clone())))
+            .map(|_| Guarded::new(Shard::new(hasher.clone())))
             .collect();
         MemoryCache {
             shards,
@@ -136,6 +219,7 @@ impl MemoryCacheBuilder {
             len: AtomicUsize::new(0),
             clock: self.clock,
             stats: StatsCounters::default(),
+            hot: HotCopies::default(),
         }
     }
 }
@@ -169,6 +253,12 @@ impl MemoryCache {
         (hash, ((hash >> 32) as usize) % self.shards.len())
     }
 
+    /// Hands a displaced copy's accesses to its entry's shard.
+    fn record_elsewhere(&self, key: &str, hash: u64, accesses: hot::Unflushed) {
+        let index = ((hash >> 32) as usize) % self.shards.len();
+        self.shards[index].read().record(key, hash, accesses);
+    }
+
     fn removed(&self, n: usize) {
         if n > 0 {
             self.len.fetch_sub(n, Ordering::Relaxed);
@@ -177,10 +267,31 @@ impl MemoryCache {
 
     fn get_sync(&self, key: &str, now: SystemTime) -> Option<CacheEntry> {
         let (hash, index) = self.locate(key);
-        let result = lock(&self.shards[index]).get(key, hash, now);
+        let guarded = &self.shards[index];
+        let flush = |accesses| guarded.read().record(key, hash, accesses);
+        let earlier = match self.hot.serve(key, hash, guarded.version(), now, flush) {
+            Served::Hit(entry) => {
+                self.stats.hit(1);
+                return Some(entry);
+            }
+            Served::Ask(earlier) => earlier,
+        };
+        let (result, version) = {
+            let mut shard = guarded.read();
+            let result = shard.get(key, hash, now, earlier);
+            if result.is_err() {
+                // It removed the expired entry.
+                guarded.bump();
+            }
+            (result, guarded.version())
+        };
         match result {
             Ok(Some(entry)) => {
                 self.stats.hit(1);
+                self.hot
+                    .offer(&entry, hash, version, now, |key, hash, accesses| {
+                        self.record_elsewhere(key, hash, accesses)
+                    });
                 Some(entry)
             }
             Ok(None) => {
@@ -225,7 +336,7 @@ impl UrlCache for MemoryCache {
         validate_key(key)?;
         let now = self.clock.now();
         let (hash, index) = self.locate(key);
-        Ok(lock(&self.shards[index]).peek(key, hash, now))
+        Ok(self.shards[index].read().peek(key, hash, now))
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<CacheEntry>>> {
@@ -241,7 +352,7 @@ impl UrlCache for MemoryCache {
         let now = self.clock.now();
         let key = entry.image_key.clone();
         let (hash, home) = self.locate(&key);
-        let mut shard = lock(&self.shards[home]);
+        let mut shard = self.shards[home].write();
         if entry.is_expired(now) {
             if shard.remove(&key, hash).is_some() {
                 self.len.fetch_sub(1, Ordering::Relaxed);
@@ -265,7 +376,7 @@ impl UrlCache for MemoryCache {
         while self.len.load(Ordering::Relaxed) > self.capacity && empty_in_a_row < self.shards.len()
         {
             next = (next + 1) % self.shards.len();
-            if lock(&self.shards[next]).evict_one(&key, policy) {
+            if self.shards[next].evict_one(&key, policy) {
                 self.len.fetch_sub(1, Ordering::Relaxed);
                 self.stats.evicted(1);
                 empty_in_a_row = 0;
@@ -279,7 +390,15 @@ impl UrlCache for MemoryCache {
     async fn delete(&self, key: &str) -> Result<bool> {
         validate_key(key)?;
         let (hash, index) = self.locate(key);
-        let removed = lock(&self.shards[index]).remove(key, hash).is_some();
+        let guarded = &self.shards[index];
+        let removed = {
+            let mut shard = guarded.read();
+            let removed = shard.remove(key, hash).is_some();
+            if removed {
+                guarded.bump();
+            }
+            removed
+        };
         self.removed(usize::from(removed));
         Ok(removed)
     }
@@ -289,7 +408,7 @@ impl UrlCache for MemoryCache {
         let until = now + within;
         let mut found: Vec<CacheEntry> = Vec::new();
         for shard in self.shards.iter() {
-            found.extend(lock(shard).expiring_within(now, until, limit));
+            found.extend(shard.read().expiring_within(now, until, limit));
         }
         found.sort_by_key(|e| e.expires_at);
         found.truncate(limit);
@@ -303,7 +422,7 @@ impl UrlCache for MemoryCache {
             // One batch per lock hold, so readers of this shard wait at most one batch.
             loop {
                 let now = self.clock.now();
-                let removed = lock(shard).remove_expired(now, batch_size);
+                let removed = shard.remove_expired(now, batch_size);
                 self.removed(removed);
                 total += removed;
                 if removed < batch_size {
@@ -402,7 +521,7 @@ mod tests {
             put(&format!("odd{i}"), &format!("image/x-{i}"));
         }
         assert_eq!(
-            lock(&cache.shards[0]).mime_types.len(),
+            cache.shards[0].read().mime_types.len(),
             shard::MAX_INTERNED_MIME_TYPES
         );
         assert_eq!(&*mime("odd199"), "image/x-199");
@@ -431,7 +550,7 @@ mod tests {
         );
         assert!(now(cache.peek("b")).unwrap().is_some());
         assert!(now(cache.peek("c")).unwrap().is_some());
-        let shard = lock(&cache.shards[0]);
+        let shard = cache.shards[0].read();
         assert_eq!(shard.order.len(), shard.table.len());
         assert_eq!(shard.expiry.len(), shard.table.len());
     }
@@ -470,7 +589,7 @@ mod tests {
             }
             clock.advance(Duration::from_millis(2500));
             now(cache.remove_expired(1000)).unwrap();
-            let shard = lock(&cache.shards[0]);
+            let shard = cache.shards[0].read();
             assert_eq!(shard.order.len(), shard.table.len(), "{policy}");
             assert_eq!(shard.expiry.len(), shard.table.len(), "{policy}");
             assert_eq!(shard.table.len(), now(cache.len()).unwrap(), "{policy}");
@@ -524,7 +643,7 @@ mod tests {
             keys(now(cache.expiring_within(Duration::from_secs(60), 10)).unwrap()),
             ["z"]
         );
-        let shard = lock(&cache.shards[0]);
+        let shard = cache.shards[0].read();
         assert_eq!((shard.order.len(), shard.expiry.len()), (1, 1));
     }
 
@@ -538,7 +657,7 @@ mod tests {
         }
         assert_eq!(now(cache.len()).unwrap(), 5000);
         assert_eq!(cache.stats().evictions, 1000);
-        let held: usize = cache.shards.iter().map(|s| lock(s).len()).sum();
+        let held: usize = cache.shards.iter().map(|s| s.read().len()).sum();
         assert_eq!(held, 5000, "the atomic count matches the shards");
         assert!(now(cache.get("k5999")).unwrap().is_some());
     }
@@ -559,7 +678,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let held: usize = cache.shards.iter().map(|s| lock(s).len()).sum();
+        let held: usize = cache.shards.iter().map(|s| s.read().len()).sum();
         assert_eq!(held, 4096);
         assert_eq!(now(cache.len()).unwrap(), 4096);
         assert_eq!(cache.stats().evictions, 20_000 - 4096);

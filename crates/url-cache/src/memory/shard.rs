@@ -9,6 +9,7 @@ use foldhash::fast::RandomState;
 use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
 
+use super::hot::Unflushed;
 use super::slots::Slots;
 use crate::policy::Kind;
 use crate::CacheEntry;
@@ -191,12 +192,14 @@ impl Shard {
         (nanos(now) < slot.stored.expires_at).then(|| slot.stored.to_entry(&slot.key))
     }
 
-    /// Looks `key` up at `now`, recording the access. `Err(())` means "was expired".
+    /// Looks `key` up at `now`, recording the access, and the accesses a thread's copy
+    /// served before it (`earlier`). `Err(())` means "was expired".
     pub(super) fn get(
         &mut self,
         key: &str,
         hash: u64,
         now: SystemTime,
+        earlier: Option<Unflushed>,
     ) -> Result<Option<CacheEntry>, ()> {
         let tick = self.next_tick();
         let Some(place) = self.place_of(key, hash) else {
@@ -208,10 +211,21 @@ impl Shard {
             self.remove_at(place, hash);
             return Err(());
         }
-        slot.stored.access_count += 1;
+        slot.stored.access_count += 1 + earlier.map_or(0, |e| e.count);
         slot.stored.last_accessed = now;
         slot.last_tick = tick;
         Ok(Some(slot.stored.to_entry(&slot.key)))
+    }
+
+    /// Records accesses a thread's copy of `key` served; the entry's count after them,
+    /// if it is still here.
+    pub(super) fn record(&mut self, key: &str, hash: u64, accesses: Unflushed) -> Option<u64> {
+        let tick = self.next_tick();
+        let slot = self.slots.get_mut(self.place_of(key, hash)?);
+        slot.stored.access_count += accesses.count;
+        slot.stored.last_accessed = slot.stored.last_accessed.max(accesses.last);
+        slot.last_tick = tick;
+        Some(slot.stored.access_count)
     }
 
     /// The shard's shared copy of `mime`, or a copy of its own once the shard shares
