@@ -25,7 +25,7 @@
 //! hash; a key is copied when it is met at its place twice in a row, so keys seen once
 //! (a long tail) cost one word written and never a copy.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -33,6 +33,7 @@ use std::time::SystemTime;
 use thread_local::ThreadLocal;
 
 use super::shard::nanos;
+use crate::sharded::Padded;
 use crate::CacheEntry;
 
 /// Places in each thread's table.
@@ -112,21 +113,32 @@ impl Copy {
     }
 }
 
-#[derive(Default)]
-struct Way {
-    copy: Option<Copy>,
-    /// The hash of the last key met here that has no copy.
-    candidate: Option<u64>,
+/// A place's tags: the tag of the key its copy holds, and of the last key met there
+/// that has none (its candidate); 0 for none. Kept apart from the copies, in a kilobyte:
+/// a lookup of a key without a copy (the long tail) reads and writes only this.
+#[derive(Default, Clone, Copy)]
+struct Tags {
+    held: u64,
+    candidate: u64,
 }
 
-struct Lane {
-    ways: Box<[Way]>,
+/// A key's tag: its hash, never 0.
+fn tag(hash: u64) -> u64 {
+    hash | 1
+}
+
+/// One thread's table; see [`HotCopies::lane`].
+pub(super) struct Lane {
+    tags: Box<[Tags]>,
+    copies: Box<[Option<Copy>]>,
 }
 
 /// The per-thread tables of one cache.
 #[derive(Default)]
 pub(super) struct HotCopies {
-    lanes: ThreadLocal<RefCell<Lane>>,
+    /// Padded: `ThreadLocal` keeps threads' values side by side, and each lookup writes
+    /// its lane's borrow flag.
+    lanes: ThreadLocal<Padded<RefCell<Lane>>>,
 }
 
 impl fmt::Debug for HotCopies {
@@ -143,30 +155,39 @@ fn way_of(hash: u64) -> usize {
 }
 
 impl HotCopies {
-    fn lane(&self) -> &RefCell<Lane> {
-        self.lanes.get_or(|| {
-            RefCell::new(Lane {
-                ways: (0..WAYS).map(|_| Way::default()).collect(),
+    /// This thread's table. Held across one lookup (the shard's lock may be taken
+    /// meanwhile: shards never call back here).
+    pub(super) fn lane(&self) -> RefMut<'_, Lane> {
+        self.lanes
+            .get_or(|| {
+                Padded(RefCell::new(Lane {
+                    tags: vec![Tags::default(); WAYS].into_boxed_slice(),
+                    copies: (0..WAYS).map(|_| None).collect(),
+                }))
             })
-        })
+            .0
+            .borrow_mut()
     }
+}
 
+impl Lane {
     /// Serves `key` from this thread's copy if it holds a current one: the shard's
     /// version is still `version` and the entry lives at `now`. A batch of accesses due
     /// for the shard goes to `flush`, which returns the shard's count after it (if the
     /// entry is still there) for the copy to catch up with.
     pub(super) fn serve(
-        &self,
+        &mut self,
         key: &str,
         hash: u64,
         version: u64,
         now: SystemTime,
         flush: impl FnOnce(Unflushed) -> Option<u64>,
     ) -> Served {
-        let mut lane = self.lane().borrow_mut();
-        let way = &mut lane.ways[way_of(hash)];
-        let Some(copy) = way
-            .copy
+        let way = way_of(hash);
+        if self.tags[way].held != tag(hash) {
+            return Served::Ask(None);
+        }
+        let Some(copy) = self.copies[way]
             .as_mut()
             .filter(|copy| copy.hash == hash && *copy.entry.image_key == *key)
         else {
@@ -195,7 +216,7 @@ impl HotCopies {
     /// candidate. The accesses of a copy this displaces go to `flush_displaced` (its
     /// key, hash and accesses).
     pub(super) fn offer(
-        &self,
+        &mut self,
         entry: &CacheEntry,
         hash: u64,
         version: u64,
@@ -203,10 +224,13 @@ impl HotCopies {
         flush_displaced: impl FnOnce(&str, u64, Unflushed),
     ) {
         let now_nanos = nanos(now);
-        let mut lane = self.lane().borrow_mut();
-        let way = &mut lane.ways[way_of(hash)];
-        if let Some(copy) = way.copy.as_mut() {
-            if copy.hash == hash && copy.entry.image_key == entry.image_key {
+        let way = way_of(hash);
+        let tags = &mut self.tags[way];
+        if tags.held == tag(hash) {
+            let copy = self.copies[way]
+                .as_mut()
+                .filter(|copy| copy.hash == hash && copy.entry.image_key == entry.image_key);
+            if let Some(copy) = copy {
                 if copy.copies(entry) {
                     copy.version = version;
                     copy.entry.access_count = entry.access_count;
@@ -219,12 +243,15 @@ impl HotCopies {
                 return;
             }
         }
-        if way.candidate != Some(hash) {
-            way.candidate = Some(hash);
+        if tags.candidate != tag(hash) {
+            tags.candidate = tag(hash);
             return;
         }
-        way.candidate = None;
-        let displaced = way.copy.replace(Copy::new(entry, hash, version, now_nanos));
+        *tags = Tags {
+            held: tag(hash),
+            candidate: 0,
+        };
+        let displaced = self.copies[way].replace(Copy::new(entry, hash, version, now_nanos));
         if let Some(mut old) = displaced {
             if let Some(unflushed) = old.take_unflushed(now_nanos) {
                 flush_displaced(&old.entry.image_key, old.hash, unflushed);
@@ -412,10 +439,6 @@ mod tests {
     fn a_displaced_copy_hands_its_accesses_over() {
         let f = Fixture::new(100_000);
         f.put("k", "https://b/k", HOUR);
-        let reader = Worker::spawn(f.cache.clone());
-        for _ in 0..5 {
-            reader.get("k").unwrap();
-        }
         let hash = f.cache.locate("k").0;
         // Keys meeting "k" at its place: each once, then one twice.
         let rivals: Vec<String> = (0..)
@@ -423,8 +446,13 @@ mod tests {
             .filter(|r| way_of(f.cache.locate(r).0) == way_of(hash))
             .take(3)
             .collect();
+        // All written before the copy is made: a write to its shard would make it stale.
         for rival in &rivals {
             f.put(rival, "https://b/r", HOUR);
+        }
+        let reader = Worker::spawn(f.cache.clone());
+        for _ in 0..5 {
+            reader.get("k").unwrap();
         }
         reader.get(&rivals[0]).unwrap();
         reader.get(&rivals[1]).unwrap();

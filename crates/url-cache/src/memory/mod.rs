@@ -269,7 +269,8 @@ impl MemoryCache {
         let (hash, index) = self.locate(key);
         let guarded = &self.shards[index];
         let flush = |accesses| guarded.read().record(key, hash, accesses);
-        let earlier = match self.hot.serve(key, hash, guarded.version(), now, flush) {
+        let mut lane = self.hot.lane();
+        let earlier = match lane.serve(key, hash, guarded.version(), now, flush) {
             Served::Hit(entry) => {
                 self.stats.hit(1);
                 return Some(entry);
@@ -288,10 +289,9 @@ impl MemoryCache {
         match result {
             Ok(Some(entry)) => {
                 self.stats.hit(1);
-                self.hot
-                    .offer(&entry, hash, version, now, |key, hash, accesses| {
-                        self.record_elsewhere(key, hash, accesses)
-                    });
+                lane.offer(&entry, hash, version, now, |key, hash, accesses| {
+                    self.record_elsewhere(key, hash, accesses)
+                });
                 Some(entry)
             }
             Ok(None) => {
