@@ -268,23 +268,27 @@ impl MemoryCache {
     fn get_sync(&self, key: &str, now: SystemTime) -> Option<CacheEntry> {
         let (hash, index) = self.locate(key);
         let guarded = &self.shards[index];
+        // Read before the shard: whatever the shard answers below is at least this
+        // recent, so a copy made from it at this version is never served past a change
+        // (at worst it asks the shard once more).
+        let version = guarded.version();
         let flush = |accesses| guarded.read().record(key, hash, accesses);
         let mut lane = self.hot.lane();
-        let earlier = match lane.serve(key, hash, guarded.version(), now, flush) {
+        let earlier = match lane.serve(key, hash, version, now, flush) {
             Served::Hit(entry) => {
                 self.stats.hit(1);
                 return Some(entry);
             }
             Served::Ask(earlier) => earlier,
         };
-        let (result, version) = {
+        let result = {
             let mut shard = guarded.read();
             let result = shard.get(key, hash, now, earlier);
             if result.is_err() {
                 // It removed the expired entry.
                 guarded.bump();
             }
-            (result, guarded.version())
+            result
         };
         match result {
             Ok(Some(entry)) => {
