@@ -265,18 +265,9 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
+    use super::super::tests::now;
     use super::*;
     use crate::{Clock, ManualClock, MemoryCache, UrlCache};
-
-    /// Memory operations never await, so polling once completes them.
-    fn now<F: std::future::Future>(f: F) -> F::Output {
-        let mut f = std::pin::pin!(f);
-        let waker = std::task::Waker::noop();
-        match f.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
-            std::task::Poll::Ready(v) => v,
-            std::task::Poll::Pending => panic!("memory cache awaited"),
-        }
-    }
 
     /// A thread of its own that looks keys up when asked: its copies stay its own
     /// between requests, as a server worker's do.

@@ -460,7 +460,7 @@ mod tests {
     use super::*;
 
     /// Memory operations never await, so polling once completes them.
-    fn now<F: std::future::Future>(f: F) -> F::Output {
+    pub(super) fn now<F: std::future::Future>(f: F) -> F::Output {
         let mut f = std::pin::pin!(f);
         let waker = std::task::Waker::noop();
         match f.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
