@@ -54,7 +54,7 @@ pub(super) struct Unflushed {
     pub last: u64,
 }
 
-/// What [`HotCopies::serve`] found.
+/// What [`Lane::serve`] found.
 pub(super) enum Served {
     /// A hit served from this thread's copy.
     Hit(CacheEntry),
@@ -63,7 +63,7 @@ pub(super) enum Served {
 }
 
 /// One entry as a thread keeps it.
-struct Copy {
+struct LocalCopy {
     hash: u64,
     /// The shard's version when the copy was made or last confirmed.
     version: u64,
@@ -76,17 +76,20 @@ struct Copy {
     synced_at: u64,
 }
 
-impl Copy {
+impl LocalCopy {
     fn new(entry: &CacheEntry, hash: u64, version: u64, now: u64) -> Self {
-        Copy {
+        LocalCopy {
             hash,
             version,
             expires_at: nanos(entry.expires_at),
             entry: CacheEntry {
                 url: Arc::from(&*entry.url),
+                expires_at: entry.expires_at,
+                access_count: entry.access_count,
+                created_at: entry.created_at,
+                last_accessed: entry.last_accessed,
                 image_key: Arc::from(&*entry.image_key),
                 mime_type: entry.mime_type.as_deref().map(Arc::from),
-                ..entry.clone()
             },
             unflushed: 0,
             synced_at: now,
@@ -130,7 +133,7 @@ fn tag(hash: u64) -> u64 {
 /// One thread's table; see [`HotCopies::lane`].
 pub(super) struct Lane {
     tags: Box<[Tags]>,
-    copies: Box<[Option<Copy>]>,
+    copies: Box<[Option<LocalCopy>]>,
 }
 
 /// The per-thread tables of one cache.
@@ -238,7 +241,7 @@ impl Lane {
                     copy.unflushed = 0;
                     copy.synced_at = now_nanos;
                 } else {
-                    *copy = Copy::new(entry, hash, version, now_nanos);
+                    *copy = LocalCopy::new(entry, hash, version, now_nanos);
                 }
                 return;
             }
@@ -251,7 +254,7 @@ impl Lane {
             held: tag(hash),
             candidate: 0,
         };
-        let displaced = self.copies[way].replace(Copy::new(entry, hash, version, now_nanos));
+        let displaced = self.copies[way].replace(LocalCopy::new(entry, hash, version, now_nanos));
         if let Some(mut old) = displaced {
             if let Some(unflushed) = old.take_unflushed(now_nanos) {
                 flush_displaced(&old.entry.image_key, old.hash, unflushed);

@@ -126,6 +126,16 @@ impl Guarded {
         version.store(version.load(Ordering::Relaxed) + 1, Ordering::Release);
     }
 
+    /// [`Shard::remove`], raising the version if it removed; whether it did.
+    fn remove(&self, key: &str, hash: u64) -> bool {
+        let mut shard = self.read();
+        let removed = shard.remove(key, hash).is_some();
+        if removed {
+            self.bump();
+        }
+        removed
+    }
+
     /// [`Shard::evict_one`], raising the version if it evicted.
     fn evict_one(&self, keep: &str, policy: crate::policy::Kind) -> bool {
         let mut shard = self.read();
@@ -250,13 +260,18 @@ impl MemoryCache {
     /// neither is the same for every key of a shard.
     fn locate(&self, key: &str) -> (u64, usize) {
         let hash = self.hasher.hash_one(key);
-        (hash, ((hash >> 32) as usize) % self.shards.len())
+        (hash, self.shard_of(hash))
+    }
+
+    fn shard_of(&self, hash: u64) -> usize {
+        ((hash >> 32) as usize) % self.shards.len()
     }
 
     /// Hands a displaced copy's accesses to its entry's shard.
     fn record_elsewhere(&self, key: &str, hash: u64, accesses: hot::Unflushed) {
-        let index = ((hash >> 32) as usize) % self.shards.len();
-        self.shards[index].read().record(key, hash, accesses);
+        self.shards[self.shard_of(hash)]
+            .read()
+            .record(key, hash, accesses);
     }
 
     fn removed(&self, n: usize) {
@@ -394,15 +409,7 @@ impl UrlCache for MemoryCache {
     async fn delete(&self, key: &str) -> Result<bool> {
         validate_key(key)?;
         let (hash, index) = self.locate(key);
-        let guarded = &self.shards[index];
-        let removed = {
-            let mut shard = guarded.read();
-            let removed = shard.remove(key, hash).is_some();
-            if removed {
-                guarded.bump();
-            }
-            removed
-        };
+        let removed = self.shards[index].remove(key, hash);
         self.removed(usize::from(removed));
         Ok(removed)
     }
