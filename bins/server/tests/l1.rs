@@ -52,8 +52,10 @@ async fn a_refresh_through_one_replica_reaches_the_others_l1_within_a_second() {
 
     let first = location(&http, &a.base).await;
     assert_eq!(location(&http, &b.base).await, first);
-    // B's next hits come from its L1.
-    for _ in 0..3 {
+    // B's next hits come from its L1. All but one: A's write published an invalidation
+    // that may reach B after B's first read filled its L1, and drop that entry once
+    // (seen in CI under load).
+    for _ in 0..4 {
         assert_eq!(location(&http, &b.base).await, first);
     }
     let stats = get_json(
