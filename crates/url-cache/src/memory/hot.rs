@@ -174,6 +174,17 @@ impl HotCopies {
 }
 
 impl Lane {
+    /// This thread's copy of `key` (with this `hash`), if its place holds one.
+    fn copy_of(&mut self, key: &str, hash: u64) -> Option<&mut LocalCopy> {
+        let way = way_of(hash);
+        if self.tags[way].held != tag(hash) {
+            return None;
+        }
+        self.copies[way]
+            .as_mut()
+            .filter(|copy| copy.hash == hash && *copy.entry.image_key == *key)
+    }
+
     /// Serves `key` from this thread's copy if it holds a current one: the shard's
     /// version is still `version` and the entry lives at `now`. A batch of accesses due
     /// for the shard goes to `flush`, which returns the shard's count after it (if the
@@ -186,14 +197,7 @@ impl Lane {
         now: SystemTime,
         flush: impl FnOnce(Unflushed) -> Option<u64>,
     ) -> Served {
-        let way = way_of(hash);
-        if self.tags[way].held != tag(hash) {
-            return Served::Ask(None);
-        }
-        let Some(copy) = self.copies[way]
-            .as_mut()
-            .filter(|copy| copy.hash == hash && *copy.entry.image_key == *key)
-        else {
+        let Some(copy) = self.copy_of(key, hash) else {
             return Served::Ask(None);
         };
         let now_nanos = nanos(now);
@@ -227,25 +231,20 @@ impl Lane {
         flush_displaced: impl FnOnce(&str, u64, Unflushed),
     ) {
         let now_nanos = nanos(now);
+        if let Some(copy) = self.copy_of(&entry.image_key, hash) {
+            if copy.copies(entry) {
+                copy.version = version;
+                copy.entry.access_count = entry.access_count;
+                copy.entry.last_accessed = entry.last_accessed;
+                copy.unflushed = 0;
+                copy.synced_at = now_nanos;
+            } else {
+                *copy = LocalCopy::new(entry, hash, version, now_nanos);
+            }
+            return;
+        }
         let way = way_of(hash);
         let tags = &mut self.tags[way];
-        if tags.held == tag(hash) {
-            let copy = self.copies[way]
-                .as_mut()
-                .filter(|copy| copy.hash == hash && copy.entry.image_key == entry.image_key);
-            if let Some(copy) = copy {
-                if copy.copies(entry) {
-                    copy.version = version;
-                    copy.entry.access_count = entry.access_count;
-                    copy.entry.last_accessed = entry.last_accessed;
-                    copy.unflushed = 0;
-                    copy.synced_at = now_nanos;
-                } else {
-                    *copy = LocalCopy::new(entry, hash, version, now_nanos);
-                }
-                return;
-            }
-        }
         if tags.candidate != tag(hash) {
             tags.candidate = tag(hash);
             return;
@@ -314,6 +313,14 @@ mod tests {
             }
         }
 
+        /// Two threads of their own on the fixture's cache.
+        fn two_workers(&self) -> (Worker, Worker) {
+            (
+                Worker::spawn(self.cache.clone()),
+                Worker::spawn(self.cache.clone()),
+            )
+        }
+
         fn put(&self, key: &str, url: &str, lives: Duration) {
             let now = self.clock.now();
             let entry = CacheEntry::new(key, url, now + lives, now);
@@ -334,10 +341,7 @@ mod tests {
     fn hits_on_two_threads_share_no_reference_count() {
         let f = Fixture::new(100);
         f.put("hot.jpg", "https://b/hot.jpg?q-signature=s", HOUR);
-        let (a, b) = (
-            Worker::spawn(f.cache.clone()),
-            Worker::spawn(f.cache.clone()),
-        );
+        let (a, b) = f.two_workers();
         let from_a: Vec<_> = (0..4).map(|_| a.get("hot.jpg").unwrap()).collect();
         let from_b: Vec<_> = (0..4).map(|_| b.get("hot.jpg").unwrap()).collect();
         let (a_last, b_last) = (&from_a[3], &from_b[3]);
@@ -399,10 +403,7 @@ mod tests {
     fn accesses_served_from_copies_reach_the_entry_in_batches() {
         let f = Fixture::new(100);
         f.put("k", "https://b/k", HOUR);
-        let (a, b) = (
-            Worker::spawn(f.cache.clone()),
-            Worker::spawn(f.cache.clone()),
-        );
+        let (a, b) = f.two_workers();
         let peeked = || now(f.cache.peek("k")).unwrap().unwrap().access_count;
         // Two hits on the shard make the copy; then FLUSH_EVERY hits on it.
         let hits = 2 + FLUSH_EVERY;
