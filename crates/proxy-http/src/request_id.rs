@@ -39,42 +39,85 @@ pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEA
 /// The longest caller-supplied id kept (longer ones are replaced by a fresh id).
 const MAX_ID_LEN: usize = 64;
 
-/// A request id: a fresh one (21 bytes) or an accepted caller's (at most
-/// [`MAX_ID_LEN`] bytes of `[A-Za-z0-9._-]`), held inline.
-#[derive(Clone, Copy)]
-struct RequestId {
-    bytes: [u8; MAX_ID_LEN],
-    len: u8,
+/// A request id. Small, and rendered only where it is read: most requests only need it
+/// as the `X-Request-Id` header value.
+#[derive(Clone)]
+enum RequestId {
+    /// A fresh id: this process's prefix (see [`fresh_id_text`]) and this number.
+    Fresh(u32),
+    /// A caller's id that [`accepted`] keeps: its header value, shared with the request.
+    Given(HeaderValue),
 }
+
+/// A fresh id's text: 12 hex digits fixed per process, a dash, 8 hex digits.
+const FRESH_ID_LEN: usize = 21;
 
 impl RequestId {
     /// `id` if it is one [`accepted`] keeps.
     fn given(id: &HeaderValue) -> Option<Self> {
-        let id = id.as_bytes();
-        accepted(id).then(|| {
-            let mut bytes = [0; MAX_ID_LEN];
-            bytes[..id.len()].copy_from_slice(id);
-            RequestId {
-                bytes,
-                len: id.len() as u8,
+        accepted(id.as_bytes()).then(|| RequestId::Given(id.clone()))
+    }
+
+    /// A fresh id, unique in the process (until its counter wraps at 2^32).
+    fn fresh() -> Self {
+        RequestId::Fresh(next_id_number() as u32)
+    }
+
+    /// Calls `f` with the id's text (rendered on the stack for a fresh id).
+    fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            RequestId::Fresh(number) => {
+                let text = fresh_id_text(*number);
+                // Hex digits and a dash (`fresh_id_text`): always UTF-8.
+                f(std::str::from_utf8(&text).unwrap_or(""))
             }
-        })
+            // Only `accepted` ids get in: ASCII letters, digits and `-_.`.
+            RequestId::Given(value) => f(value.to_str().unwrap_or("")),
+        }
     }
 
-    fn as_str(&self) -> &str {
-        // Only ASCII gets in (`accepted`, `new_id`); an empty id can never be seen.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
-    }
-
+    /// The id as the `X-Request-Id` value: a caller's shares its bytes with the request;
+    /// a fresh one is written into this thread's id buffer (no allocation of its own).
     fn header_value(&self) -> HeaderValue {
-        let id = bytes::Bytes::copy_from_slice(&self.bytes[..usize::from(self.len)]);
-        crate::handlers::header_value(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        match self {
+            RequestId::Fresh(number) => fresh_header_value(&fresh_id_text(*number)),
+            RequestId::Given(value) => value.clone(),
+        }
     }
 }
 
 impl std::fmt::Debug for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("RequestId").field(&self.as_str()).finish()
+        self.with_text(|text| f.debug_tuple("RequestId").field(&text).finish())
+    }
+}
+
+/// How many bytes of fresh ids a thread writes into one shared buffer: the ids are
+/// slices of it, so a fresh id's header value costs a reference count, not an
+/// allocation (about 190 ids a buffer).
+const ID_BUFFER: usize = 4096;
+
+/// `text` as a header value, sharing this thread's id buffer.
+fn fresh_header_value(text: &[u8; FRESH_ID_LEN]) -> HeaderValue {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<bytes::BytesMut> =
+            std::cell::RefCell::new(bytes::BytesMut::new());
+    }
+    let bytes = BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        // A new buffer when this one is full (never `reserve`, which could move the
+        // bytes that earlier ids still share). The old one is freed with its last id.
+        if buffer.capacity() - buffer.len() < FRESH_ID_LEN {
+            *buffer = bytes::BytesMut::with_capacity(ID_BUFFER);
+        }
+        buffer.extend_from_slice(text);
+        buffer.split().freeze()
+    });
+    // SAFETY: a fresh id is hex digits and a dash (`fresh_id_text`), all visible ASCII:
+    // a value `HeaderValue::from_maybe_shared` accepts.
+    #[allow(unsafe_code)]
+    unsafe {
+        HeaderValue::from_maybe_shared_unchecked(bytes)
     }
 }
 
@@ -84,12 +127,21 @@ thread_local! {
     static CURRENT: Cell<Option<RequestId>> = const { Cell::new(None) };
 }
 
+/// The id of the request being handled on this thread.
+fn current() -> Option<RequestId> {
+    CURRENT.with(|current| {
+        let id = current.take();
+        current.set(id.clone());
+        id
+    })
+}
+
 /// The id of the request being handled on this thread, and whether it is a fresh one
 /// (no middleware around the handler: the caller must send it in `X-Request-Id`).
 pub(crate) fn current_or_new() -> (HeaderValue, bool) {
-    match CURRENT.with(Cell::get) {
+    match current() {
         Some(id) => (id.header_value(), false),
-        None => (new_id().header_value(), true),
+        None => (RequestId::fresh().header_value(), true),
     }
 }
 
@@ -97,8 +149,10 @@ pub(crate) fn current_or_new() -> (HeaderValue, bool) {
 /// any: for a log formatter that puts the id on every line of a request without the
 /// `request` span (see [`RequestContext::with_request_spans`]).
 pub fn with_current_request_id<R>(f: impl FnOnce(Option<&str>) -> R) -> R {
-    let current = CURRENT.with(Cell::get);
-    f(current.as_ref().map(RequestId::as_str))
+    match current() {
+        Some(id) => id.with_text(|text| f(Some(text))),
+        None => f(None),
+    }
 }
 
 /// Makes `id` the thread's current request id until dropped, then restores the one
@@ -107,7 +161,7 @@ struct Current(Option<RequestId>);
 
 impl Current {
     fn enter(id: &RequestId) -> Self {
-        Current(CURRENT.with(|current| current.replace(Some(*id))))
+        Current(CURRENT.with(|current| current.replace(Some(id.clone()))))
     }
 }
 
@@ -141,9 +195,9 @@ fn next_id_number() -> u64 {
     })
 }
 
-/// A fresh id: 12 hex digits fixed per process, a dash, and 8 hex digits of a number
-/// unique in the process (until it wraps at 2^32).
-fn new_id() -> RequestId {
+/// The text of fresh id `number`: 12 hex digits fixed per process, a dash, and the
+/// number's 8 hex digits.
+fn fresh_id_text(number: u32) -> [u8; FRESH_ID_LEN] {
     /// The first 13 bytes, written once.
     static PREFIX: std::sync::OnceLock<[u8; 13]> = std::sync::OnceLock::new();
     let prefix = PREFIX.get_or_init(|| {
@@ -155,10 +209,10 @@ fn new_id() -> RequestId {
         write_hex(&mut prefix[..12], seed);
         prefix
     });
-    let mut bytes = [0; MAX_ID_LEN];
-    bytes[..13].copy_from_slice(prefix);
-    bytes[13..21].copy_from_slice(&hex8(next_id_number() as u32));
-    RequestId { bytes, len: 21 }
+    let mut text = [0; FRESH_ID_LEN];
+    text[..13].copy_from_slice(prefix);
+    text[13..].copy_from_slice(&hex8(number));
+    text
 }
 
 /// `value` as 8 lower-case hex digits, all at once: each nibble is spread into a byte
@@ -305,9 +359,9 @@ where
             .headers()
             .get(&REQUEST_ID)
             .and_then(RequestId::given)
-            .unwrap_or_else(new_id);
+            .unwrap_or_else(RequestId::fresh);
         let span = if self.worker.request_spans {
-            tracing::info_span!("request", request_id = id.as_str())
+            id.with_text(|id| tracing::info_span!("request", request_id = id))
         } else {
             tracing::Span::none()
         };
@@ -385,7 +439,7 @@ where
             Poll::Pending => return Poll::Pending,
             Poll::Ready(response) => response?,
         };
-        let id = this.id.take().unwrap_or_else(new_id);
+        let id = this.id.take().unwrap_or_else(RequestId::fresh);
         Poll::Ready(Ok(finish(response, id, *this.started, this.worker)))
     }
 }
@@ -416,24 +470,28 @@ fn finish<B: MessageBody>(
         .metrics
         .observe_request(request.method(), &route, status, elapsed);
     match &worker.access_log {
-        WorkerAccessLines::To(log) => log.record(
-            started,
-            elapsed,
-            method,
-            route,
-            status.as_u16(),
-            id.as_str().as_bytes(),
-        ),
+        WorkerAccessLines::To(log) => id.with_text(|id| {
+            log.record(
+                started,
+                elapsed,
+                method,
+                route,
+                status.as_u16(),
+                id.as_bytes(),
+            )
+        }),
         WorkerAccessLines::Off => {}
-        WorkerAccessLines::Tracing => tracing::info!(
-            target: "image_url::access",
-            request_id = id.as_str(),
-            method,
-            route = route.as_ref(),
-            status = status.as_u16(),
-            latency_us = elapsed.as_micros() as u64,
-            "request"
-        ),
+        WorkerAccessLines::Tracing => id.with_text(|id| {
+            tracing::info!(
+                target: "image_url::access",
+                request_id = id,
+                method,
+                route = route.as_ref(),
+                status = status.as_u16(),
+                latency_us = elapsed.as_micros() as u64,
+                "request"
+            )
+        }),
     }
     response.headers_mut().insert(REQUEST_ID, id.header_value());
     response
@@ -469,11 +527,12 @@ mod tests {
 
     #[test]
     fn fresh_ids_are_distinct_and_well_formed() {
-        let a = new_id();
-        let b = new_id();
-        assert_ne!(a.as_str(), b.as_str());
+        let a = RequestId::fresh();
+        let b = RequestId::fresh();
+        assert_ne!(a.with_text(str::to_owned), b.with_text(str::to_owned));
         for id in [&a, &b] {
-            let text = id.as_str();
+            let text = id.with_text(str::to_owned);
+            let text = text.as_str();
             assert_eq!(text.len(), 21, "{text}");
             assert_eq!(&text[12..13], "-");
             assert!(text
@@ -482,6 +541,22 @@ mod tests {
             assert!(accepted(text.as_bytes()));
             assert_eq!(id.header_value(), text);
         }
+    }
+
+    /// Fresh ids' header values share a buffer per thread: ids still held keep their
+    /// text while later ones fill that buffer and the next.
+    #[test]
+    fn fresh_header_values_keep_their_text_across_buffers() {
+        let ids: Vec<RequestId> = (0..3 * ID_BUFFER / FRESH_ID_LEN)
+            .map(|_| RequestId::fresh())
+            .collect();
+        let values: Vec<HeaderValue> = ids.iter().map(RequestId::header_value).collect();
+        for (id, value) in ids.iter().zip(&values) {
+            id.with_text(|text| assert_eq!(value, text));
+        }
+        let texts: std::collections::HashSet<&[u8]> =
+            values.iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(texts.len(), ids.len());
     }
 
     #[test]
@@ -567,7 +642,7 @@ mod tests {
         for good in ["abc", "req-1_2.3", &"a".repeat(64)] {
             assert!(accepted(good.as_bytes()), "{good}");
             let kept = RequestId::given(&HeaderValue::from_str(good).unwrap()).unwrap();
-            assert_eq!(kept.as_str(), good);
+            assert_eq!(kept.with_text(str::to_owned), good);
         }
         for bad in ["", "has space", "semi;colon", &"a".repeat(65), "quote\""] {
             assert!(!accepted(bad.as_bytes()), "{bad}");
