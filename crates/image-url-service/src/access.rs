@@ -433,6 +433,24 @@ mod tests {
         ObjectKey::new(k).unwrap()
     }
 
+    /// The HTTP layer lends requests without parameters `UrlOptions::DEFAULT` without
+    /// normalising them: that holds only while normalising leaves them as they are.
+    #[test]
+    fn the_default_options_are_already_normal() {
+        let strict = AccessPolicy::builder()
+            .allowed_prefixes(["images/"])
+            .allow_processing(false)
+            .build()
+            .unwrap();
+        for policy in [AccessPolicy::default(), strict] {
+            assert_eq!(
+                policy.normalize_options(UrlOptions::DEFAULT).unwrap(),
+                UrlOptions::DEFAULT
+            );
+        }
+        assert_eq!(UrlOptions::DEFAULT, UrlOptions::new());
+    }
+
     #[test]
     fn prefixes_allow_and_deny() {
         let policy = AccessPolicy::builder()

@@ -42,18 +42,22 @@ pub struct UrlOptions {
 
 impl Default for UrlOptions {
     fn default() -> Self {
-        UrlOptions {
-            force_refresh: false,
-            use_cache: true,
-            content_type: None,
-            content_disposition: None,
-            cache_control: None,
-            process: None,
-        }
+        Self::DEFAULT
     }
 }
 
 impl UrlOptions {
+    /// The defaults (what [`UrlOptions::new`] returns), as a constant: a caller can keep
+    /// them in a `static` and lend them to every request that sets nothing.
+    pub const DEFAULT: UrlOptions = UrlOptions {
+        force_refresh: false,
+        use_cache: true,
+        content_type: None,
+        content_disposition: None,
+        cache_control: None,
+        process: None,
+    };
+
     /// The defaults: cache on, no refresh, no parameters.
     pub fn new() -> Self {
         Self::default()

@@ -1,5 +1,6 @@
 //! Route table and handlers. Each handler parses, authorises, calls the service, renders.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use actix_web::http::header;
@@ -256,9 +257,15 @@ fn public_options(
     service: &ImageUrlService,
     key: &ObjectKey,
     query: &[(String, String)],
-) -> Result<UrlOptions, ApiError> {
-    let options = url_options(query)?;
+) -> Result<Cow<'static, UrlOptions>, ApiError> {
+    /// What a request without parameters gets: nothing to parse or normalise (the
+    /// defaults are normal), and nothing to build, move or drop per request.
+    static DEFAULTS: UrlOptions = UrlOptions::DEFAULT;
     let access = service.access();
+    if query.is_empty() && !access.requires_links() {
+        return Ok(Cow::Borrowed(&DEFAULTS));
+    }
+    let options = url_options(query)?;
     if access.requires_links() {
         let param = |name: &str| {
             query
@@ -268,7 +275,7 @@ fn public_options(
         };
         access.verify_link(key, &options, param("exp"), param("sig"), unix_now())?;
     }
-    Ok(access.normalize_options(options)?)
+    Ok(Cow::Owned(access.normalize_options(options)?))
 }
 
 /// The URL options of an admin request (no link needed), normalised.
@@ -354,14 +361,14 @@ pub(crate) async fn proxy_or_redirect(
     let key = key_from_path(req, "/proxy")?;
     let query = query_pairs(req);
     let service = state.service()?;
-    let options = public_options(service, &key, &query)?;
+    let options = &public_options(service, &key, &query)?;
     let mode = query
         .iter()
         .find(|(k, _)| k == "mode")
         .map(|(_, v)| v.as_str());
     match mode {
         None | Some("redirect") => {
-            let answer = service.get_url(&key, &options).await?;
+            let answer = service.get_url(&key, options).await?;
             let cache_control = redirect_cache_control(
                 answer.ttl_remaining,
                 service.config().pre_refresh,
@@ -382,7 +389,7 @@ pub(crate) async fn proxy_or_redirect(
         }
         // Boxed: streaming from COS holds a larger future than a redirect needs, and
         // every redirect's future would otherwise be that large (it is copied whole).
-        Some("proxy") => Box::pin(proxy::stream(req, state, service, &key, &options)).await,
+        Some("proxy") => Box::pin(proxy::stream(req, state, service, &key, options)).await,
         Some(other) => Err(ApiError::BadRequest(format!(
             "mode must be redirect or proxy, not {other:?}"
         ))),
