@@ -72,6 +72,7 @@ mod sharded;
 mod signers;
 mod stats;
 mod unix_time;
+mod windows;
 
 pub use access::{AccessPolicy, AccessPolicyBuilder, LinkError, LinkSigner, MIN_SECRET_LEN};
 pub use alerts::{Alert, AlertConfig, AlertSink, AlertState};

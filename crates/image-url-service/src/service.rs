@@ -32,6 +32,8 @@ pub struct ImageUrlService {
 }
 
 pub(crate) struct Inner {
+    /// This service's number among the process's (see `crate::windows`).
+    id: u64,
     signers: Signers,
     pub(crate) cache: Arc<dyn UrlCache>,
     pub(crate) config: ServiceConfig,
@@ -149,6 +151,7 @@ impl ImageUrlServiceBuilder {
         );
         Ok(ImageUrlService {
             inner: Arc::new(Inner {
+                id: crate::windows::next_service_id(),
                 signers: self.signers,
                 cache: self.cache,
                 config: self.config,
@@ -678,12 +681,11 @@ impl ImageUrlService {
     /// entry's bookkeeping) must have more than the pre-refresh threshold left, and with
     /// stable windows it must be the current window's.
     pub(crate) fn judge(&self, key: &ObjectKey, entry: &CacheEntry, now: f64) -> Verdict {
-        let Some(window) = self
-            .inner
-            .signers
-            .endpoint()
-            .presigned_window(key, &entry.url)
-        else {
+        let endpoint = self.inner.signers.endpoint();
+        let window = crate::windows::window_of(self.inner.id, key, &entry.url, || {
+            endpoint.presigned_window(key, &entry.url)
+        });
+        let Some(window) = window else {
             return Verdict::Corrupt;
         };
         let expires_at = window.end() as f64;

@@ -923,6 +923,45 @@ async fn a_foreign_url_in_the_cache_is_replaced_never_served() {
     assert!(items.iter().all(|i| i.result.as_ref().unwrap().from_cache));
 }
 
+/// Each thread remembers the windows of the URLs it checked (`windows.rs`): a hot entry
+/// replaced by a foreign URL is still caught, and a service for another bucket sharing
+/// the cache never borrows the first one's answer for the same URL.
+#[tokio::test]
+async fn a_hot_entry_is_checked_again_when_replaced_and_per_service() {
+    let s = setup();
+    let k = key("hot.jpg");
+    let good = s.service.get_url(&k, &UrlOptions::new()).await.unwrap();
+    for _ in 0..4 {
+        let hit = s.service.get_url(&k, &UrlOptions::new()).await.unwrap();
+        assert!(hit.from_cache && hit.url == good.url);
+    }
+    let other_bucket = ImageUrlService::builder(
+        CosSigner::new(
+            Credentials::new("AKIDtest", "secret"),
+            Endpoint::bucket("otherbucket-1250000000", "ap-guangzhou").unwrap(),
+        ),
+        s.cache.clone(),
+    )
+    .clock(s.clock.clone())
+    .build()
+    .unwrap();
+    let theirs = other_bucket.get_url(&k, &UrlOptions::new()).await.unwrap();
+    assert!(!theirs.from_cache, "not a URL of this bucket");
+    assert!(theirs.url.starts_with("https://otherbucket-1250000000."));
+    s.cache
+        .put(CacheEntry::new(
+            "hot.jpg",
+            "http://169.254.169.254/hot.jpg?q-sign-time=1%3B2",
+            at(T0 + 3000.0),
+            at(T0),
+        ))
+        .await
+        .unwrap();
+    let answer = s.service.get_url(&k, &UrlOptions::new()).await.unwrap();
+    assert!(!answer.from_cache);
+    assert_eq!(answer.url, good.url, "signed again, in the same window");
+}
+
 /// Regression: with `align` set, a replica that cached a URL in window k kept serving it
 /// in window k+1 while a replica without the entry signed window k+1.
 #[tokio::test]
