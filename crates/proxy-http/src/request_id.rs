@@ -4,9 +4,10 @@
 //! `middleware::from_fn`: on the redirect endpoint the whole request costs a few
 //! microseconds, and `from_fn` boxes two futures and the response body per request. Here
 //! the future is a small pinned wrapper, the body is passed through untouched, and
-//! nothing is allocated but the id's header value. The id itself is a small `Copy`
-//! value (`RequestId`) until then: making it the thread's current id twice per request
-//! copies bytes instead of sharing a header value's buffer.
+//! nothing is allocated per request. The id itself stays small (`RequestId`): a fresh
+//! one is its number, rendered only where its text is read (a log line, a problem
+//! body), and its header value is a slice of a buffer the thread shares between ids; a
+//! caller's id is the request's own header value, shared.
 //!
 //! Problem bodies carry the id because the middleware makes it the thread's current
 //! request id while the handler runs (a guard around each poll), and [`crate::ApiError`]
