@@ -174,8 +174,29 @@ struct Record {
     status: u16,
     method: &'static str,
     route: Cow<'static, str>,
-    id_len: u8,
-    id: [u8; 64],
+    id: LoggedId,
+}
+
+/// A request id as a record keeps it: a fresh id's number, whose text the writer thread
+/// makes (not the worker), or a caller's id's bytes.
+pub(crate) enum LoggedId {
+    /// A fresh id (see `request_id`).
+    Fresh(u32),
+    /// A caller's id, at most 64 bytes of plain ASCII.
+    Given { len: u8, bytes: [u8; 64] },
+}
+
+impl LoggedId {
+    /// A caller's id (cut at 64 bytes; the middleware admits no longer one).
+    pub(crate) fn given(id: &[u8]) -> Self {
+        let mut bytes = [0u8; 64];
+        let len = id.len().min(bytes.len());
+        bytes[..len].copy_from_slice(&id[..len]);
+        LoggedId::Given {
+            len: len as u8,
+            bytes,
+        }
+    }
 }
 
 impl AccessLog {
@@ -271,7 +292,7 @@ impl WorkerAccessLog {
         method: &'static str,
         route: Cow<'static, str>,
         status: u16,
-        request_id: &[u8],
+        id: LoggedId,
     ) {
         if status < 400 && self.sample_rate < 1.0 {
             let owed = self.sampled.get() + self.sample_rate;
@@ -281,16 +302,12 @@ impl WorkerAccessLog {
             }
             self.sampled.set(owed - 1.0);
         }
-        let mut id = [0u8; 64];
-        let id_len = request_id.len().min(id.len());
-        id[..id_len].copy_from_slice(&request_id[..id_len]);
         let record = Record {
             started,
             latency_us: u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX),
             status,
             method,
             route,
-            id_len: id_len as u8,
             id,
         };
         let mut pending = self
@@ -381,7 +398,16 @@ fn format_line(
     record: &Record,
     clock: &mut SecondText,
 ) {
-    let id = std::str::from_utf8(&record.id[..usize::from(record.id_len)]).unwrap_or("");
+    let fresh;
+    let id = match &record.id {
+        LoggedId::Fresh(number) => {
+            fresh = crate::request_id::fresh_id_text(*number);
+            &fresh[..]
+        }
+        LoggedId::Given { len, bytes } => &bytes[..usize::from(*len)],
+    };
+    // Ids are plain ASCII (the middleware admits no other).
+    let id = std::str::from_utf8(id).unwrap_or("");
     let mut number = itoa::Buffer::new();
     match format {
         AccessLogFormat::Text => {
@@ -480,7 +506,7 @@ mod tests {
             "GET",
             Cow::Borrowed("/api/v1/images/{key}/proxy"),
             status,
-            id.as_bytes(),
+            LoggedId::given(id.as_bytes()),
         );
     }
 

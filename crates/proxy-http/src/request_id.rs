@@ -29,7 +29,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use tracing::instrument::Instrumented;
 use tracing::Instrument;
 
-use crate::access_log::{AccessLines, WorkerAccessLog};
+use crate::access_log::{AccessLines, LoggedId, WorkerAccessLog};
 use crate::metrics::{Metrics, WorkerMetrics};
 
 /// The header carrying the request id, in and out.
@@ -198,7 +198,7 @@ fn next_id_number() -> u64 {
 
 /// The text of fresh id `number`: 12 hex digits fixed per process, a dash, and the
 /// number's 8 hex digits.
-fn fresh_id_text(number: u32) -> [u8; FRESH_ID_LEN] {
+pub(crate) fn fresh_id_text(number: u32) -> [u8; FRESH_ID_LEN] {
     /// The first 13 bytes, written once.
     static PREFIX: std::sync::OnceLock<[u8; 13]> = std::sync::OnceLock::new();
     let prefix = PREFIX.get_or_init(|| {
@@ -471,16 +471,18 @@ fn finish<B: MessageBody>(
         .metrics
         .observe_request(request.method(), &route, status, elapsed);
     match &worker.access_log {
-        WorkerAccessLines::To(log) => id.with_text(|id| {
-            log.record(
-                started,
-                elapsed,
-                method,
-                route,
-                status.as_u16(),
-                id.as_bytes(),
-            )
-        }),
+        WorkerAccessLines::To(log) => log.record(
+            started,
+            elapsed,
+            method,
+            route,
+            status.as_u16(),
+            match &id {
+                // Its text is made on the writer thread.
+                RequestId::Fresh(number) => LoggedId::Fresh(*number),
+                RequestId::Given(value) => LoggedId::given(value.as_bytes()),
+            },
+        ),
         WorkerAccessLines::Off => {}
         WorkerAccessLines::Tracing => id.with_text(|id| {
             tracing::info!(
