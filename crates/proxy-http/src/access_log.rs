@@ -329,7 +329,7 @@ fn write_loop(shared: &Shared, out: impl Write, stopped: &mpsc::Receiver<()>) {
     let options = &shared.options;
     let mut out = std::io::BufWriter::with_capacity(options.write_buffer_bytes.max(256), out);
     let mut batch: Vec<Record> = Vec::new();
-    let mut line = String::with_capacity(256);
+    let mut line: Vec<u8> = Vec::with_capacity(256);
     let mut clock = SecondText::default();
     let mut failing = false;
     loop {
@@ -346,7 +346,10 @@ fn write_loop(shared: &Shared, out: impl Write, stopped: &mpsc::Receiver<()>) {
             all
         };
         // One reading of both clocks per round places every record on the wall clock.
-        let (now, wall) = (Instant::now(), SystemTime::now());
+        let now = Instant::now();
+        let wall = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         for slot in &slots {
             let dropped = {
                 let mut pending = slot.pending.lock().unwrap_or_else(PoisonError::into_inner);
@@ -359,11 +362,9 @@ fn write_loop(shared: &Shared, out: impl Write, stopped: &mpsc::Receiver<()>) {
             let mut written = 0;
             for record in batch.drain(..) {
                 line.clear();
-                let at = wall
-                    .checked_sub(now.saturating_duration_since(record.started))
-                    .unwrap_or(wall);
+                let at = wall.saturating_sub(now.saturating_duration_since(record.started));
                 format_line(&mut line, options.format, at, &record, &mut clock);
-                if out.write_all(line.as_bytes()).is_ok() {
+                if out.write_all(&line).is_ok() {
                     written += 1;
                 } else {
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -386,15 +387,16 @@ fn write_loop(shared: &Shared, out: impl Write, stopped: &mpsc::Receiver<()>) {
     }
 }
 
-/// Appends one line, newline included. Request ids are plain ASCII (the middleware
-/// admits no other) and routes are route patterns, so nothing needs escaping but what
-/// JSON would (done by `serde_json` for the route, to be safe). Pieces are pushed, not
-/// `format!`ted, and the timestamp's text up to the second is reused: this runs once a
-/// request, on the writer thread, which shares the machine with the workers.
+/// Appends one line, newline included, `at` after the Unix epoch. Request ids are plain
+/// ASCII (the middleware admits no other) and routes are route patterns, so nothing
+/// needs escaping but what JSON would (done by `serde_json` for the route, to be safe).
+/// Pieces are appended as bytes (no UTF-8 check of what is known to be text), and the
+/// timestamp's text up to the second is reused: this runs once a request, on the writer
+/// thread, which shares the machine with the workers.
 fn format_line(
-    line: &mut String,
+    line: &mut Vec<u8>,
     format: AccessLogFormat,
-    at: SystemTime,
+    at: Duration,
     record: &Record,
     clock: &mut SecondText,
 ) {
@@ -406,42 +408,44 @@ fn format_line(
         }
         LoggedId::Given { len, bytes } => &bytes[..usize::from(*len)],
     };
-    // Ids are plain ASCII (the middleware admits no other).
-    let id = std::str::from_utf8(id).unwrap_or("");
     let mut number = itoa::Buffer::new();
     match format {
         AccessLogFormat::Text => {
             clock.push(line, at);
-            line.push_str("  INFO image_url::access: request request_id=\"");
-            line.push_str(id);
-            line.push_str("\" method=\"");
-            line.push_str(record.method);
-            line.push_str("\" route=\"");
-            line.push_str(&record.route);
-            line.push_str("\" status=");
-            line.push_str(number.format(record.status));
-            line.push_str(" latency_us=");
-            line.push_str(number.format(record.latency_us));
+            line.extend_from_slice(b"  INFO image_url::access: request request_id=\"");
+            line.extend_from_slice(id);
+            line.extend_from_slice(b"\" method=\"");
+            line.extend_from_slice(record.method.as_bytes());
+            line.extend_from_slice(b"\" route=\"");
+            line.extend_from_slice(record.route.as_bytes());
+            line.extend_from_slice(b"\" status=");
+            line.extend_from_slice(number.format(record.status).as_bytes());
+            line.extend_from_slice(b" latency_us=");
+            line.extend_from_slice(number.format(record.latency_us).as_bytes());
         }
         AccessLogFormat::Json => {
-            line.push_str("{\"timestamp\":\"");
+            line.extend_from_slice(b"{\"timestamp\":\"");
             clock.push(line, at);
-            line.push_str(
-                "\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"request_id\":\"",
+            line.extend_from_slice(
+                b"\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"request_id\":\"",
             );
-            line.push_str(id);
-            line.push_str("\",\"method\":\"");
-            line.push_str(record.method);
-            line.push_str("\",\"route\":");
-            line.push_str(&serde_json::Value::from(record.route.as_ref()).to_string());
-            line.push_str(",\"status\":");
-            line.push_str(number.format(record.status));
-            line.push_str(",\"latency_us\":");
-            line.push_str(number.format(record.latency_us));
-            line.push_str("},\"target\":\"image_url::access\"}");
+            line.extend_from_slice(id);
+            line.extend_from_slice(b"\",\"method\":\"");
+            line.extend_from_slice(record.method.as_bytes());
+            line.extend_from_slice(b"\",\"route\":");
+            line.extend_from_slice(
+                serde_json::Value::from(record.route.as_ref())
+                    .to_string()
+                    .as_bytes(),
+            );
+            line.extend_from_slice(b",\"status\":");
+            line.extend_from_slice(number.format(record.status).as_bytes());
+            line.extend_from_slice(b",\"latency_us\":");
+            line.extend_from_slice(number.format(record.latency_us).as_bytes());
+            line.extend_from_slice(b"},\"target\":\"image_url::access\"}");
         }
     }
-    line.push('\n');
+    line.push(b'\n');
 }
 
 /// Writes `2026-11-28T11:59:18.123456Z` (UTC, microseconds), keeping the text of the
@@ -453,12 +457,12 @@ struct SecondText {
 }
 
 impl SecondText {
-    fn push(&mut self, line: &mut String, at: SystemTime) {
-        let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    /// The time `since_epoch` after the Unix epoch.
+    fn push(&mut self, line: &mut Vec<u8>, since_epoch: Duration) {
         let second = since_epoch.as_secs();
         if self.second != Some(second) {
             use std::fmt::Write as _;
-            let t = time::OffsetDateTime::from(at);
+            let t = time::OffsetDateTime::from(std::time::UNIX_EPOCH + since_epoch);
             self.text.clear();
             let _ = write!(
                 self.text,
@@ -472,16 +476,15 @@ impl SecondText {
             );
             self.second = Some(second);
         }
-        line.push_str(&self.text);
-        let micros = since_epoch.subsec_micros();
+        line.extend_from_slice(self.text.as_bytes());
         let mut digits = [b'0'; 6];
-        let mut rest = micros;
+        let mut rest = since_epoch.subsec_micros();
         for digit in digits.iter_mut().rev() {
             *digit = b'0' + (rest % 10) as u8;
             rest /= 10;
         }
-        line.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
-        line.push('Z');
+        line.extend_from_slice(&digits);
+        line.push(b'Z');
     }
 }
 
@@ -543,18 +546,18 @@ mod tests {
     #[test]
     fn timestamps_are_utc_with_microseconds_across_seconds() {
         let mut clock = SecondText::default();
-        let mut line = String::new();
-        let at = std::time::UNIX_EPOCH + Duration::new(1_000_000_000, 42_000);
+        let mut line = Vec::new();
+        let at = Duration::new(1_000_000_000, 42_000);
         for t in [
             at,
             at + Duration::from_micros(5),
             at + Duration::from_secs(1),
         ] {
             clock.push(&mut line, t);
-            line.push(' ');
+            line.push(b' ');
         }
         assert_eq!(
-            line,
+            String::from_utf8(line).unwrap(),
             "2001-09-09T01:46:40.000042Z 2001-09-09T01:46:40.000047Z 2001-09-09T01:46:41.000042Z "
         );
     }
