@@ -58,7 +58,7 @@ pub(crate) fn window_of(
     parse: impl Fn() -> Option<SigningWindow>,
 ) -> Option<SigningWindow> {
     let address = Arc::as_ptr(url).cast::<u8>() as usize;
-    // Allocations are at least 8-byte aligned: skip the bits that are always zero.
+    // An `Arc<str>`'s allocation is at least 8-byte aligned: its lowest bits say little.
     let way = (address >> 4) % WAYS;
     PLACES
         .try_with(|places| {

@@ -106,8 +106,8 @@ fn fresh_header_value(text: &[u8; FRESH_ID_LEN]) -> HeaderValue {
     }
     let bytes = BUFFER.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
-        // A new buffer when this one is full (never `reserve`, which could move the
-        // bytes that earlier ids still share). The old one is freed with its last id.
+        // A new buffer of the full size when this one is full; the old one is freed
+        // with the last id that shares it.
         if buffer.capacity() - buffer.len() < FRESH_ID_LEN {
             *buffer = bytes::BytesMut::with_capacity(ID_BUFFER);
         }
