@@ -5,9 +5,8 @@
 //! about 400 instructions, a tenth of our own work on a redirect. A hot entry hands out
 //! the same URL text (the same `Arc<str>`) hit after hit, so each thread remembers the
 //! windows of the URLs it checked twice in a row, and a later hit on the same text for
-//! the same key and service reuses the answer. The text behind an `Arc<str>` never
-//! changes, and a remembered URL holds its `Arc`, so its address cannot be reused by
-//! another URL while it is remembered: equal pointers mean equal text.
+//! the same key and service reuses the answer ([`url_cache::by_text::TextTable`]: a
+//! remembered URL holds its `Arc`, so equal pointers mean equal text).
 //!
 //! What depends on the time (the pre-refresh threshold, the aligned window) is decided
 //! afresh on every hit; only the parse is remembered.
@@ -17,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cos_sign::{ObjectKey, SigningWindow};
+use url_cache::by_text::TextTable;
 
 /// Places per thread, found by the URL's address.
 const WAYS: usize = 16;
@@ -28,25 +28,12 @@ pub(crate) fn next_service_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A URL's window as checked for one key by one service (`None`: not a URL the service
-/// signs for the key).
-struct Remembered {
-    service: u64,
-    url: Arc<str>,
-    key: Box<str>,
-    window: Option<SigningWindow>,
-}
-
-#[derive(Default)]
-struct Place {
-    remembered: Option<Remembered>,
-    /// The address of the URL checked last here and not remembered: a URL is remembered
-    /// the second time in a row it is checked, so a key met once costs no allocation.
-    candidate: usize,
-}
+/// URLs' windows as checked for one key by one service (`None`: not a URL the service
+/// signs for the key), keyed by (service, key).
+type Windows = TextTable<(u64, Box<str>), Option<SigningWindow>, WAYS>;
 
 thread_local! {
-    static PLACES: RefCell<[Place; WAYS]> = RefCell::new(Default::default());
+    static WINDOWS: RefCell<Windows> = RefCell::new(Windows::new());
 }
 
 /// `url`'s window for `key` as `parse` reads it, remembered by this thread for
@@ -57,35 +44,17 @@ pub(crate) fn window_of(
     url: &Arc<str>,
     parse: impl Fn() -> Option<SigningWindow>,
 ) -> Option<SigningWindow> {
-    let address = Arc::as_ptr(url).cast::<u8>() as usize;
-    // An `Arc<str>`'s allocation is at least 8-byte aligned: its lowest bits say little.
-    let way = (address >> 4) % WAYS;
-    PLACES
-        .try_with(|places| {
-            let Ok(mut places) = places.try_borrow_mut() else {
+    WINDOWS
+        .try_with(|windows| {
+            let Ok(mut windows) = windows.try_borrow_mut() else {
                 return parse();
             };
-            let place = &mut places[way];
-            if let Some(remembered) = &place.remembered {
-                if remembered.service == service
-                    && Arc::ptr_eq(&remembered.url, url)
-                    && *remembered.key == *key.as_str()
-                {
-                    return remembered.window;
-                }
+            let is_key = |(s, k): &(u64, Box<str>)| *s == service && **k == *key.as_str();
+            if let Some(window) = windows.get(url, is_key) {
+                return window;
             }
             let window = parse();
-            if place.candidate == address {
-                place.remembered = Some(Remembered {
-                    service,
-                    url: Arc::clone(url),
-                    key: key.as_str().into(),
-                    window,
-                });
-                place.candidate = 0;
-            } else {
-                place.candidate = address;
-            }
+            windows.seen(url, || (service, key.as_str().into()), &window);
             window
         })
         // The thread is ending: no place to remember in.

@@ -415,30 +415,16 @@ pub(crate) async fn proxy_or_redirect(
 /// A hot entry hands out the same `Arc<str>` hit after hit: sharing the value made for
 /// it costs a reference count, where making it again allocates its owner and checks
 /// every byte (about 200 instructions, 1 % of a redirect). Each thread keeps a few
-/// values, found by the URL's address; a kept value holds its URL's `Arc`, so the
-/// address cannot be reused for other text while it is kept, and equal pointers mean
-/// equal text. A URL gets a place the second time in a row it is seen there, so URLs
-/// met once cost no more than before.
+/// values in a [`url_cache::by_text::TextTable`]: found by the URL's address, taken the
+/// second time in a row a URL is seen, so URLs met once cost no more than before.
 fn shared_location(
     url: std::sync::Arc<str>,
 ) -> Result<header::HeaderValue, header::InvalidHeaderValue> {
-    const PLACES: usize = 8;
-    #[derive(Default)]
-    struct Place {
-        kept: Option<(std::sync::Arc<str>, header::HeaderValue)>,
-        candidate: usize,
-    }
+    type Locations = url_cache::by_text::TextTable<(), header::HeaderValue, 8>;
     thread_local! {
-        static KEPT: std::cell::RefCell<[Place; PLACES]> = Default::default();
+        static KEPT: std::cell::RefCell<Locations> = std::cell::RefCell::new(Locations::new());
     }
-    let address = std::sync::Arc::as_ptr(&url).cast::<u8>() as usize;
-    let kept = KEPT.try_with(|kept| {
-        let kept = kept.try_borrow().ok()?;
-        match &kept[(address >> 4) % PLACES].kept {
-            Some((text, value)) if std::sync::Arc::ptr_eq(text, &url) => Some(value.clone()),
-            _ => None,
-        }
-    });
+    let kept = KEPT.try_with(|kept| kept.try_borrow().ok()?.get(&url, |_| true));
     if let Ok(Some(value)) = kept {
         return Ok(value);
     }
@@ -446,13 +432,7 @@ fn shared_location(
     // Not kept while the thread ends or the table is borrowed (it never is here).
     let _ = KEPT.try_with(|kept| {
         if let Ok(mut kept) = kept.try_borrow_mut() {
-            let place = &mut kept[(address >> 4) % PLACES];
-            if place.candidate == address {
-                place.kept = Some((url, value.clone()));
-                place.candidate = 0;
-            } else {
-                place.candidate = address;
-            }
+            kept.seen(&url, || (), &value);
         }
     });
     Ok(value)

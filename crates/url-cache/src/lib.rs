@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod by_text;
 mod clock;
 mod entry;
 mod error;
