@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod allocator;
 mod cli;
 mod config;
 mod demo;
@@ -26,9 +27,10 @@ mod sign_link;
 /// mimalloc rather than glibc's allocator: a redirect makes about a dozen short-lived
 /// allocations (actix's boxed futures, header values, the key), and glibc's `free`
 /// alone cost about 100 instructions each — a sixth of the server's own work per
-/// request (docs/performance.md, issue 16).
+/// request (docs/performance.md, issue 16). Asked for plain blocks where their
+/// alignment allows (`allocator`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
