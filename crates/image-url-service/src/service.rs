@@ -23,7 +23,7 @@ use crate::{
     AccessPolicy, ImageUrl, Result, ServiceConfig, ServiceError, ServiceStats, UrlOptions,
     UrlStatus,
 };
-use url_cache::from_unix_secs;
+use url_cache::{from_unix_secs, secs_duration};
 
 /// Cache-first presigned URLs. Cheap to clone (an `Arc`); share one per process.
 #[derive(Clone)]
@@ -694,7 +694,13 @@ impl ImageUrlService {
         }
         let align = self.inner.config.effective_align().as_secs() as i64;
         if align > 0 {
-            let current_start = (now.floor() as i64).div_euclid(align) * align;
+            // Truncation is the floor from the epoch on, without libm's `floor` call.
+            let whole_secs = if now >= 0.0 {
+                now as i64
+            } else {
+                now.floor() as i64
+            };
+            let current_start = whole_secs.div_euclid(align) * align;
             if window.start() != current_start {
                 return Verdict::Stale;
             }
@@ -998,7 +1004,7 @@ fn answer(
         key,
         url,
         expires_at: from_unix_secs(expires_at),
-        ttl_remaining: Duration::try_from_secs_f64(expires_at - now).unwrap_or(Duration::ZERO),
+        ttl_remaining: secs_duration(expires_at - now),
         from_cache: false,
         degraded: false,
         refreshed: false,

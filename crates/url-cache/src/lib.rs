@@ -44,7 +44,7 @@ mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use clock::{from_unix_secs, unix_secs, Clock, ManualClock, SystemClock};
+pub use clock::{from_unix_secs, secs_duration, unix_secs, Clock, ManualClock, SystemClock};
 pub use entry::CacheEntry;
 pub use error::{CacheError, Result};
 pub use memory::{MemoryCache, MemoryCacheBuilder, DEFAULT_CAPACITY};
