@@ -258,7 +258,9 @@ pub async fn get_ready_answers_as_get_does(factory: &dyn CacheFactory, policy: E
     if let Some(answer) = f.cache.get_ready("absent") {
         assert!(answer.unwrap().is_none());
     }
-    for bad in ["", "a\nb"] {
+    // Refused also once the thread holds copies of good keys (read twice above).
+    let too_long = "k".repeat(crate::MAX_KEY_LEN + 1);
+    for bad in ["", "a\nb", "k\u{85}", &too_long] {
         if let Some(answer) = f.cache.get_ready(bad) {
             assert!(
                 matches!(answer, Err(CacheError::InvalidInput(_))),

@@ -280,7 +280,10 @@ impl MemoryCache {
         }
     }
 
-    fn get_sync(&self, key: &str, now: SystemTime) -> Option<CacheEntry> {
+    /// Looks `key` up: this thread's copy first, then the shard. With `check`, the key
+    /// is validated between the two: a key a copy holds is the key of an entry that was
+    /// checked when stored, so a hit there needs no check of its own.
+    fn get_sync(&self, key: &str, now: SystemTime, check: bool) -> Result<Option<CacheEntry>> {
         let (hash, index) = self.locate(key);
         let guarded = &self.shards[index];
         // Read before the shard: whatever the shard answers below is at least this
@@ -292,10 +295,14 @@ impl MemoryCache {
         let earlier = match lane.serve(key, hash, version, now, flush) {
             Served::Hit(entry) => {
                 self.stats.hit(1);
-                return Some(entry);
+                return Ok(Some(entry));
             }
             Served::Ask(earlier) => earlier,
         };
+        if check {
+            // A key that fails had no copy, so no accesses (`earlier`) are dropped here.
+            validate_key(key)?;
+        }
         let result = {
             let mut shard = guarded.read();
             let result = shard.get(key, hash, now, earlier);
@@ -311,16 +318,16 @@ impl MemoryCache {
                 lane.offer(&entry, hash, version, now, |key, hash, accesses| {
                     self.record_elsewhere(key, hash, accesses)
                 });
-                Some(entry)
+                Ok(Some(entry))
             }
             Ok(None) => {
                 self.stats.miss(1);
-                None
+                Ok(None)
             }
             Err(()) => {
                 self.removed(1);
                 self.stats.expired(1);
-                None
+                Ok(None)
             }
         }
     }
@@ -343,12 +350,11 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 #[async_trait]
 impl UrlCache for MemoryCache {
     async fn get(&self, key: &str) -> Result<Option<CacheEntry>> {
-        validate_key(key)?;
-        Ok(self.get_sync(key, self.clock.now()))
+        self.get_sync(key, self.clock.now(), true)
     }
 
     fn get_ready(&self, key: &str) -> Option<Result<Option<CacheEntry>>> {
-        Some(validate_key(key).map(|()| self.get_sync(key, self.clock.now())))
+        Some(self.get_sync(key, self.clock.now(), true))
     }
 
     async fn peek(&self, key: &str) -> Result<Option<CacheEntry>> {
@@ -363,7 +369,9 @@ impl UrlCache for MemoryCache {
             validate_key(key)?;
         }
         let now = self.clock.now();
-        Ok(keys.iter().map(|key| self.get_sync(key, now)).collect())
+        keys.iter()
+            .map(|key| self.get_sync(key, now, false))
+            .collect()
     }
 
     async fn put(&self, entry: CacheEntry) -> Result<()> {
