@@ -9,9 +9,20 @@ const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
 /// `A-Za-z0-9-_.~`: the characters Python's `quote` never encodes.
 #[inline]
-fn is_unreserved(b: u8) -> bool {
+const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')
 }
+
+/// [`is_unreserved`] of every byte, for the scan every request makes of its key.
+static UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_unreserved(b as u8);
+        b += 1;
+    }
+    table
+};
 
 #[inline]
 fn push_escaped(out: &mut String, b: u8, hex: &[u8; 16]) {
@@ -46,7 +57,7 @@ pub(crate) fn is_path_verbatim(key: &str) -> bool {
     let mut verbatim = true;
     let mut previous = 0u8;
     for &b in key.as_bytes() {
-        verbatim &= is_unreserved(b) | ((b == b'/') & (previous != b'.'));
+        verbatim &= UNRESERVED[usize::from(b)] | ((b == b'/') & (previous != b'.'));
         previous = b;
     }
     verbatim

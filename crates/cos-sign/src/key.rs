@@ -80,7 +80,9 @@ impl ObjectKey {
                 return Err(Error::KeyControlCharacter { position });
             }
         }
-        if normalises_to_nothing(key) {
+        // A last segment other than ``, `.` or `..` leaves at least itself, so only a
+        // key ending in `/` or `.` needs the walk through its segments.
+        if key.ends_with(['/', '.']) && normalises_to_nothing(key) {
             return Err(Error::KeyNormalisesToNothing);
         }
         Ok(ObjectKey {
@@ -261,6 +263,32 @@ mod tests {
             );
         }
         assert!(ObjectKey::new("../x").is_ok());
+    }
+
+    /// The shortcut (only keys ending in `/` or `.` can normalise to nothing) agrees
+    /// with the walk through the segments on every key of up to seven of `a`, `.`, `/`.
+    #[test]
+    fn only_keys_ending_in_a_slash_or_a_dot_can_normalise_to_nothing() {
+        let mut keys = vec![String::new()];
+        for _ in 0..7 {
+            let longer: Vec<String> = keys
+                .iter()
+                .flat_map(|k| ["a", ".", "/"].map(|c| format!("{k}{c}")))
+                .collect();
+            for key in &longer {
+                if normalises_to_nothing(key) {
+                    assert!(key.ends_with(['/', '.']), "{key}");
+                }
+                let refused = ObjectKey::new(key) == Err(Error::KeyNormalisesToNothing);
+                let stripped = key.strip_prefix('/').unwrap_or(key);
+                assert_eq!(
+                    refused,
+                    !stripped.is_empty() && normalises_to_nothing(stripped),
+                    "{key}"
+                );
+            }
+            keys = longer;
+        }
     }
 
     #[test]
