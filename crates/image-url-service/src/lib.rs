@@ -85,5 +85,7 @@ pub use options::{ImageUrl, UrlOptions, UrlStatus};
 pub use refresher::{
     RefreshRun, RefresherConfig, RefresherStats, REFRESH_LEASE, RUN_DURATION_BUCKETS,
 };
-pub use service::{BatchItem, ImageUrlService, ImageUrlServiceBuilder, PreloadReport};
+pub use service::{
+    BatchItem, ImageUrlService, ImageUrlServiceBuilder, PendingUrl, PreloadReport, UrlNow,
+};
 pub use stats::{LatencyPercentiles, MaintenanceStats, ServiceStats, CACHE_CALL_BUCKETS};

@@ -212,6 +212,40 @@ enum Now<'s> {
     Wait(Wait<'s>),
 }
 
+/// What [`ImageUrlService::get_url_now`] could do without waiting.
+#[derive(Debug)]
+pub enum UrlNow {
+    /// The answer: a fresh cached URL, or a refusal.
+    Ready(Result<ImageUrl>),
+    /// The rest waits (a cache call, a signing): [`ImageUrlService::finish_url`].
+    Later(PendingUrl),
+}
+
+/// What is left of a [`ImageUrlService::get_url_now`] that could not answer at once.
+/// Owned (it borrows nothing), so that it can move into a future of its own.
+pub struct PendingUrl {
+    step: Pending,
+}
+
+impl std::fmt::Debug for PendingUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // What a lookup found holds a signed URL, a bearer credential: not printed.
+        let step = match self.step {
+            Pending::Lookup => "lookup",
+            Pending::Resolve(_) => "resolve",
+        };
+        f.debug_struct("PendingUrl").field("step", &step).finish()
+    }
+}
+
+/// [`PendingUrl`]'s step.
+enum Pending {
+    /// Ask the cache (its `get`), then resolve.
+    Lookup,
+    /// Resolve from this lookup (`None`: without the cache).
+    Resolve(Option<Lookup>),
+}
+
 /// What is left to do once [`ImageUrlService::get_url`] has to wait.
 enum Wait<'s> {
     /// The cache answers later: wait for it (with the breaker's permit), then resolve.
@@ -293,16 +327,59 @@ impl ImageUrlService {
     /// left, else freshly signed (once, however many ask at the same time) and cached.
     /// Never fails because of the cache.
     pub async fn get_url(&self, key: &ObjectKey, options: &UrlOptions) -> Result<ImageUrl> {
+        match self.get_url_now(key, options) {
+            UrlNow::Ready(result) => result,
+            UrlNow::Later(pending) => self.finish_url(pending, key, options).await,
+        }
+    }
+
+    /// [`ImageUrlService::get_url`] in two steps, for a caller that answers at once
+    /// when it can (the HTTP layer's redirect): this first step never waits. It answers
+    /// a fresh cache hit (memory, or an L1 copy) or a refusal, or hands back what is
+    /// left, owned, for [`ImageUrlService::finish_url`] with the same key and options.
+    /// Counted once, as one `get_url`, whichever way it ends.
+    pub fn get_url_now(&self, key: &ObjectKey, options: &UrlOptions) -> UrlNow {
         bump(&self.inner.counters.requests);
         // Most requests (a memory or L1 hit, a rejected key) are answered by plain calls,
         // without building a future of their own, and are counted in the histogram's
         // lowest bucket (well under its 1 µs resolution) without reading a clock.
-        let wait = match self.answer_now(key, options) {
+        match self.answer_now(key, options) {
             Now::Answered(result) => {
                 self.inner.counters.record_answered_at_once();
-                return result;
+                UrlNow::Ready(result)
             }
-            Now::Wait(wait) => wait,
+            Now::Wait(Wait::Resolve(prefetched)) => UrlNow::Later(PendingUrl {
+                step: Pending::Resolve(prefetched),
+            }),
+            // The cache answers later. Its `get_ready` recorded nothing, and the
+            // breaker's permit borrows the service: it is given back unused (as by a
+            // request dropped while waiting) and asked for again by `finish_url`.
+            Now::Wait(Wait::Lookup(permit)) => {
+                drop(permit);
+                UrlNow::Later(PendingUrl {
+                    step: Pending::Lookup,
+                })
+            }
+        }
+    }
+
+    /// The rest of a [`ImageUrlService::get_url_now`] that could not answer at once,
+    /// for the same `key` and `options`: a cache call, a signing.
+    pub async fn finish_url(
+        &self,
+        pending: PendingUrl,
+        key: &ObjectKey,
+        options: &UrlOptions,
+    ) -> Result<ImageUrl> {
+        let wait = match pending.step {
+            Pending::Resolve(prefetched) => Wait::Resolve(prefetched),
+            Pending::Lookup => {
+                let cache = &self.inner.cache;
+                match self.inner.breaker.try_acquire(|| cache.reconnects()) {
+                    Some(permit) => Wait::Lookup(permit),
+                    None => Wait::Resolve(Some(Lookup::Unavailable)),
+                }
+            }
         };
         // The rest (a cache call, a signing) is boxed, so that this future stays small
         // for a hit: the HTTP layer allocates and moves it whole per request.

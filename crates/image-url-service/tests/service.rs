@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use cos_sign::{CosSigner, Credentials, Endpoint, ObjectKey};
 use image_url_service::{
     CircuitState, ImageUrlService, MaintenanceConfig, RefresherConfig, ServiceConfig, ServiceError,
-    UrlOptions,
+    UrlNow, UrlOptions,
 };
 use url_cache::{CacheEntry, CacheError, CacheStats, Clock, ManualClock, MemoryCache, UrlCache};
 
@@ -571,6 +571,51 @@ async fn variants_status_refresh_preload_and_cleanup() {
         0,
         "use_cache=false touches nothing"
     );
+}
+
+/// `get_url_now` answers what it can at once (a memory hit, a refusal) and hands back
+/// the rest; with `finish_url` it is one `get_url`: one request counted, the cache asked
+/// once.
+#[tokio::test]
+async fn get_url_now_answers_at_once_or_hands_back_the_rest() {
+    let (k, opts) = (key("a.jpg"), UrlOptions::new());
+    // Over memory: a miss waits for its signing; then the hit is ready.
+    let s = setup();
+    let UrlNow::Later(pending) = s.service.get_url_now(&k, &opts) else {
+        panic!("a miss waits for its signing");
+    };
+    let signed = s.service.finish_url(pending, &k, &opts).await.unwrap();
+    assert!(!signed.from_cache);
+    let UrlNow::Ready(Ok(hit)) = s.service.get_url_now(&k, &opts) else {
+        panic!("a memory hit is ready");
+    };
+    assert!(hit.from_cache);
+    assert_eq!(hit.url, signed.url);
+    let bad = UrlOptions::new().process("a&b");
+    assert!(matches!(
+        s.service.get_url_now(&k, &bad),
+        UrlNow::Ready(Err(ServiceError::InvalidOptions(_)))
+    ));
+    let stats = s.service.stats();
+    assert_eq!(
+        (stats.requests, stats.hits, stats.misses, stats.signings),
+        (3, 1, 1, 1)
+    );
+    assert_eq!(s.cache.stats().misses, 1, "the miss was looked up once");
+
+    // Over a cache that answers only later (no `get_ready`): its `get` is called once,
+    // by `finish_url`.
+    let (s, cache) = gated_setup(ServiceConfig::default(), false);
+    url_for(&s.service, "a.jpg").await;
+    let gets = cache.gets.load(Ordering::SeqCst);
+    let UrlNow::Later(pending) = s.service.get_url_now(&k, &opts) else {
+        panic!("this cache answers later");
+    };
+    assert_eq!(cache.gets.load(Ordering::SeqCst), gets, "not asked yet");
+    let later = s.service.finish_url(pending, &k, &opts).await.unwrap();
+    assert!(later.from_cache);
+    assert_eq!(cache.gets.load(Ordering::SeqCst), gets + 1);
+    assert_eq!(s.service.stats().requests, 2);
 }
 
 #[tokio::test]
