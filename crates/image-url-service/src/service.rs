@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 // Response times are taken from the CPU's time-stamp counter where it is reliable:
 // two reads per request, each far cheaper than a clock syscall (or its vDSO).
@@ -171,8 +171,8 @@ impl ImageUrlServiceBuilder {
 
 /// What the policy makes of a cached entry.
 pub(crate) enum Verdict {
-    /// Serve it: its URL ends at `expires_at`.
-    Fresh { expires_at: f64 },
+    /// Serve it: its URL ends at `ends_at` (whole Unix seconds).
+    Fresh { ends_at: i64 },
     /// A good URL, but inside the pre-refresh threshold or from an earlier window.
     Stale,
     /// Not a URL this service would sign for the key (another host, another object,
@@ -430,8 +430,8 @@ impl ImageUrlService {
             Lookup::Found(entry) => {
                 let now = self.inner.clock.now_unix();
                 match self.judge(key, &entry, now) {
-                    Verdict::Fresh { expires_at } => {
-                        return Now::Answered(Ok(self.hit(key, entry, expires_at, now)));
+                    Verdict::Fresh { ends_at } => {
+                        return Now::Answered(Ok(self.hit(key, entry, ends_at, now)));
                     }
                     Verdict::Stale | Verdict::Corrupt => Lookup::Found(entry),
                 }
@@ -443,7 +443,7 @@ impl ImageUrlService {
     }
 
     /// The answer for a fresh cached entry.
-    fn hit(&self, key: &ObjectKey, entry: CacheEntry, expires_at: f64, now: f64) -> ImageUrl {
+    fn hit(&self, key: &ObjectKey, entry: CacheEntry, ends_at: i64, now: f64) -> ImageUrl {
         bump(&self.inner.counters.hits);
         // The entry carries the MIME type guessed when it was stored.
         let mime = entry.mime_type.or_else(|| mime_type(key));
@@ -454,9 +454,20 @@ impl ImageUrlService {
         } else {
             key.as_str().into()
         };
+        // Whole seconds: the time is built without a float conversion.
+        let expires_at = u64::try_from(ends_at)
+            .ok()
+            .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+            .unwrap_or(UNIX_EPOCH);
         ImageUrl {
             from_cache: true,
-            ..answer(key, entry.url, expires_at, now, mime)
+            ..answer_at(
+                key,
+                entry.url,
+                expires_at,
+                secs_duration(ends_at as f64 - now),
+                mime,
+            )
         }
     }
 
@@ -705,8 +716,8 @@ impl ImageUrlService {
                 Lookup::Found(entry) => {
                     let now = self.inner.clock.now_unix();
                     match self.judge(key, &entry, now) {
-                        Verdict::Fresh { expires_at } => {
-                            return Ok(self.hit(key, entry, expires_at, now));
+                        Verdict::Fresh { ends_at } => {
+                            return Ok(self.hit(key, entry, ends_at, now));
                         }
                         Verdict::Stale => {
                             bump(&counters.pre_refreshes);
@@ -765,8 +776,8 @@ impl ImageUrlService {
         let Some(window) = window else {
             return Verdict::Corrupt;
         };
-        let expires_at = window.end() as f64;
-        if expires_at - now <= self.inner.config.pre_refresh.as_secs_f64() {
+        let ends_at = window.end();
+        if ends_at as f64 - now <= self.inner.config.pre_refresh.as_secs_f64() {
             return Verdict::Stale;
         }
         let align = self.inner.config.effective_align().as_secs() as i64;
@@ -782,7 +793,7 @@ impl ImageUrlService {
                 return Verdict::Stale;
             }
         }
-        Verdict::Fresh { expires_at }
+        Verdict::Fresh { ends_at }
     }
 
     /// Joins the signing in flight for `cache_key`, or starts one. The caller waits for
@@ -1077,11 +1088,28 @@ fn answer(
     now: f64,
     mime_type: Option<Arc<str>>,
 ) -> ImageUrl {
+    answer_at(
+        key,
+        url,
+        from_unix_secs(expires_at),
+        secs_duration(expires_at - now),
+        mime_type,
+    )
+}
+
+/// [`answer`] with the end and the time left already worked out.
+fn answer_at(
+    key: Arc<str>,
+    url: Arc<str>,
+    expires_at: SystemTime,
+    ttl_remaining: Duration,
+    mime_type: Option<Arc<str>>,
+) -> ImageUrl {
     ImageUrl {
         key,
         url,
-        expires_at: from_unix_secs(expires_at),
-        ttl_remaining: secs_duration(expires_at - now),
+        expires_at,
+        ttl_remaining,
         from_cache: false,
         degraded: false,
         refreshed: false,
