@@ -122,19 +122,32 @@ fn fresh_header_value(text: &[u8; FRESH_ID_LEN]) -> HeaderValue {
     }
 }
 
+/// Which id [`CURRENT`] holds: a fresh id is its number; a caller's is in
+/// [`CURRENT_GIVEN`]. Plain data, so that entering and leaving a fresh id (nearly every
+/// request) copies a word each way and drops nothing.
+#[derive(Clone, Copy)]
+enum Slot {
+    None,
+    Fresh(u32),
+    Given,
+}
+
 thread_local! {
     /// The id of the request whose handler this thread is polling now (actix runs a
     /// request on one worker thread), set by the middleware around each poll.
-    static CURRENT: Cell<Option<RequestId>> = const { Cell::new(None) };
+    static CURRENT: Cell<Slot> = const { Cell::new(Slot::None) };
+    /// The caller's id when [`CURRENT`] is [`Slot::Given`].
+    static CURRENT_GIVEN: std::cell::RefCell<Option<HeaderValue>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// The id of the request being handled on this thread.
 fn current() -> Option<RequestId> {
-    CURRENT.with(|current| {
-        let id = current.take();
-        current.set(id.clone());
-        id
-    })
+    match CURRENT.get() {
+        Slot::None => None,
+        Slot::Fresh(number) => Some(RequestId::Fresh(number)),
+        Slot::Given => CURRENT_GIVEN.with_borrow(|given| given.clone().map(RequestId::Given)),
+    }
 }
 
 /// The id of the request being handled on this thread, and whether it is a fresh one
@@ -158,18 +171,34 @@ pub fn with_current_request_id<R>(f: impl FnOnce(Option<&str>) -> R) -> R {
 
 /// Makes `id` the thread's current request id until dropped, then restores the one
 /// before (so nested or interleaved requests never see each other's).
-struct Current(Option<RequestId>);
+struct Current {
+    previous: Slot,
+    /// The caller's id before, when this guard entered a caller's id (`None` inside
+    /// when there was none); `None` when it entered a fresh one.
+    previous_given: Option<Option<HeaderValue>>,
+}
 
 impl Current {
     fn enter(id: &RequestId) -> Self {
-        Current(CURRENT.with(|current| current.replace(Some(id.clone()))))
+        match id {
+            RequestId::Fresh(number) => Current {
+                previous: CURRENT.replace(Slot::Fresh(*number)),
+                previous_given: None,
+            },
+            RequestId::Given(value) => Current {
+                previous: CURRENT.replace(Slot::Given),
+                previous_given: Some(CURRENT_GIVEN.replace(Some(value.clone()))),
+            },
+        }
     }
 }
 
 impl Drop for Current {
     fn drop(&mut self) {
-        let previous = self.0.take();
-        CURRENT.with(|current| current.set(previous));
+        CURRENT.set(self.previous);
+        if let Some(previous_given) = self.previous_given.take() {
+            CURRENT_GIVEN.set(previous_given);
+        }
     }
 }
 
@@ -436,22 +465,24 @@ where
             let _current = this.id.as_ref().map(Current::enter);
             this.inner.poll(cx)
         };
-        let response = match polled {
+        let mut response = match polled {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(response) => response?,
         };
         let id = this.id.take().unwrap_or_else(RequestId::fresh);
-        Poll::Ready(Ok(finish(response, id, *this.started, this.worker)))
+        // In place: a response is moved (copied) once fewer.
+        finish(&mut response, id, *this.started, this.worker);
+        Poll::Ready(Ok(response))
     }
 }
 
 /// Everything done once the handler has answered.
 fn finish<B: MessageBody>(
-    mut response: ServiceResponse<B>,
+    response: &mut ServiceResponse<B>,
     id: RequestId,
     started: Instant,
     worker: &PerWorker,
-) -> ServiceResponse<B> {
+) {
     let request = response.request();
     // Key routes are matched by hand and named here the same way; the others ask the
     // router (a small allocation, off the hot path).
@@ -497,7 +528,6 @@ fn finish<B: MessageBody>(
         }),
     }
     response.headers_mut().insert(REQUEST_ID, id.header_value());
-    response
 }
 
 #[cfg(test)]
@@ -638,6 +668,38 @@ mod tests {
         assert!(metrics.render(None).contains(
             r#"image_url_http_requests_total{method="GET",route="unmatched",status="200"} 2"#
         ));
+    }
+
+    /// Guards nest: each sees its own id, and leaving restores the one before, caller's
+    /// or fresh, whatever was entered inside.
+    #[test]
+    fn the_current_id_is_restored_when_its_guard_is_dropped() {
+        let text = |id: Option<RequestId>| id.map(|id| id.with_text(str::to_owned));
+        let given = |t: &'static str| RequestId::Given(HeaderValue::from_static(t));
+        assert_eq!(text(current()), None);
+        {
+            let _outer = Current::enter(&given("outer"));
+            assert_eq!(text(current()).as_deref(), Some("outer"));
+            {
+                let _fresh = Current::enter(&RequestId::Fresh(7));
+                assert_eq!(
+                    text(current()),
+                    Some(RequestId::Fresh(7)).map(|id| id.with_text(str::to_owned))
+                );
+                {
+                    let _inner = Current::enter(&given("inner"));
+                    assert_eq!(text(current()).as_deref(), Some("inner"));
+                }
+                assert_eq!(
+                    text(current()),
+                    Some(RequestId::Fresh(7)).map(|id| id.with_text(str::to_owned))
+                );
+            }
+            assert_eq!(text(current()).as_deref(), Some("outer"));
+        }
+        assert_eq!(text(current()), None);
+        let _given = Current::enter(&given("again"));
+        assert_eq!(text(current()).as_deref(), Some("again"));
     }
 
     #[test]
