@@ -150,21 +150,23 @@ type KeyRouteFuture = futures::future::Either<
     futures::future::LocalBoxFuture<'static, Result<ServiceResponse, actix_web::Error>>,
 >;
 
-/// The key routes' endpoint, errors rendered as problems. A redirect the service answers
-/// at once (a cache hit, a refusal) is answered by plain calls, with no future of its
-/// own; the rest waits in [`PendingRedirect::finish`] or [`dispatch_key_route`].
+/// The key routes' endpoint, errors rendered as problems. A `GET …/proxy` the service
+/// answers at once (a cached redirect, a refusal) is answered by plain calls, with no
+/// future of its own; the rest waits in [`PendingProxy::finish`] or, for the other
+/// routes, [`dispatch_key_route`].
 fn serve_key_route(req: ServiceRequest) -> KeyRouteFuture {
     use futures::future::Either;
     let (req, _payload) = req.into_parts();
-    let result = match redirect_now(&req) {
-        RedirectNow::Answered(result) => result,
-        RedirectNow::Later(pending) => {
+    let now = proxy_route_state(&req).map(|state| proxy_now(&req, state));
+    let result = match now {
+        Some(ProxyNow::Answered(result)) => result,
+        Some(ProxyNow::Later(pending)) => {
             return Either::Right(Box::pin(async move {
-                let result = pending.finish().await;
+                let result = pending.finish(&req).await;
                 respond(req, result)
             }))
         }
-        RedirectNow::Other => {
+        None => {
             return Either::Right(Box::pin(async move {
                 let result = dispatch_key_route(&req).await;
                 respond(req, result)
@@ -172,6 +174,17 @@ fn serve_key_route(req: ServiceRequest) -> KeyRouteFuture {
         }
     };
     Either::Left(std::future::ready(respond(req, result)))
+}
+
+/// The state, when `req` is a `GET …/proxy` and the state is registered; `None` leaves
+/// the request to [`dispatch_key_route`] (another route or method, or the missing
+/// state's problem).
+fn proxy_route_state(req: &HttpRequest) -> Option<&web::Data<AppState>> {
+    let proxy_get = matches!(key_route(req.uri().path()), Some(("/proxy", _)))
+        && req.method() == actix_web::http::Method::GET;
+    proxy_get
+        .then(|| req.app_data::<web::Data<AppState>>())
+        .flatten()
 }
 
 fn respond(
@@ -184,74 +197,96 @@ fn respond(
     ))
 }
 
-/// How far a key route got without waiting.
-enum RedirectNow {
-    /// The redirect's response (or its problem).
+/// How far `GET …/proxy` got without waiting.
+enum ProxyNow {
+    /// The response (or its problem).
     Answered(Result<HttpResponse, ApiError>),
-    /// A redirect whose URL needs a wait.
-    Later(PendingRedirect),
-    /// Not a redirect (another route, a method, `mode=proxy`), or nothing decided: the
-    /// general path takes it from the start, nothing having been counted.
-    Other,
+    /// A redirect whose URL needs a wait, or a stream.
+    Later(PendingProxy),
 }
 
-/// A redirect waiting for its URL, owning what it needs.
-struct PendingRedirect {
+/// A `GET …/proxy` that waits, owning what it needs (checked, counted and parsed once,
+/// by [`proxy_now`]).
+struct PendingProxy {
     state: web::Data<AppState>,
     key: ObjectKey,
     options: Cow<'static, UrlOptions>,
-    url: image_url_service::PendingUrl,
+    wait: Waiting,
 }
 
-impl PendingRedirect {
-    async fn finish(self) -> Result<HttpResponse, ApiError> {
+/// What a [`PendingProxy`] waits for.
+enum Waiting {
+    /// The URL to redirect to.
+    Url(image_url_service::PendingUrl),
+    /// The object, streamed through (`mode=proxy`).
+    Stream,
+}
+
+impl PendingProxy {
+    async fn finish(self, req: &HttpRequest) -> Result<HttpResponse, ApiError> {
         let service = self.state.service()?;
-        let answer = service
-            .finish_url(self.url, &self.key, &self.options)
-            .await?;
-        redirect_response(answer, service, &self.state)
+        match self.wait {
+            Waiting::Url(url) => {
+                let answer = service.finish_url(url, &self.key, &self.options).await?;
+                redirect_response(answer, service, &self.state)
+            }
+            // Boxed: streaming from COS holds a larger future than a redirect needs.
+            Waiting::Stream => {
+                Box::pin(proxy::stream(
+                    req,
+                    &self.state,
+                    service,
+                    &self.key,
+                    &self.options,
+                ))
+                .await
+            }
+        }
     }
 }
 
-/// `GET /api/v1/images/{key}/proxy` in redirect mode, as far as it goes without waiting:
-/// the same checks, in the same order, as [`dispatch_key_route`] and
-/// [`proxy_or_redirect`] make.
-fn redirect_now(req: &HttpRequest) -> RedirectNow {
-    if !matches!(key_route(req.uri().path()), Some(("/proxy", _)))
-        || req.method() != actix_web::http::Method::GET
-    {
-        return RedirectNow::Other;
-    }
-    let Some(state) = req.app_data::<web::Data<AppState>>() else {
-        return RedirectNow::Other;
-    };
-    let query = query_pairs(req);
-    if !matches!(mode_param(&query), None | Some("redirect")) {
-        return RedirectNow::Other;
-    }
+/// `GET /api/v1/images/{key}/proxy` as far as it goes without waiting: the rate limit,
+/// the key, the options and the mode, in that order, then the URL if the service has it
+/// at once.
+fn proxy_now(req: &HttpRequest, state: &web::Data<AppState>) -> ProxyNow {
     let prepared = (|| {
         state.limit(req)?;
         let key = key_from_path(req, "/proxy")?;
+        let query = query_pairs(req);
         let service = state.service()?;
         let options = public_options(service, &key, &query)?;
-        Ok::<_, ApiError>((key, service, options))
+        let stream = match mode_param(&query) {
+            None | Some("redirect") => false,
+            Some("proxy") => true,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "mode must be redirect or proxy, not {other:?}"
+                )))
+            }
+        };
+        Ok::<_, ApiError>((key, service, options, stream))
     })();
-    let (key, service, options) = match prepared {
+    let (key, service, options, stream) = match prepared {
         Ok(prepared) => prepared,
-        Err(err) => return RedirectNow::Answered(Err(err)),
+        Err(err) => return ProxyNow::Answered(Err(err)),
     };
-    match service.get_url_now(&key, &options) {
-        UrlNow::Ready(Ok(answer)) => {
-            RedirectNow::Answered(redirect_response(answer, service, state))
+    let wait = if stream {
+        Waiting::Stream
+    } else {
+        match service.get_url_now(&key, &options) {
+            UrlNow::Ready(Ok(answer)) => {
+                return ProxyNow::Answered(redirect_response(answer, service, state))
+            }
+            UrlNow::Ready(Err(err)) => return ProxyNow::Answered(Err(err.into())),
+            UrlNow::Later(url) => Waiting::Url(url),
         }
-        UrlNow::Ready(Err(err)) => RedirectNow::Answered(Err(err.into())),
-        UrlNow::Later(url) => RedirectNow::Later(PendingRedirect {
-            state: state.clone(),
-            key,
-            options,
-            url,
-        }),
-    }
+    };
+    ProxyNow::Later(PendingProxy {
+        state: state.clone(),
+        key,
+        options,
+        wait,
+    })
 }
 
 /// The `mode` query parameter.
@@ -302,10 +337,8 @@ async fn dispatch_key_route(req: &HttpRequest) -> Result<HttpResponse, ApiError>
     })?;
     let method = req.method();
     match suffix {
-        "/proxy" if method == actix_web::http::Method::GET => {
-            state.limit(req)?;
-            proxy_or_redirect(req, state).await
-        }
+        // The endpoint answers these itself (`proxy_now`); here only when it could not.
+        "/proxy" if method == actix_web::http::Method::GET => proxy_or_redirect(req, state).await,
         // The other routes' futures are boxed: actix allocates and copies this future
         // whole for every request, so its size is that of its largest branch.
         "/status" if method == actix_web::http::Method::GET => {
@@ -503,23 +536,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
               (status = 404, description = "No such image (proxy mode)", body = crate::Problem)))]
 pub(crate) async fn proxy_or_redirect(
     req: &HttpRequest,
-    state: &AppState,
+    state: &web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = key_from_path(req, "/proxy")?;
-    let query = query_pairs(req);
-    let service = state.service()?;
-    let options = &public_options(service, &key, &query)?;
-    match mode_param(&query) {
-        None | Some("redirect") => {
-            let answer = service.get_url(&key, options).await?;
-            redirect_response(answer, service, state)
-        }
-        // Boxed: streaming from COS holds a larger future than a redirect needs, and
-        // every redirect's future would otherwise be that large (it is copied whole).
-        Some("proxy") => Box::pin(proxy::stream(req, state, service, &key, options)).await,
-        Some(other) => Err(ApiError::BadRequest(format!(
-            "mode must be redirect or proxy, not {other:?}"
-        ))),
+    match proxy_now(req, state) {
+        ProxyNow::Answered(result) => result,
+        ProxyNow::Later(pending) => pending.finish(req).await,
     }
 }
 
