@@ -24,7 +24,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig, surface: Surface) {
     let not_allowed = || web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) });
     let public = surface != Surface::Admin;
     let admin = surface != Surface::Public;
-    cfg.service(KeyRoutes { public, admin });
+    cfg.service(KeyRoutes::on(surface));
     if public {
         cfg.service(
             web::resource("/api/v1/images/batch/urls")
@@ -75,24 +75,39 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig, surface: Surface) {
 /// The key routes, registered as one service behind a guard on the path: a prefix
 /// `ResourceDef` (compared without a regex) and the handler as the endpoint. Not a
 /// `web::scope("")`, which would wrap the endpoint in a second routing table and a
-/// second boxed future on every redirect.
-struct KeyRoutes {
+/// second boxed future on every redirect. The bundled server also puts them ahead of
+/// the router ([`crate::front::KeyRouteFront`]), with the same [`KeyRoutes::serves`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyRoutes {
     public: bool,
     admin: bool,
 }
 
+impl KeyRoutes {
+    /// The key routes a listener serving `surface` answers.
+    pub(crate) fn on(surface: Surface) -> Self {
+        KeyRoutes {
+            public: surface != Surface::Admin,
+            admin: surface != Surface::Public,
+        }
+    }
+
+    /// Whether `path` is a key route this listener answers: `…/refresh` on the admin
+    /// surface, `…/proxy` and `…/status` on the public one.
+    pub(crate) fn serves(self, path: &str) -> bool {
+        key_route(path).is_some_and(|(suffix, _)| {
+            if suffix == "/refresh" {
+                self.admin
+            } else {
+                self.public
+            }
+        })
+    }
+}
+
 impl actix_web::dev::HttpServiceFactory for KeyRoutes {
     fn register(self, config: &mut actix_web::dev::AppService) {
-        let KeyRoutes { public, admin } = self;
-        let guard = actix_web::guard::fn_guard(move |ctx| {
-            key_route(ctx.head().uri.path()).is_some_and(|(suffix, _)| {
-                if suffix == "/refresh" {
-                    admin
-                } else {
-                    public
-                }
-            })
-        });
+        let guard = actix_web::guard::fn_guard(move |ctx| self.serves(ctx.head().uri.path()));
         // A plain service rather than `web::to`: the handler machinery (extracting the
         // request again, the responder, a second response wrapper) cost about 200
         // instructions a redirect, and this endpoint needs none of it.
@@ -144,36 +159,66 @@ pub(crate) fn key_route(path: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
-/// The key routes' future: ready for a redirect answered at once, else boxed.
-type KeyRouteFuture = futures::future::Either<
-    std::future::Ready<Result<ServiceResponse, actix_web::Error>>,
-    futures::future::LocalBoxFuture<'static, Result<ServiceResponse, actix_web::Error>>,
->;
+/// The key routes' endpoint, errors rendered as problems: a future that does its work
+/// when first polled. A `GET …/proxy` the service answers at once (a cached redirect, a
+/// refusal) is answered by plain calls in that poll; the rest waits, boxed, in
+/// [`PendingProxy::finish`] or, for the other routes, [`dispatch_key_route`].
+///
+/// Holding only the request until then keeps it a few words: every layer above moves
+/// the future by value, and a future holding a ready response was large enough that
+/// each of those moves was a `memcpy` (about 90 instructions a redirect).
+pub(crate) fn serve_key_route(req: ServiceRequest) -> KeyRouteFuture {
+    KeyRouteFuture::Start(req)
+}
 
-/// The key routes' endpoint, errors rendered as problems. A `GET …/proxy` the service
-/// answers at once (a cached redirect, a refusal) is answered by plain calls, with no
-/// future of its own; the rest waits in [`PendingProxy::finish`] or, for the other
-/// routes, [`dispatch_key_route`].
-fn serve_key_route(req: ServiceRequest) -> KeyRouteFuture {
-    use futures::future::Either;
-    let (req, _payload) = req.into_parts();
-    let now = proxy_route_state(&req).map(|state| proxy_now(&req, state));
-    let result = match now {
-        Some(ProxyNow::Answered(result)) => result,
-        Some(ProxyNow::Later(pending)) => {
-            return Either::Right(Box::pin(async move {
+/// The future of [`serve_key_route`].
+pub(crate) enum KeyRouteFuture {
+    /// Not polled yet.
+    Start(ServiceRequest),
+    /// Waiting for the service, the origin or another route's handler.
+    Rest(futures::future::LocalBoxFuture<'static, Result<ServiceResponse, actix_web::Error>>),
+    /// Answered: polled again, it answers an error rather than panicking.
+    Done,
+}
+
+impl std::future::Future for KeyRouteFuture {
+    type Output = Result<ServiceResponse, actix_web::Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let KeyRouteFuture::Rest(rest) = this {
+            let polled = rest.as_mut().poll(cx);
+            if polled.is_ready() {
+                *this = KeyRouteFuture::Done;
+            }
+            return polled;
+        }
+        let KeyRouteFuture::Start(req) = std::mem::replace(this, KeyRouteFuture::Done) else {
+            return Poll::Ready(Err(actix_web::error::ErrorInternalServerError(
+                "the key route's future was polled after it answered",
+            )));
+        };
+        let (req, _payload) = req.into_parts();
+        let now = proxy_route_state(&req).map(|state| proxy_now(&req, state));
+        let rest: futures::future::LocalBoxFuture<'static, _> = match now {
+            Some(ProxyNow::Answered(result)) => return Poll::Ready(respond(req, result)),
+            Some(ProxyNow::Later(pending)) => Box::pin(async move {
                 let result = pending.finish(&req).await;
                 respond(req, result)
-            }))
-        }
-        None => {
-            return Either::Right(Box::pin(async move {
+            }),
+            None => Box::pin(async move {
                 let result = dispatch_key_route(&req).await;
                 respond(req, result)
-            }))
-        }
-    };
-    Either::Left(std::future::ready(respond(req, result)))
+            }),
+        };
+        *this = KeyRouteFuture::Rest(rest);
+        // Polled at once: the wait may already be over, and its waker is set here.
+        std::pin::Pin::new(this).poll(cx)
+    }
 }
 
 /// The state, when `req` is a `GET …/proxy` and the state is registered; `None` leaves
@@ -1007,19 +1052,18 @@ mod tests {
         Duration::from_secs(secs)
     }
 
-    /// actix allocates the redirect's future and moves it whole on every request.
-    /// mimalloc serves blocks up to 1 KiB from its fast path (about 80 instructions a
-    /// block); a larger future took its generic path (about 230) and a longer copy. The
-    /// rare branches (a remote cache's wait, a signing, the proxy stream, status,
-    /// refresh) are boxed, and a hit is answered by plain calls into a ready future, so
-    /// that a hit's future stays small (136 bytes; 392 with the route as an `async fn`,
-    /// 1 208 before either): this fails when an unboxed slow path makes it large again.
+    /// Every layer above moves the key route's future by value, on every request: a
+    /// `memcpy` call each once it passes 128 bytes. It holds the request alone until
+    /// polled (the rare branches, a remote cache's wait, a signing, the proxy stream,
+    /// status, refresh, are boxed then): 32 bytes, where it was 136 holding a ready
+    /// answer, 392 with the route as an `async fn` and 1 208 before either. This fails
+    /// when an unboxed slow path or an eager answer makes it large again.
     #[test]
     fn the_redirect_future_stays_small() {
         let request = actix_web::test::TestRequest::default().to_srv_request();
         let future = serve_key_route(request);
         let size = std::mem::size_of_val(&future);
-        assert!(size <= 192, "the key route's future is {size} bytes");
+        assert!(size <= 64, "the key route's future is {size} bytes");
     }
 
     /// The word-wise matcher names the same routes as the plain definition: the prefix,

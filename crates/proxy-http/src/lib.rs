@@ -39,6 +39,7 @@ mod access_log;
 mod assets;
 mod cors;
 mod error;
+mod front;
 mod handlers;
 mod metrics;
 mod openapi;
@@ -342,6 +343,9 @@ impl HttpServerHandle {
             App::new()
                 .app_data(state.clone())
                 .app_data(handlers::json_config(state.config.max_body_bytes))
+                // Innermost: the key routes skip the router, inside the request's id,
+                // metrics and log like every other route.
+                .wrap(front::KeyRouteFront::new(handlers::KeyRoutes::on(surface)))
                 .wrap(
                     request_id::RequestContext::new(metrics.clone())
                         .with_access_log(state.config.access_log.clone())
