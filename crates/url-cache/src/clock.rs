@@ -49,8 +49,9 @@ pub fn secs_duration(secs: f64) -> Duration {
         // Adding and taking away 2^52 rounds to the nearest integer, ties to even (as
         // the general conversion does) without a libm call.
         const ROUNDER: f64 = (1u64 << 52) as f64;
-        let nanos = ((secs - whole as f64) * 1e9 + ROUNDER - ROUNDER) as u64;
-        Duration::from_secs(whole) + Duration::from_nanos(nanos)
+        // At most 10^9 (a fraction rounded up to the next second), which `new` carries.
+        let nanos = ((secs - whole as f64) * 1e9 + ROUNDER - ROUNDER) as u32;
+        Duration::new(whole, nanos)
     } else {
         Duration::try_from_secs_f64(secs).unwrap_or_default()
     }
