@@ -22,9 +22,9 @@ const PREFIX: &str = "/api/v1/images/";
 /// hot redirect path is not compared with every other route before it is found.
 pub(crate) fn routes(cfg: &mut web::ServiceConfig, surface: Surface) {
     let not_allowed = || web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) });
-    let public = surface != Surface::Admin;
-    let admin = surface != Surface::Public;
-    cfg.service(KeyRoutes::on(surface));
+    let key_routes = KeyRoutes::on(surface);
+    let KeyRoutes { public, admin } = key_routes;
+    cfg.service(key_routes);
     if public {
         cfg.service(
             web::resource("/api/v1/images/batch/urls")
