@@ -546,6 +546,40 @@ mod tests {
         assert_eq!(&*mime("odd199"), "image/x-199");
     }
 
+    /// A MIME type is kept once per shard, but each thread hands out its own copy of it:
+    /// every entry of a shard shares the one text, so cloning that text on every hit
+    /// would write one reference count from every worker, a cache line two cores pass
+    /// back and forth on every request.
+    #[test]
+    fn each_thread_hands_out_mime_types_of_its_own() {
+        let cache = MemoryCache::builder().shards(1).build();
+        let at = SystemTime::now();
+        for key in ["a.jpg", "b.jpg"] {
+            let entry = CacheEntry::new(key, "https://h/x?sig", at + Duration::from_secs(60), at)
+                .with_mime_type("image/jpeg");
+            now(cache.put(entry)).unwrap();
+        }
+        // Each key once per thread, so every read goes to the shard (a key read again and
+        // again is served from the thread's own copy of its entry).
+        let read = |key: &str| now(cache.get(key)).unwrap().unwrap().mime_type.unwrap();
+        let (here_a, here_b) = (read("a.jpg"), read("b.jpg"));
+        assert!(Arc::ptr_eq(&here_a, &here_b), "one copy per thread");
+        let there = std::thread::scope(|scope| scope.spawn(|| read("a.jpg")).join().unwrap());
+        assert_eq!(*there, *here_a);
+        assert!(
+            !Arc::ptr_eq(&there, &here_a),
+            "another thread's copy is its own"
+        );
+        let shared = cache.shards[0]
+            .read()
+            .mime_types
+            .iter()
+            .next()
+            .unwrap()
+            .clone();
+        assert!(!Arc::ptr_eq(&here_a, &shared), "not the shard's copy");
+    }
+
     /// A refresh keeps the entry's place, but under LFU its place follows the count it
     /// carries: a refresh with a lower count moves it down at once.
     #[test]

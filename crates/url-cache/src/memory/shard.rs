@@ -1,5 +1,6 @@
 //! One shard of the memory cache: its entries and the two orders kept over them.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -53,9 +54,44 @@ impl Stored {
             created_at: from_nanos(self.created_at),
             last_accessed: from_nanos(self.last_accessed),
             image_key: key.clone(),
-            mime_type: self.mime_type.as_deref().cloned(),
+            mime_type: self.mime_type.as_ref().map(thread_copy),
         }
     }
+}
+
+/// MIME types each thread keeps a copy of (see [`thread_copy`]); a handful are in use.
+const THREAD_MIME_COPIES: usize = 16;
+
+thread_local! {
+    /// This thread's copies of the shards' shared MIME types, each beside the shared
+    /// value it copies. Holding that value keeps its address from being reused, so a
+    /// pointer comparison finds the copy.
+    static MIME_COPIES: RefCell<Vec<(SharedMime, Arc<str>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The calling thread's own copy of `shared`.
+///
+/// Every entry of a shard shares its MIME type's text, so a hit that cloned it would
+/// write that text's reference count, one cache line written by every worker on every
+/// hit in the shard; two cores would pass it back and forth. A copy per thread has a
+/// count only its thread writes (until an entry is dropped on another thread).
+fn thread_copy(shared: &SharedMime) -> Arc<str> {
+    MIME_COPIES
+        .try_with(|copies| {
+            let mut copies = copies.borrow_mut();
+            if let Some((_, copy)) = copies.iter().find(|(of, _)| Arc::ptr_eq(of, shared)) {
+                return copy.clone();
+            }
+            let copy: Arc<str> = Arc::from(&***shared);
+            if copies.len() == THREAD_MIME_COPIES {
+                // A MIME type that is no longer interned, or a rare one: the oldest goes.
+                copies.remove(0);
+            }
+            copies.push((shared.clone(), copy.clone()));
+            copy
+        })
+        // The thread is exiting and its copies are gone: share the shard's.
+        .unwrap_or_else(|_| Arc::clone(shared))
 }
 
 /// One entry: 96 bytes plus its text (the key is stored once).
