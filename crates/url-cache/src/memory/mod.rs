@@ -14,6 +14,9 @@
 //!   line in common; the copies stop being served at any change to their shard, and the
 //!   accesses they serve reach the shared entry in batches (at most 63 per thread late,
 //!   or a second);
+//! - a shard whose entries fall below a quarter of its places (mass expiry, mass
+//!   deletes) moves them to dense places and rebuilds its table and indexes, so the room
+//!   of a past peak is given back;
 //! - a lock is never held across an `.await` (no operation awaits while holding one);
 //! - the capacity is global and exact (an atomic count); the victim is the policy's
 //!   first choice within the writer's shard. Small caches (< 4096 entries by default)
@@ -544,6 +547,69 @@ mod tests {
             shard::MAX_INTERNED_MIME_TYPES
         );
         assert_eq!(&*mime("odd199"), "image/x-199");
+    }
+
+    /// A shard that lost most of its entries, by expiry or by deletes, gives their room
+    /// back, and keeps the rest of its entries and their eviction order.
+    #[test]
+    fn a_shard_gives_back_the_room_of_removed_entries() {
+        let clock = Arc::new(crate::ManualClock::from_unix_secs(1.7e9));
+        let cache = MemoryCache::builder()
+            .capacity(5000)
+            .shards(1)
+            .clock(clock.clone())
+            .build();
+        let put = |key: &str, lives: u64| {
+            let at = clock.now();
+            let entry =
+                CacheEntry::new(key, "https://h/x?sig", at + Duration::from_secs(lives), at);
+            now(cache.put(entry)).unwrap();
+        };
+        for i in 0..4900 {
+            put(&format!("gone{i}"), 10);
+        }
+        for i in 0..100 {
+            put(&format!("kept{i}"), 1000);
+        }
+        // Read in reverse: "kept99" becomes the least recently used.
+        for i in (0..100).rev() {
+            assert!(now(cache.get(&format!("kept{i}"))).unwrap().is_some());
+        }
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(now(cache.remove_expired(10_000)).unwrap(), 4900);
+        assert_eq!(
+            cache.shards[0].read().places(),
+            100,
+            "the room of 4900 is given back"
+        );
+        for i in 0..100 {
+            let entry = now(cache.peek(&format!("kept{i}"))).unwrap().unwrap();
+            assert_eq!(
+                (&*entry.image_key, entry.access_count),
+                (&*format!("kept{i}"), 1)
+            );
+        }
+
+        // Fill up again: the next entry evicts the least recently used, as before.
+        for i in 0..4900 {
+            put(&format!("new{i}"), 1000);
+        }
+        put("one-more", 1000);
+        assert_eq!(now(cache.len()).unwrap(), 5000);
+        assert!(
+            now(cache.peek("kept99")).unwrap().is_none(),
+            "the LRU victim"
+        );
+        assert!(now(cache.peek("kept98")).unwrap().is_some());
+
+        // Deletes give room back too.
+        for i in 0..4900 {
+            assert!(now(cache.delete(&format!("new{i}"))).unwrap());
+        }
+        let places = cache.shards[0].read().places();
+        assert!(places < 1024, "{places} places for 100 entries");
+        assert!(now(cache.get("one-more")).unwrap().is_some());
+        assert_eq!(now(cache.len()).unwrap(), 100);
     }
 
     /// A MIME type is kept once per shard, but each thread hands out its own copy of it:

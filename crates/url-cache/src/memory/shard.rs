@@ -11,7 +11,7 @@ use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
 
 use super::hot::Unflushed;
-use super::slots::Slots;
+use super::slots::{Slots, CHUNK};
 use crate::policy::Kind;
 use crate::CacheEntry;
 
@@ -145,6 +145,9 @@ pub(super) struct Shard {
     hasher: RandomState,
 }
 
+/// Places below which a shard is never compacted (see [`Shard::compact_if_sparse`]).
+const COMPACT_FROM: usize = 4 * CHUNK;
+
 /// Distinct MIME types a shard shares between its entries.
 pub(super) const MAX_INTERNED_MIME_TYPES: usize = 64;
 
@@ -219,7 +222,57 @@ impl Shard {
     pub(super) fn remove(&mut self, key: &str, hash: u64) -> Option<CacheEntry> {
         let place = self.place_of(key, hash)?;
         let slot = self.remove_at(place, hash);
+        self.compact_if_sparse();
         Some(slot.stored.to_entry(&slot.key))
+    }
+
+    /// Places handed out, held or free.
+    #[cfg(test)]
+    pub(super) fn places(&self) -> usize {
+        self.slots.places()
+    }
+
+    /// Gives back the room of removed entries once they take most of it: when fewer than
+    /// a quarter of the shard's places hold an entry, the entries move to new, dense
+    /// places and the table and indexes are rebuilt at their size.
+    ///
+    /// Slots, the hash table and the free list never shrink by themselves, so a cache
+    /// that once held a million entries would keep their room after the entries expire
+    /// or are deleted. A rebuild costs O(n log n) for the n entries left, and at least 3n
+    /// removals come between two rebuilds, so its cost per removal is bounded. The
+    /// policy order is kept: entries keep their order keys, only their places change.
+    fn compact_if_sparse(&mut self) {
+        let places = self.slots.places();
+        let held = self.table.len();
+        if places < COMPACT_FROM || held >= places / 4 {
+            return;
+        }
+        let mut old = std::mem::replace(&mut self.slots, Slots::new());
+        let order = std::mem::take(&mut self.order);
+        let mut hashes = Vec::with_capacity(held);
+        let mut new_order = Vec::with_capacity(held);
+        let mut new_expiry = Vec::with_capacity(held);
+        // The order index names every entry once.
+        for (position, tick, place) in order {
+            let slot = old.remove(place);
+            let hash = self.hasher.hash_one(&*slot.key);
+            let expires_at = slot.stored.expires_at;
+            let place = self.slots.insert(slot);
+            hashes.push((hash, place));
+            new_order.push((position, tick, place));
+            new_expiry.push(expiry_element(expires_at, place));
+        }
+        debug_assert_eq!(hashes.len(), held, "the order index names every entry");
+        new_expiry.sort_unstable();
+        // Built from sorted elements, the B-trees come out with full nodes.
+        self.order = new_order.into_iter().collect();
+        self.expiry = new_expiry.into_iter().collect();
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        let mut table = HashTable::with_capacity(held);
+        for (hash, place) in hashes {
+            table.insert_unique(hash, place, |&p| hasher.hash_one(&*slots.get(p).key));
+        }
+        self.table = table;
     }
 
     /// The live entry for `key` at `now`, without recording an access.
@@ -245,6 +298,7 @@ impl Shard {
         let slot = self.slots.get_mut(place);
         if now >= slot.stored.expires_at {
             self.remove_at(place, hash);
+            self.compact_if_sparse();
             return Err(());
         }
         slot.stored.access_count += 1 + earlier.map_or(0, |e| e.count);
@@ -398,6 +452,7 @@ impl Shard {
         for &place in &due {
             self.remove_indexed(place);
         }
+        self.compact_if_sparse();
         due.len()
     }
 

@@ -9,7 +9,7 @@
 
 /// Entries per chunk: small enough that a shard's last, partly used chunk costs little
 /// (256 entries of about 100 bytes), large enough that the chunk list stays short.
-const CHUNK: usize = 256;
+pub(super) const CHUNK: usize = 256;
 
 /// A chunked arena of `T`, addressed by `u32` indexes.
 #[derive(Debug)]
@@ -31,6 +31,11 @@ impl<T> Slots<T> {
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.chunks.iter().map(Vec::len).sum::<usize>() - self.free.len()
+    }
+
+    /// Places handed out: the entries held and the freed places.
+    pub(super) fn places(&self) -> usize {
+        self.chunks.len().saturating_sub(1) * CHUNK + self.chunks.last().map_or(0, Vec::len)
     }
 
     /// Stores `value`; its index.
