@@ -89,7 +89,8 @@ impl LocalCopy {
                 created_at: entry.created_at,
                 last_accessed: entry.last_accessed,
                 image_key: Arc::from(&*entry.image_key),
-                mime_type: entry.mime_type.as_deref().map(Arc::from),
+                // Already this thread's own (see `shard::thread_copy`).
+                mime_type: entry.mime_type.clone(),
             },
             unflushed: 0,
             flush_due: flush_due(now),

@@ -646,6 +646,47 @@ mod tests {
         assert!(!Arc::ptr_eq(&here_a, &shared), "not the shard's copy");
     }
 
+    /// Each shard keeps its own shared MIME texts, so a thread meets as many shared
+    /// values as shards times types; its copies go by the text, one per type, so a few
+    /// types over many shards never push each other out.
+    #[test]
+    fn a_thread_keeps_one_copy_per_mime_type_across_shards() {
+        let cache = MemoryCache::builder().shards(16).build();
+        let at = SystemTime::now();
+        let types = ["image/jpeg", "image/png", "image/webp", "image/gif"];
+        for i in 0..256 {
+            let entry = CacheEntry::new(
+                format!("k{i}"),
+                "https://h/x?sig",
+                at + Duration::from_secs(60),
+                at,
+            )
+            .with_mime_type(types[i % types.len()]);
+            now(cache.put(entry)).unwrap();
+        }
+        let read = |i: usize| {
+            now(cache.get(&format!("k{i}")))
+                .unwrap()
+                .unwrap()
+                .mime_type
+                .unwrap()
+        };
+        // Every key once, twice over: each read goes to its shard.
+        let first: Vec<Arc<str>> = (0..types.len()).map(read).collect();
+        for round in 0..2 {
+            for i in 0..256 {
+                let mime = read(i);
+                let ty = i % types.len();
+                assert_eq!(&*mime, types[ty]);
+                assert!(
+                    Arc::ptr_eq(&mime, &first[ty]),
+                    "round {round}, key {i}: a second copy of {}",
+                    types[ty]
+                );
+            }
+        }
+    }
+
     /// A refresh keeps the entry's place, but under LFU its place follows the count it
     /// carries: a refresh with a lower count moves it down at once.
     #[test]

@@ -63,10 +63,9 @@ impl Stored {
 const THREAD_MIME_COPIES: usize = 16;
 
 thread_local! {
-    /// This thread's copies of the shards' shared MIME types, each beside the shared
-    /// value it copies. Holding that value keeps its address from being reused, so a
-    /// pointer comparison finds the copy.
-    static MIME_COPIES: RefCell<Vec<(SharedMime, Arc<str>)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's copies of the MIME types it handed out, one per text: every shard
+    /// keeps its own shared value of a type, and they all map to the one copy.
+    static MIME_COPIES: RefCell<Vec<Arc<str>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The calling thread's own copy of `shared`.
@@ -76,18 +75,19 @@ thread_local! {
 /// hit in the shard; two cores would pass it back and forth. A copy per thread has a
 /// count only its thread writes (until an entry is dropped on another thread).
 fn thread_copy(shared: &SharedMime) -> Arc<str> {
+    let text: &str = shared;
     MIME_COPIES
         .try_with(|copies| {
             let mut copies = copies.borrow_mut();
-            if let Some((_, copy)) = copies.iter().find(|(of, _)| Arc::ptr_eq(of, shared)) {
+            if let Some(copy) = copies.iter().find(|copy| ***copy == *text) {
                 return copy.clone();
             }
-            let copy: Arc<str> = Arc::from(&***shared);
+            let copy: Arc<str> = Arc::from(text);
             if copies.len() == THREAD_MIME_COPIES {
-                // A MIME type that is no longer interned, or a rare one: the oldest goes.
+                // More types in use than the list holds (odd input): the oldest goes.
                 copies.remove(0);
             }
-            copies.push((shared.clone(), copy.clone()));
+            copies.push(copy.clone());
             copy
         })
         // The thread is exiting and its copies are gone: share the shard's.
