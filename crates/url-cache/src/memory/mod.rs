@@ -843,4 +843,70 @@ mod tests {
         assert_eq!(now(cache.len()).unwrap(), 4096);
         assert_eq!(cache.stats().evictions, 20_000 - 4096);
     }
+
+    /// Shards compact while other threads read: entries that stay are found with their
+    /// own URL throughout, from the shard and from the readers' copies alike.
+    #[test]
+    fn readers_keep_their_entries_while_shards_compact() {
+        let cache = Arc::new(MemoryCache::builder().capacity(100_000).shards(2).build());
+        let at = SystemTime::now();
+        let kept = |i: usize| {
+            CacheEntry::new(
+                format!("kept{i}"),
+                format!("https://h/kept{i}?sig"),
+                at + Duration::from_secs(600),
+                at,
+            )
+        };
+        for i in 0..50 {
+            now(cache.put(kept(i))).unwrap();
+        }
+        let churning = std::sync::atomic::AtomicUsize::new(2);
+        /// Counts its churning thread out however the thread ends, so that a failing
+        /// churner fails the test instead of leaving the readers waiting.
+        struct Done<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Release);
+            }
+        }
+        std::thread::scope(|scope| {
+            for t in 0..2 {
+                let (cache, churning) = (&cache, &churning);
+                scope.spawn(move || {
+                    let _done = Done(churning);
+                    for round in 0..10 {
+                        let keys: Vec<String> =
+                            (0..3000).map(|i| format!("c{t}/{round}/{i}")).collect();
+                        for key in &keys {
+                            now(cache.put(entry(key))).unwrap();
+                        }
+                        for key in &keys {
+                            assert!(now(cache.delete(key)).unwrap());
+                        }
+                    }
+                });
+            }
+            for _ in 0..2 {
+                let (cache, churning) = (&cache, &churning);
+                scope.spawn(move || {
+                    let mut reads = 0u64;
+                    // Hot keys (served from copies) and the rest in turn (from the shard).
+                    while churning.load(Ordering::Acquire) > 0 || reads < 10_000 {
+                        let i = if reads % 2 == 0 {
+                            reads as usize % 5
+                        } else {
+                            reads as usize % 50
+                        };
+                        let found = now(cache.get(&format!("kept{i}"))).unwrap().unwrap();
+                        assert_eq!(*found.url, *format!("https://h/kept{i}?sig"));
+                        reads += 1;
+                    }
+                });
+            }
+        });
+        assert_eq!(now(cache.len()).unwrap(), 50);
+        let places: usize = cache.shards.iter().map(|s| s.read().places()).sum();
+        assert!(places < 2 * 1024, "{places} places for 50 entries");
+    }
 }
