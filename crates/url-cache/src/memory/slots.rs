@@ -30,7 +30,7 @@ impl<T> Slots<T> {
     /// Entries held: the places handed out, less the freed ones.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.chunks.iter().map(Vec::len).sum::<usize>() - self.free.len()
+        self.places() - self.free.len()
     }
 
     /// Places handed out: the entries held and the freed places.
