@@ -35,9 +35,18 @@ fn bench_service(c: &mut Criterion) {
         .map(|i| ObjectKey::new(&format!("images/user{}/photo-{i}.jpg", i % 37)).unwrap())
         .collect();
     let options = UrlOptions::new();
+    // A cache small enough to be one shard (below 4096 entries), which every thread's
+    // lookups share.
+    let small = ImageUrlService::builder(
+        signer(),
+        Arc::new(MemoryCache::builder().capacity(2000).build()),
+    )
+    .build()
+    .unwrap();
     rt.block_on(async {
         for key in &keys {
             service.get_url(key, &options).await.unwrap();
+            small.get_url(key, &options).await.unwrap();
         }
     });
 
@@ -93,7 +102,7 @@ fn bench_service(c: &mut Criterion) {
     // what a second busy thread costs on this machine by itself. Key sets: 8 hot keys
     // that both threads ask for, served from each thread's own copies; and 1000 keys
     // split between the threads, which go to the shards (16 here) and share no entry,
-    // only the shards.
+    // only the shards; the same in a cache of one shard.
     let mut group = c.benchmark_group("get_url_threads");
     for threads in [1, 2] {
         group.bench_function(format!("baseline: presign_url, {threads} thread(s)"), |b| {
@@ -110,7 +119,12 @@ fn bench_service(c: &mut Criterion) {
             })
         });
     }
-    for (set, count, split) in [("8 hot keys", 8, false), ("1000 keys", keys.len(), true)] {
+    let sets = [
+        ("8 hot keys", 8, false, &service),
+        ("1000 keys", keys.len(), true, &service),
+        ("1000 keys, one shard", keys.len(), true, &small),
+    ];
+    for (set, count, split, service) in sets {
         for threads in [1, 2] {
             let name = format!("get_url (memory hit), {set}, {threads} thread(s)");
             group.bench_function(name, |b| {

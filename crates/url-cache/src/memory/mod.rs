@@ -5,10 +5,16 @@
 //! FIFO or plain LFU and no "expiring within" query; `lru` gives LRU alone. The structure
 //! is deliberately plain:
 //!
-//! - the key space is split over shards, each a `Mutex` around the entries (kept in
-//!   chunks, see `slots`), a hash table of their places and two ordered indexes (policy
-//!   order, expiry order) that name entries by place, so every operation is O(log n) and
-//!   concurrent tasks only contend when their keys share a shard;
+//! - the key space is split over shards, each a reader-writer lock around the entries
+//!   (kept in chunks, see `slots`), a hash table of their places and two ordered indexes
+//!   (policy order, expiry order) that name entries by place, so every operation is
+//!   O(log n) and concurrent writers only contend when their keys share a shard;
+//! - a hit takes its shard only to read, and records itself in the entry's atomics
+//!   (its count, last access and tick; ticks are each thread's own, see
+//!   `shard::next_tick`). The lock is `crossbeam_utils`' `ShardedLock`: a reader locks
+//!   the part of it that belongs to its thread, so hits from two workers write no lock
+//!   word in common (a writer takes every part, which makes writes dearer: a hit is
+//!   what a cache of presigned URLs does most);
 //! - a thread that hits an entry again and again keeps a copy of its own and serves
 //!   those hits from it (see `hot`), so two workers on one popular key write no cache
 //!   line in common; the copies stop being served at any change to their shard, and the
@@ -29,14 +35,15 @@ mod slots;
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use foldhash::fast::RandomState;
 
 use self::hot::{HotCopies, Served};
-use self::shard::Shard;
+use self::shard::{Lookup, Shard};
 use crate::sharded::Padded;
 use crate::{
     validate_entry, validate_key, CacheEntry, CacheStats, Clock, EvictionPolicy, Result,
@@ -93,11 +100,11 @@ impl std::fmt::Debug for MemoryCache {
 }
 
 /// A shard behind its lock, and the version that the threads' copies check without
-/// taking the lock. Each on cache lines of its own: taking the lock writes its line,
-/// while the version's is read on every hit served from a copy.
+/// taking the lock. Each on cache lines of its own: a write writes the lock's lines and
+/// the shard's, while the version's is read on every hit served from a copy.
 #[derive(Debug)]
 struct Guarded {
-    shard: Padded<Mutex<Shard>>,
+    shard: Padded<ShardedLock<Shard>>,
     /// Raised, under the lock, by every change to the shard's entries.
     version: Padded<AtomicU64>,
 }
@@ -105,19 +112,34 @@ struct Guarded {
 impl Guarded {
     fn new(shard: Shard) -> Self {
         Guarded {
-            shard: Padded(Mutex::new(shard)),
+            shard: Padded(ShardedLock::new(shard)),
             version: Padded(AtomicU64::new(0)),
         }
     }
 
-    /// The shard, to read or to record accesses: its entries stay as they are.
-    fn read(&self) -> MutexGuard<'_, Shard> {
-        lock(&self.shard.0)
+    /// The shard, to read or to record accesses (shared with other readers).
+    fn read(&self) -> ShardedLockReadGuard<'_, Shard> {
+        // A poisoned lock only means another thread panicked mid-operation; every
+        // operation leaves the shard consistent before it can panic.
+        self.shard
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The shard, to change its entries: the threads' copies of them stop being served.
-    fn write(&self) -> MutexGuard<'_, Shard> {
-        let shard = lock(&self.shard.0);
+    /// The shard to itself, to change its entries; the caller raises the version (see
+    /// [`Guarded::bump`]) if it does.
+    fn exclusive(&self) -> ShardedLockWriteGuard<'_, Shard> {
+        self.shard
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The shard to itself, to change its entries: the threads' copies of them stop
+    /// being served.
+    fn write(&self) -> ShardedLockWriteGuard<'_, Shard> {
+        let shard = self.exclusive();
         self.bump();
         shard
     }
@@ -131,7 +153,7 @@ impl Guarded {
 
     /// [`Shard::remove`], raising the version if it removed; whether it did.
     fn remove(&self, key: &str, hash: u64) -> bool {
-        let mut shard = self.read();
+        let mut shard = self.exclusive();
         let removed = shard.remove(key, hash).is_some();
         if removed {
             self.bump();
@@ -141,7 +163,7 @@ impl Guarded {
 
     /// [`Shard::evict_one`], raising the version if it evicted.
     fn evict_one(&self, keep: &str, policy: crate::policy::Kind) -> bool {
-        let mut shard = self.read();
+        let mut shard = self.exclusive();
         let evicted = shard.evict_one(keep, policy);
         if evicted {
             self.bump();
@@ -151,7 +173,7 @@ impl Guarded {
 
     /// [`Shard::remove_expired`], raising the version if it removed any.
     fn remove_expired(&self, now: SystemTime, limit: usize) -> usize {
-        let mut shard = self.read();
+        let mut shard = self.exclusive();
         let removed = shard.remove_expired(now, limit);
         if removed > 0 {
             self.bump();
@@ -270,11 +292,11 @@ impl MemoryCache {
         ((hash >> 32) as usize) % self.shards.len()
     }
 
-    /// Hands a displaced copy's accesses to its entry's shard.
-    fn record_elsewhere(&self, key: &str, hash: u64, accesses: hot::Unflushed) {
+    /// Hands a displaced copy's accesses, at `now`, to its entry's shard.
+    fn record_elsewhere(&self, key: &str, hash: u64, accesses: hot::Unflushed, now: SystemTime) {
         self.shards[self.shard_of(hash)]
             .read()
-            .record(key, hash, accesses);
+            .record(key, hash, accesses, now);
     }
 
     fn removed(&self, n: usize) {
@@ -293,7 +315,7 @@ impl MemoryCache {
         // recent, so a copy made from it at this version is never served past a change
         // (at worst it asks the shard once more).
         let version = guarded.version();
-        let flush = |accesses| guarded.read().record(key, hash, accesses);
+        let flush = |accesses| guarded.read().record(key, hash, accesses, now);
         let mut lane = self.hot.lane();
         let earlier = match lane.serve(key, hash, version, now, flush) {
             Served::Hit(entry) => {
@@ -306,29 +328,34 @@ impl MemoryCache {
             // A key that fails had no copy, so no accesses (`earlier`) are dropped here.
             validate_key(key)?;
         }
-        let result = {
-            let mut shard = guarded.read();
-            let result = shard.get(key, hash, now, earlier);
-            if result.is_err() {
-                // It removed the expired entry.
-                guarded.bump();
-            }
-            result
-        };
-        match result {
-            Ok(Some(entry)) => {
+        // The read guard is a temporary: it is gone before an expired entry is removed.
+        let found = guarded.read().get(key, hash, now, earlier);
+        match found {
+            Lookup::Hit(entry) => {
                 self.stats.hit(1);
                 lane.offer(&entry, hash, version, now, |key, hash, accesses| {
-                    self.record_elsewhere(key, hash, accesses)
+                    self.record_elsewhere(key, hash, accesses, now)
                 });
                 Ok(Some(entry))
             }
-            Ok(None) => {
+            Lookup::Missing => {
                 self.stats.miss(1);
                 Ok(None)
             }
-            Err(()) => {
-                self.removed(1);
+            Lookup::Expired => {
+                // Checked again with the shard to itself: a put may have replaced it
+                // meanwhile, and another reader may have removed it.
+                let removed = {
+                    let mut shard = guarded.exclusive();
+                    let removed = shard.remove_if_expired(key, hash, now);
+                    if removed {
+                        guarded.bump();
+                    }
+                    removed
+                };
+                if removed {
+                    self.removed(1);
+                }
                 self.stats.expired(1);
                 Ok(None)
             }
@@ -340,14 +367,6 @@ impl Default for MemoryCache {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// A poisoned shard only means another task panicked mid-operation; every operation
-/// leaves the shard consistent before it can panic, so the data is still usable.
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    shard
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[async_trait]
@@ -390,7 +409,7 @@ impl UrlCache for MemoryCache {
             return Ok(());
         }
         let policy = self.policy.kind();
-        if !shard.put(entry, hash, policy) {
+        if !shard.put(entry, hash, policy, now) {
             return Ok(());
         }
         // Over capacity: evict from the writer's own shard first (its lock is held
@@ -846,6 +865,27 @@ mod tests {
 
     /// Shards compact while other threads read: entries that stay are found with their
     /// own URL throughout, from the shard and from the readers' copies alike.
+    /// A hit takes its shard only to read: hits on one shard never wait for each other,
+    /// so a shard served to several workers has no lock word that every hit writes.
+    #[test]
+    fn hits_on_one_shard_do_not_wait_for_each_other() {
+        let cache = MemoryCache::builder().shards(1).build();
+        now(cache.put(entry("a.jpg"))).unwrap();
+        // Another reader is inside the shard for as long as this guard lives.
+        let reading = cache.shards[0].read();
+        let (answer, answered) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let found = now(cache.get("a.jpg")).unwrap();
+                answer.send(found.map(|e| e.access_count)).unwrap();
+            });
+            // A bound for the failure case only: the hit answers at once.
+            let got = answered.recv_timeout(Duration::from_secs(10));
+            drop(reading);
+            assert_eq!(got, Ok(Some(1)), "the hit waited for the other reader");
+        });
+    }
+
     #[test]
     fn readers_keep_their_entries_while_shards_compact() {
         let cache = Arc::new(MemoryCache::builder().capacity(100_000).shards(2).build());

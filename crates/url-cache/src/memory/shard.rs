@@ -1,8 +1,10 @@
 //! One shard of the memory cache: its entries and the two orders kept over them.
 
+use std::cell::Cell;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,8 +18,34 @@ use crate::policy::Kind;
 use crate::CacheEntry;
 
 /// Position in the policy order: the smallest goes first. `(0, tick)` for LRU and FIFO,
-/// `(access count, tick)` for LFU; ticks are unique within a shard.
+/// `(access count, tick)` for LFU; see [`next_tick`].
 type OrderKey = (u64, u64);
+
+thread_local! {
+    /// The calling thread's last tick (see [`next_tick`]).
+    static LAST_TICK: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A tick for a use of an entry at `now` (nanoseconds since the Unix epoch): the later
+/// of `now` and one past the calling thread's last tick.
+///
+/// Ticks order uses (recency for LRU, insertion for FIFO, ties for LFU). A counter per
+/// shard would be a word that every hit on the shard writes, from every thread; these
+/// are the thread's own. They follow the cache's clock across threads, and within a
+/// thread they follow the order of its calls even when the clock stands still (a test's
+/// manual clock, or the coarse clock between its steps). Two threads may draw the same
+/// tick: order elements stay apart by the entry's place.
+pub(super) fn next_tick(now: SystemTime) -> u64 {
+    let now = nanos(now);
+    LAST_TICK
+        .try_with(|last| {
+            let tick = now.max(last.get().saturating_add(1));
+            last.set(tick);
+            tick
+        })
+        // The thread is exiting: the clock alone.
+        .unwrap_or(now)
+}
 
 /// A MIME type as an entry keeps it: one pointer, to text usually shared by all the
 /// shard's entries of that type (see [`Shard::intern`]).
@@ -25,15 +53,16 @@ type SharedMime = Arc<Arc<str>>;
 
 /// An entry's fields as a shard keeps them: times are nanoseconds since the Unix epoch
 /// (`u64`: until 2554; later times are kept as 2554). The text is shared with the
-/// entries handed out: a hit copies no string, it bumps reference counts.
+/// entries handed out: a hit copies no string, it bumps reference counts. Hits change
+/// the last two fields while other threads read the shard too, hence atomics.
 #[derive(Debug)]
 struct Stored {
     url: Arc<str>,
     mime_type: Option<SharedMime>,
     expires_at: u64,
     created_at: u64,
-    last_accessed: u64,
-    access_count: u64,
+    last_accessed: AtomicU64,
+    access_count: AtomicU64,
 }
 
 pub(super) fn nanos(time: SystemTime) -> u64 {
@@ -50,13 +79,23 @@ impl Stored {
         CacheEntry {
             url: self.url.clone(),
             expires_at: from_nanos(self.expires_at),
-            access_count: self.access_count,
+            access_count: self.access_count.load(Ordering::Relaxed),
             created_at: from_nanos(self.created_at),
-            last_accessed: from_nanos(self.last_accessed),
+            last_accessed: from_nanos(self.last_accessed.load(Ordering::Relaxed)),
             image_key: key.clone(),
             mime_type: self.mime_type.as_ref().map(thread_copy),
         }
     }
+}
+
+/// What [`Shard::get`] found.
+pub(super) enum Lookup {
+    /// A live entry, its access recorded.
+    Hit(CacheEntry),
+    /// No entry.
+    Missing,
+    /// An expired entry, left for the caller to remove.
+    Expired,
 }
 
 /// MIME types each thread keeps a copy of (see [`thread_copy`]); a handful are in use.
@@ -103,7 +142,7 @@ struct Slot {
     indexed: OrderKey,
     /// The tick of its latest use. With the access count it says where the entry should
     /// sit (see [`Slot::position`]); reads only move this forward, never the index.
-    last_tick: u64,
+    last_tick: AtomicU64,
 }
 
 impl Slot {
@@ -111,8 +150,11 @@ impl Slot {
     /// raise it, and a write that would lower it re-indexes at once.
     fn position(&self, policy: Kind) -> OrderKey {
         match policy {
-            Kind::Lru => (0, self.last_tick),
-            Kind::Lfu => (self.stored.access_count, self.last_tick),
+            Kind::Lru => (0, self.last_tick.load(Ordering::Relaxed)),
+            Kind::Lfu => (
+                self.stored.access_count.load(Ordering::Relaxed),
+                self.last_tick.load(Ordering::Relaxed),
+            ),
             Kind::Fifo => self.indexed,
         }
     }
@@ -135,8 +177,6 @@ pub(super) struct Shard {
     pub(super) order: BTreeSet<(u64, u64, u32)>,
     /// `expiry second << 32 | place`, see [`expiry_element`].
     pub(super) expiry: BTreeSet<u64>,
-    /// Monotonic per-shard counter: recency and insertion order, and a tie-breaker.
-    tick: u64,
     /// The MIME types stored, each kept once and shared by its entries (a handful of
     /// values across thousands of entries). Bounded: beyond [`MAX_INTERNED_MIME_TYPES`]
     /// distinct values, new ones are kept per entry, so odd input cannot grow it.
@@ -177,7 +217,6 @@ impl Shard {
             slots: Slots::new(),
             order: BTreeSet::new(),
             expiry: BTreeSet::new(),
-            tick: 0,
             mime_types: HashTable::new(),
             hasher,
         }
@@ -187,11 +226,6 @@ impl Shard {
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.slots.len()
-    }
-
-    fn next_tick(&mut self) -> u64 {
-        self.tick += 1;
-        self.tick
     }
 
     fn place_of(&self, key: &str, hash: u64) -> Option<u32> {
@@ -282,40 +316,71 @@ impl Shard {
     }
 
     /// Looks `key` up at `now`, recording the access, and the accesses a thread's copy
-    /// served before it (`earlier`). `Err(())` means "was expired".
+    /// served before it (`earlier`). Takes the shard only to read: an expired entry is
+    /// reported, for the caller to remove with the shard to itself.
     pub(super) fn get(
-        &mut self,
+        &self,
         key: &str,
         hash: u64,
         now: SystemTime,
         earlier: Option<Unflushed>,
-    ) -> Result<Option<CacheEntry>, ()> {
-        let tick = self.next_tick();
+    ) -> Lookup {
         let Some(place) = self.place_of(key, hash) else {
-            return Ok(None);
+            return Lookup::Missing;
         };
-        let now = nanos(now);
-        let slot = self.slots.get_mut(place);
-        if now >= slot.stored.expires_at {
-            self.remove_at(place, hash);
-            self.compact_if_sparse();
-            return Err(());
+        let slot = self.slots.get(place);
+        let at = nanos(now);
+        if at >= slot.stored.expires_at {
+            return Lookup::Expired;
         }
-        slot.stored.access_count += 1 + earlier.map_or(0, |e| e.count);
-        slot.stored.last_accessed = now;
-        slot.last_tick = tick;
-        Ok(Some(slot.stored.to_entry(&slot.key)))
+        let accesses = 1 + earlier.map_or(0, |e| e.count);
+        let count = slot
+            .stored
+            .access_count
+            .fetch_add(accesses, Ordering::Relaxed)
+            .wrapping_add(accesses);
+        slot.stored.last_accessed.store(at, Ordering::Relaxed);
+        slot.last_tick.fetch_max(next_tick(now), Ordering::Relaxed);
+        let mut entry = slot.stored.to_entry(&slot.key);
+        // This hit's own view, whatever other threads' hits wrote meanwhile.
+        entry.access_count = count;
+        entry.last_accessed = now;
+        Lookup::Hit(entry)
     }
 
-    /// Records accesses a thread's copy of `key` served; the entry's count after them,
-    /// if it is still here.
-    pub(super) fn record(&mut self, key: &str, hash: u64, accesses: Unflushed) -> Option<u64> {
-        let tick = self.next_tick();
-        let slot = self.slots.get_mut(self.place_of(key, hash)?);
-        slot.stored.access_count += accesses.count;
-        slot.stored.last_accessed = slot.stored.last_accessed.max(accesses.last);
-        slot.last_tick = tick;
-        Some(slot.stored.access_count)
+    /// Removes `key`'s entry if it has expired at `now`; whether it did.
+    pub(super) fn remove_if_expired(&mut self, key: &str, hash: u64, now: SystemTime) -> bool {
+        let Some(place) = self.place_of(key, hash) else {
+            return false;
+        };
+        if nanos(now) < self.slots.get(place).stored.expires_at {
+            return false;
+        }
+        self.remove_at(place, hash);
+        self.compact_if_sparse();
+        true
+    }
+
+    /// Records accesses a thread's copy of `key` served (the latest at `now`); the
+    /// entry's count after them, if it is still here.
+    pub(super) fn record(
+        &self,
+        key: &str,
+        hash: u64,
+        accesses: Unflushed,
+        now: SystemTime,
+    ) -> Option<u64> {
+        let slot = self.slots.get(self.place_of(key, hash)?);
+        let count = slot
+            .stored
+            .access_count
+            .fetch_add(accesses.count, Ordering::Relaxed)
+            .wrapping_add(accesses.count);
+        slot.stored
+            .last_accessed
+            .fetch_max(accesses.last, Ordering::Relaxed);
+        slot.last_tick.fetch_max(next_tick(now), Ordering::Relaxed);
+        Some(count)
     }
 
     /// The shard's shared copy of `mime`, or a copy of its own once the shard shares
@@ -334,10 +399,16 @@ impl Shard {
         shared
     }
 
-    /// Inserts or replaces; whether the key is new.
-    pub(super) fn put(&mut self, entry: CacheEntry, hash: u64, policy: Kind) -> bool {
+    /// Inserts or replaces at `now`; whether the key is new.
+    pub(super) fn put(
+        &mut self,
+        entry: CacheEntry,
+        hash: u64,
+        policy: Kind,
+        now: SystemTime,
+    ) -> bool {
         let mime_type = entry.mime_type.map(|mime| self.intern(mime));
-        let tick = self.next_tick();
+        let tick = next_tick(now);
         let order = match policy {
             Kind::Lru | Kind::Fifo => (0, tick),
             Kind::Lfu => (entry.access_count, tick),
@@ -348,8 +419,8 @@ impl Shard {
             mime_type,
             expires_at: nanos(entry.expires_at),
             created_at: nanos(entry.created_at),
-            last_accessed: nanos(entry.last_accessed),
-            access_count: entry.access_count,
+            last_accessed: AtomicU64::new(nanos(entry.last_accessed)),
+            access_count: AtomicU64::new(entry.access_count),
         };
         let expiry = stored.expires_at;
         let (slots, hasher) = (&self.slots, &self.hasher);
@@ -364,14 +435,15 @@ impl Shard {
                 // The same lifetime and last use: a refresh of the URL, which keeps the
                 // entry's place in the eviction order.
                 let refresh = old.stored.created_at == stored.created_at
-                    && old.stored.last_accessed == stored.last_accessed;
+                    && old.stored.last_accessed.load(Ordering::Relaxed)
+                        == stored.last_accessed.load(Ordering::Relaxed);
                 self.expiry
                     .remove(&expiry_element(old.stored.expires_at, place));
                 let old_indexed = old.indexed;
                 old.stored = stored;
                 if !refresh {
                     old.indexed = order;
-                    old.last_tick = tick;
+                    *old.last_tick.get_mut() = tick;
                 }
                 // A refresh under LFU may carry a lower count than the index holds:
                 // the index must never be above the real position.
@@ -392,7 +464,7 @@ impl Shard {
                     key,
                     stored,
                     indexed: order,
-                    last_tick: tick,
+                    last_tick: AtomicU64::new(tick),
                 });
                 vacant.insert(place);
                 self.order.insert(order_element(order, place));
