@@ -148,6 +148,38 @@ fn bench_memory(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Writes: a refresh of a cached key's URL, and a new key into a full cache (one
+    // eviction). Writes take the shard to themselves, which costs more than a read.
+    let mut group = c.benchmark_group("memory_put");
+    let cache = fill_memory(EvictionPolicy::lru());
+    let now = SystemClock.now();
+    let expires = now + Duration::from_secs(3600);
+    let mut i = 0usize;
+    group.bench_function("refresh a cached key", |b| {
+        b.iter_batched(
+            || {
+                i = (i + 7919) % ENTRIES;
+                CacheEntry::new(keys[i].as_str(), url_450(&keys[i]), expires, now)
+            },
+            |entry| cache.put(entry).now_or_never().unwrap().unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let mut n = 0u64;
+    group.bench_function("new key, evicting one", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                let key = format!("new/{n}.jpg");
+                let url = url_450(&key);
+                CacheEntry::new(key, url, expires, now)
+            },
+            |entry| cache.put(entry).now_or_never().unwrap().unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
 }
 
 fn bench_redis(c: &mut Criterion) {
