@@ -6,7 +6,8 @@
 # Redirect: wrk -t1 -c64 against (a) nginx `return 302`, without and with its access log
 # (to a file, buffer=64k), (b) a minimal actix-web handler returning a constant 302 (also on two workers),
 # (c) image-url-server with the memory cache: access log off, access log to a file, two
-# workers, and a rate limit plus an allowed-prefix rule; (d) with Redis; every server on
+# workers, and a rate limit plus an allowed-prefix rule, one key each; one and two workers
+# on 1000 keys in turn (cycle.lua), which the shards serve; (d) with Redis; every server on
 # one worker unless said. SKIP_PROXY=1 stops after the redirect table. Proxy: a 10 MiB object through `?mode=proxy` versus fetched
 # directly from the origin with a presigned URL, (e) over loopback, where client, proxy
 # and origin share this machine's cores, and (f) with the origin in a network namespace
@@ -59,7 +60,7 @@ measure() { # url connections pids-to-charge...
   local url=$1 conns=$2; shift 2
   local t0 t1 out
   t0=$(ticks "$@")
-  out=$(wrk -t1 -c"$conns" -d"$DURATION" --latency "$url")
+  out=$(wrk -t1 -c"$conns" -d"$DURATION" --latency ${SCRIPT:+-s "$SCRIPT"} "$url")
   t1=$(ticks "$@")
   python3 - "$t0" "$t1" "$HZ" "$DURATION" "$out" <<'PY'
 import re, sys
@@ -77,17 +78,17 @@ PY
 }
 
 # Runs ROUNDS interleaved rounds over the targets and prints a markdown table of medians.
-# Targets are given as "label|url|connections|pids|baseline-label" lines on stdin; the
-# ratio column compares each target with the target named as its baseline.
+# Targets are given as "label|url|connections|pids|baseline-label[|wrk script]" lines on
+# stdin; the ratio column compares each target with the target named as its baseline.
 table() { # kind (rps|bytes)
   local kind=$1 targets=() results="$work/results.$RANDOM"
   mapfile -t targets
   : >"$results"
   for round in $(seq "$ROUNDS"); do
     for t in "${targets[@]}"; do
-      IFS='|' read -r label url conns tpids _ <<<"$t"
+      IFS='|' read -r label url conns tpids _ script <<<"$t"
       # shellcheck disable=SC2086
-      echo "$label|$(measure "$url" "$conns" $tpids)" >>"$results"
+      echo "$label|$(SCRIPT=$script measure "$url" "$conns" $tpids)" >>"$results"
     done
   done
   python3 - "$kind" "$results" "${targets[@]}" <<'PY'
@@ -104,7 +105,7 @@ else:
     print("| target | req/s × object (median) | throughput | p99 | proxy CPU/req | vs baseline | rounds, req/s |")
 print("|---|---|---|---|---|---|" + ("" if kind == "rps" else "---|"))
 for t in targets:
-    label, _, _, _, base = t.split("|")
+    label, _, _, _, base = t.split("|")[:5]
     rps, p99, cpu, bps = med[label]
     ratio = f"{100 * rps / med[base][0]:.0f} % of {base}" if base and base in med else "—"
     each = " / ".join(f"{r[0]:.0f}" if r[0] >= 1000 else f"{r[0]:.1f}" for r in rows[label])
@@ -177,6 +178,11 @@ MEM_PID=$(pid_of_port "$MEM_PORT")
 LOG_PID=$(pid_of_port "$LOG_PORT"); TWO_PID=$(pid_of_port "$TWO_PORT")
 RULES_PID=$(pid_of_port "$RULES_PORT"); REDIS_SRV_PID=$(pid_of_port "$REDIS_SRV_PORT")
 KEY=/api/v1/images/a.jpg/proxy
+# The keys that benches/load/cycle.lua asks for, cached before the rounds.
+for p in $MEM_PORT $TWO_PORT; do
+  wrk -t1 -c1 -d1s -s benches/load/cycle.lua "http://127.0.0.1:$p" >/dev/null
+done
+CYCLE=benches/load/cycle.lua
 
 echo
 echo "Redirect, wrk -t1 -c64 -d$DURATION, one server worker each unless said, $ROUNDS rounds (CPU/req: the server's)"
@@ -189,6 +195,8 @@ actix-web constant 302, 2 workers|http://127.0.0.1:$CONST_TWO_PORT/a.jpg|64|$CON
 image-url-server, memory cache, access log off|http://127.0.0.1:$MEM_PORT$KEY|64|$MEM_PID|nginx return 302
 image-url-server, memory cache, access log to a file|http://127.0.0.1:$LOG_PORT$KEY|64|$LOG_PID|nginx return 302, access log to a file
 image-url-server, memory cache, 2 workers, access log off|http://127.0.0.1:$TWO_PORT$KEY|64|$TWO_PID|image-url-server, memory cache, access log off
+image-url-server, memory cache, 1000 keys in turn, access log off|http://127.0.0.1:$MEM_PORT|64|$MEM_PID|image-url-server, memory cache, access log off|$CYCLE
+image-url-server, memory cache, 1000 keys in turn, 2 workers, access log off|http://127.0.0.1:$TWO_PORT|64|$TWO_PID|image-url-server, memory cache, 1000 keys in turn, access log off|$CYCLE
 image-url-server, rate limit + allowed prefix, access log off|http://127.0.0.1:$RULES_PORT$KEY|64|$RULES_PID|nginx return 302
 image-url-server, Redis cache, access log off|http://127.0.0.1:$REDIS_SRV_PORT$KEY|64|$REDIS_SRV_PID|nginx return 302
 EOF
