@@ -4,10 +4,10 @@
 //! counts of its text, which every thread's hits on that entry bump (the shard's lock
 //! is read-locked in a part of its thread's own). When two workers serve one popular
 //! image, each hit moves those cache lines from one core to the other, and two workers
-//! serve less than one did. So a thread keeps, in a
-//! small table only it touches, copies of the entries it met twice in a row at one place
-//! of that table, with text of its own, and serves later hits from them: such a hit reads
-//! one shared word (the shard's version) and writes nothing another thread writes.
+//! serve less than one did. So a thread keeps, in a small table only it touches, copies
+//! of the entries it met twice in a row at one place of that table, with text of its
+//! own, and serves later hits from them: such a hit reads one shared word (the shard's
+//! version) and writes nothing another thread writes.
 //!
 //! - **Coherence.** Every change to a shard's entries (put, delete, eviction, expiry)
 //!   raises the shard's version under its lock; a copy is served only while the version

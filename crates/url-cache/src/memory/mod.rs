@@ -863,8 +863,6 @@ mod tests {
         assert_eq!(cache.stats().evictions, 20_000 - 4096);
     }
 
-    /// Shards compact while other threads read: entries that stay are found with their
-    /// own URL throughout, from the shard and from the readers' copies alike.
     /// A hit takes its shard only to read: hits on one shard never wait for each other,
     /// so a shard served to several workers has no lock word that every hit writes.
     #[test]
@@ -886,6 +884,38 @@ mod tests {
         });
     }
 
+    /// Ticks are each thread's own but follow the clock: an entry another thread read
+    /// later by the clock is evicted later, however many ticks this thread drew before.
+    #[test]
+    fn recency_follows_the_clock_across_threads() {
+        let clock = Arc::new(crate::ManualClock::from_unix_secs(1.7e9));
+        let cache = MemoryCache::builder()
+            .capacity(2)
+            .clock(clock.clone())
+            .build();
+        now(cache.put(entry("a.jpg"))).unwrap();
+        now(cache.put(entry("b.jpg"))).unwrap();
+        // Many uses of b while the clock stands still: this thread's ticks run ahead.
+        for _ in 0..1000 {
+            now(cache.get("b.jpg")).unwrap().unwrap();
+        }
+        clock.advance(Duration::from_secs(1));
+        std::thread::scope(|scope| {
+            scope.spawn(|| now(cache.get("a.jpg")).unwrap().unwrap());
+        });
+        now(cache.put(entry("c.jpg"))).unwrap();
+        assert!(
+            now(cache.peek("a.jpg")).unwrap().is_some(),
+            "a was read last"
+        );
+        assert!(
+            now(cache.peek("b.jpg")).unwrap().is_none(),
+            "b was read first"
+        );
+    }
+
+    /// Shards compact while other threads read: entries that stay are found with their
+    /// own URL throughout, from the shard and from the readers' copies alike.
     #[test]
     fn readers_keep_their_entries_while_shards_compact() {
         let cache = Arc::new(MemoryCache::builder().capacity(100_000).shards(2).build());
