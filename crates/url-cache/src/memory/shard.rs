@@ -360,8 +360,8 @@ impl Shard {
         true
     }
 
-    /// Records accesses a thread's copy of `key` served (the latest at `now`); the
-    /// entry's count after them, if it is still here.
+    /// Records, at `now`, the accesses a thread's copy of `key` served; the entry's count
+    /// after them, if it is still here.
     pub(super) fn record(
         &self,
         key: &str,
