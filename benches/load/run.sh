@@ -7,7 +7,7 @@
 # (to a file, buffer=64k), (b) a minimal actix-web handler returning a constant 302 (also on two workers),
 # (c) image-url-server with the memory cache: access log off, access log to a file, two
 # workers, and a rate limit plus an allowed-prefix rule, one key each; one and two workers
-# on 1000 keys in turn (cycle.lua), which the shards serve; (d) with Redis; every server on
+# on 1000 keys in turn (zipf.lua's sequential mode), which the shards serve; (d) with Redis; every server on
 # one worker unless said. SKIP_PROXY=1 stops after the redirect table. Proxy: a 10 MiB object through `?mode=proxy` versus fetched
 # directly from the origin with a presigned URL, (e) over loopback, where client, proxy
 # and origin share this machine's cores, and (f) with the origin in a network namespace
@@ -178,11 +178,13 @@ MEM_PID=$(pid_of_port "$MEM_PORT")
 LOG_PID=$(pid_of_port "$LOG_PORT"); TWO_PID=$(pid_of_port "$TWO_PORT")
 RULES_PID=$(pid_of_port "$RULES_PORT"); REDIS_SRV_PID=$(pid_of_port "$REDIS_SRV_PORT")
 KEY=/api/v1/images/a.jpg/proxy
-# The keys that benches/load/cycle.lua asks for, cached before the rounds.
+# 1000 keys asked for in turn (1, 2, … 1000, 1, …): no worker meets a key twice at one
+# place of its copies, so every hit goes to a shard. Cached before the rounds.
+export ZIPF_SEQUENTIAL=1 ZIPF_KEYS=1000
+CYCLE=benches/load/zipf.lua
 for p in $MEM_PORT $TWO_PORT; do
-  wrk -t1 -c1 -d1s -s benches/load/cycle.lua "http://127.0.0.1:$p" >/dev/null
+  wrk -t1 -c1 -d1s -s "$CYCLE" "http://127.0.0.1:$p" >/dev/null
 done
-CYCLE=benches/load/cycle.lua
 
 echo
 echo "Redirect, wrk -t1 -c64 -d$DURATION, one server worker each unless said, $ROUNDS rounds (CPU/req: the server's)"

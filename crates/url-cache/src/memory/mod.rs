@@ -161,6 +161,18 @@ impl Guarded {
         removed
     }
 
+    /// [`Shard::remove_if_expired`], raising the version if it removed; whether it did.
+    /// Checked with the shard to itself: since a reader saw the entry expired, a put may
+    /// have replaced it and another reader may have removed it.
+    fn remove_if_expired(&self, key: &str, hash: u64, now: SystemTime) -> bool {
+        let mut shard = self.exclusive();
+        let removed = shard.remove_if_expired(key, hash, now);
+        if removed {
+            self.bump();
+        }
+        removed
+    }
+
     /// [`Shard::evict_one`], raising the version if it evicted.
     fn evict_one(&self, keep: &str, policy: crate::policy::Kind) -> bool {
         let mut shard = self.exclusive();
@@ -343,19 +355,7 @@ impl MemoryCache {
                 Ok(None)
             }
             Lookup::Expired => {
-                // Checked again with the shard to itself: a put may have replaced it
-                // meanwhile, and another reader may have removed it.
-                let removed = {
-                    let mut shard = guarded.exclusive();
-                    let removed = shard.remove_if_expired(key, hash, now);
-                    if removed {
-                        guarded.bump();
-                    }
-                    removed
-                };
-                if removed {
-                    self.removed(1);
-                }
+                self.removed(usize::from(guarded.remove_if_expired(key, hash, now)));
                 self.stats.expired(1);
                 Ok(None)
             }
