@@ -66,6 +66,15 @@ measure() { # url connections pids-to-charge...
 import re, sys
 t0, t1, hz, dur = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 out = sys.argv[5]
+# A server that answers with errors (say a 503 for missing credentials) is fast for
+# the wrong reason: such a round stops the run. Socket errors (a timeout on a shaped
+# link) are reported beside the figures.
+bad = re.search(r"Non-2xx or 3xx responses: \d+", out)
+if bad:
+    sys.exit(f"wrk: {bad.group(0)}\n{out}")
+errors = re.search(r"Socket errors: .*", out)
+if errors:
+    print(f"wrk: {errors.group(0)}", file=sys.stderr)
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 m = re.search(r"\s99%\s+([\d.]+)(us|ms|s)\b", out)
 p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
@@ -88,7 +97,9 @@ table() { # kind (rps|bytes)
     for t in "${targets[@]}"; do
       IFS='|' read -r label url conns tpids _ script <<<"$t"
       # shellcheck disable=SC2086
-      echo "$label|$(SCRIPT=$script measure "$url" "$conns" $tpids)" >>"$results"
+      # An assignment, so that a failed measurement stops the run (set -e).
+      figures=$(SCRIPT=$script measure "$url" "$conns" $tpids)
+      echo "$label|$figures" >>"$results"
     done
   done
   python3 - "$kind" "$results" "${targets[@]}" <<'PY'
