@@ -169,7 +169,9 @@ async fn redirect_flow(redis: bool) {
         location
     );
 
-    // Batch, GET and POST.
+    // Batch, GET and POST. The redirects' write is detached: ask until it has landed.
+    image_url_tests::batch_until_cached(&s.http, &s.url(""), &["photos/cat 1.jpg".to_owned()])
+        .await;
     let res = s
         .get("/api/v1/images/batch/urls?key=logo.png&key=photos/cat%201.jpg&key=")
         .await;
