@@ -102,10 +102,9 @@ impl Stack {
     /// Batches of `keys` until all are served from the cache: a miss is answered once
     /// signed and stored afterwards, detached, so the read right after it may still miss
     /// (or join the flight that is storing it). Never degraded on the way.
-    async fn cached_soon(&self, keys: &[&str]) {
-        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        let body = image_url_tests::batch_until_cached(&self.http, &self.base, &keys).await;
-        for key in &keys {
+    async fn cached_soon(&self, keys: &[String]) {
+        let body = image_url_tests::batch_until_cached(&self.http, &self.base, keys).await;
+        for key in keys {
             assert_eq!(body["results"][key]["degraded"], false, "{body}");
         }
     }
@@ -128,7 +127,7 @@ async fn redis_killed_and_restarted_every_request_answered_caching_resumes_quick
     let mut s = Stack::start(50).await;
     let url = s.redirect("img0.jpg").await;
     s.origin_accepts(&url).await;
-    s.cached_soon(&["img0.jpg"]).await;
+    s.cached_soon(&["img0.jpg".to_owned()]).await;
 
     s.redis.stop();
     // Traffic throughout an outage long enough for the reconnect backoff to reach its
@@ -170,7 +169,7 @@ async fn redis_killed_and_restarted_every_request_answered_caching_resumes_quick
     );
     // The restarted Redis is empty; it is filled again and served from.
     s.redirect("img4.jpg").await;
-    s.cached_soon(&["img4.jpg"]).await;
+    s.cached_soon(&["img4.jpg".to_owned()]).await;
     assert_eq!(s.stats().await["circuit"], "closed");
 }
 
@@ -266,7 +265,6 @@ async fn wrong_types_and_foreign_urls_in_redis_are_misses_not_outages() {
     );
     // Each entry was replaced: reads become hits once the replacements have landed.
     let keys: Vec<String> = (0..=10).map(|i| format!("img{i}.jpg")).collect();
-    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     s.cached_soon(&keys).await;
 }
 
