@@ -25,8 +25,9 @@ thread_local! {
     static LAST_TICK: Cell<u64> = const { Cell::new(0) };
 }
 
-/// A tick for a use of an entry at `now` (nanoseconds since the Unix epoch): the later
-/// of `now` and one past the calling thread's last tick.
+/// A tick for a use of an entry at `now` (nanoseconds since the Unix epoch, as the
+/// caller already has them): the later of `now` and one past the calling thread's last
+/// tick.
 ///
 /// Ticks order uses (recency for LRU, insertion for FIFO, ties for LFU). A counter per
 /// shard would be a word that every hit on the shard writes, from every thread; these
@@ -34,8 +35,7 @@ thread_local! {
 /// thread they follow the order of its calls even when the clock stands still (a test's
 /// manual clock, or the coarse clock between its steps). Two threads may draw the same
 /// tick: order elements stay apart by the entry's place.
-pub(super) fn next_tick(now: SystemTime) -> u64 {
-    let now = nanos(now);
+pub(super) fn next_tick(now: u64) -> u64 {
     LAST_TICK
         .try_with(|last| {
             let tick = now.max(last.get().saturating_add(1));
@@ -352,7 +352,7 @@ impl Shard {
             .fetch_add(accesses, Ordering::Relaxed)
             .wrapping_add(accesses);
         slot.stored.last_accessed.store(at, Ordering::Relaxed);
-        slot.raise_tick(next_tick(now));
+        slot.raise_tick(next_tick(at));
         let mut entry = slot.stored.to_entry(&slot.key);
         // This hit's own view, whatever other threads' hits wrote meanwhile.
         entry.access_count = count;
@@ -391,7 +391,7 @@ impl Shard {
         slot.stored
             .last_accessed
             .fetch_max(accesses.last, Ordering::Relaxed);
-        slot.raise_tick(next_tick(now));
+        slot.raise_tick(next_tick(nanos(now)));
         Some(count)
     }
 
@@ -420,7 +420,7 @@ impl Shard {
         now: SystemTime,
     ) -> bool {
         let mime_type = entry.mime_type.map(|mime| self.intern(mime));
-        let tick = next_tick(now);
+        let tick = next_tick(nanos(now));
         let order = match policy {
             Kind::Lru | Kind::Fifo => (0, tick),
             Kind::Lfu => (entry.access_count, tick),
