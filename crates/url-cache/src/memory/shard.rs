@@ -74,6 +74,13 @@ fn from_nanos(nanos: u64) -> SystemTime {
 }
 
 impl Stored {
+    /// Adds `n` accesses to the count; the count after them, as this caller made it.
+    fn count_accesses(&self, n: u64) -> u64 {
+        self.access_count
+            .fetch_add(n, Ordering::Relaxed)
+            .wrapping_add(n)
+    }
+
     fn to_entry(&self, key: &Arc<str>) -> CacheEntry {
         CacheEntry {
             url: self.url.clone(),
@@ -345,12 +352,9 @@ impl Shard {
         if at >= slot.stored.expires_at {
             return Lookup::Expired;
         }
-        let accesses = 1 + earlier.map_or(0, |e| e.count);
         let count = slot
             .stored
-            .access_count
-            .fetch_add(accesses, Ordering::Relaxed)
-            .wrapping_add(accesses);
+            .count_accesses(1 + earlier.map_or(0, |e| e.count));
         slot.stored.last_accessed.store(at, Ordering::Relaxed);
         slot.raise_tick(next_tick(at));
         let mut entry = slot.stored.to_entry(&slot.key);
@@ -383,11 +387,7 @@ impl Shard {
         now: SystemTime,
     ) -> Option<u64> {
         let slot = self.slots.get(self.place_of(key, hash)?);
-        let count = slot
-            .stored
-            .access_count
-            .fetch_add(accesses.count, Ordering::Relaxed)
-            .wrapping_add(accesses.count);
+        let count = slot.stored.count_accesses(accesses.count);
         slot.stored
             .last_accessed
             .fetch_max(accesses.last, Ordering::Relaxed);
