@@ -151,46 +151,51 @@ impl Guarded {
         version.store(version.load(Ordering::Relaxed) + 1, Ordering::Release);
     }
 
-    /// [`Shard::remove`], raising the version if it removed; whether it did.
-    fn remove(&self, key: &str, hash: u64) -> bool {
+    /// Runs `change` with the shard to itself and, if `changed` says of its answer that
+    /// it changed the entries, raises the version before the lock is let go.
+    fn change<R>(
+        &self,
+        change: impl FnOnce(&mut Shard) -> R,
+        changed: impl FnOnce(&R) -> bool,
+    ) -> R {
         let mut shard = self.exclusive();
-        let removed = shard.remove(key, hash).is_some();
-        if removed {
+        let answer = change(&mut shard);
+        if changed(&answer) {
             self.bump();
         }
-        removed
+        drop(shard);
+        answer
+    }
+
+    /// [`Shard::remove`], raising the version if it removed; whether it did.
+    fn remove(&self, key: &str, hash: u64) -> bool {
+        self.change(
+            |shard| shard.remove(key, hash).is_some(),
+            |&removed| removed,
+        )
     }
 
     /// [`Shard::remove_if_expired`], raising the version if it removed; whether it did.
     /// Checked with the shard to itself: since a reader saw the entry expired, a put may
     /// have replaced it and another reader may have removed it.
     fn remove_if_expired(&self, key: &str, hash: u64, now: SystemTime) -> bool {
-        let mut shard = self.exclusive();
-        let removed = shard.remove_if_expired(key, hash, now);
-        if removed {
-            self.bump();
-        }
-        removed
+        self.change(
+            |shard| shard.remove_if_expired(key, hash, now),
+            |&removed| removed,
+        )
     }
 
     /// [`Shard::evict_one`], raising the version if it evicted.
     fn evict_one(&self, keep: &str, policy: crate::policy::Kind) -> bool {
-        let mut shard = self.exclusive();
-        let evicted = shard.evict_one(keep, policy);
-        if evicted {
-            self.bump();
-        }
-        evicted
+        self.change(|shard| shard.evict_one(keep, policy), |&evicted| evicted)
     }
 
     /// [`Shard::remove_expired`], raising the version if it removed any.
     fn remove_expired(&self, now: SystemTime, limit: usize) -> usize {
-        let mut shard = self.exclusive();
-        let removed = shard.remove_expired(now, limit);
-        if removed > 0 {
-            self.bump();
-        }
-        removed
+        self.change(
+            |shard| shard.remove_expired(now, limit),
+            |&removed| removed > 0,
+        )
     }
 
     fn version(&self) -> u64 {
