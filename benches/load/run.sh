@@ -14,9 +14,12 @@
 # behind a veth link shaped with tbf, as a COS bucket is reached over a network.
 #
 # This machine is shared and noisy, so every table is ROUNDS interleaved rounds (a round
-# runs each target once) and reports medians; "CPU/req" is the server process's CPU time
-# (user + system, from /proc) divided by the requests it answered, which varies much less
-# than throughput from run to run.
+# runs each target once) and reports medians, and each ratio also round by round (its
+# median and range: drift between rounds cancels out of a ratio taken within one).
+# "CPU/req" is the server process's CPU time (user + system, from /proc) divided by the
+# requests it answered. A server that wrk keeps busy spends about one core whatever its
+# rate, so its CPU/req is close to the inverse of its req/s and drifts with it; it tells
+# apart servers that are not saturated (nginx, at about 0.9 of a core).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-8s}
@@ -118,7 +121,15 @@ print("|---|---|---|---|---|---|" + ("" if kind == "rps" else "---|"))
 for t in targets:
     label, _, _, _, base = t.split("|")[:5]
     rps, p99, cpu, bps = med[label]
-    ratio = f"{100 * rps / med[base][0]:.0f} % of {base}" if base and base in med else "—"
+    ratio = "—"
+    if base and base in med:
+        # Beside the ratio of the medians, the ratio within each round (target and
+        # baseline measured a minute apart): the machine's drift between rounds cancels
+        # out of these, and their spread says how far one run's ratio can be trusted.
+        paired = sorted(r[0] / b[0] for r, b in zip(rows[label], rows[base]))
+        ratio = (f"{100 * rps / med[base][0]:.0f} % of {base} (by round: "
+                 f"median {100 * statistics.median(paired):.0f} %, "
+                 f"{100 * paired[0]:.0f}–{100 * paired[-1]:.0f} %)")
     each = " / ".join(f"{r[0]:.0f}" if r[0] >= 1000 else f"{r[0]:.1f}" for r in rows[label])
     if kind == "rps":
         print(f"| {label} | {rps:,.0f} | {p99:.2f} ms | {cpu:.2f} µs | {ratio} | {each} |")
