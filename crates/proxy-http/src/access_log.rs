@@ -26,7 +26,11 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+// The request middleware's clock (see `request_id`): records are placed on the wall
+// clock by one reading of both per writer round.
+use quanta::Instant;
 
 /// Where a server's access lines go ([`crate::ApiConfig::access_log`]).
 #[derive(Debug, Clone, Default)]
