@@ -29,8 +29,9 @@ use tracing::instrument::Instrumented;
 use tracing::Instrument;
 
 // Request times are read from the CPU's time-stamp counter where it is reliable (as the
-// service's own stopwatch is): two reads a request, about 8 ns each here against 17 ns
-// for the vDSO's `clock_gettime`, a few tenths of a per cent of a redirect.
+// service's own stopwatch is): a start and its `elapsed` take about 23 ns here against
+// 38 ns with `std::time::Instant` (the vDSO's `clock_gettime`). Callgrind counts nearly
+// the same instructions for both; the difference is `rdtsc` against the vDSO's clock.
 use quanta::Instant;
 
 use crate::access_log::{AccessLines, LoggedId, WorkerAccessLog};
