@@ -152,9 +152,7 @@ impl Endpoint {
         // about 170 instructions here, 1 % of a redirect.
         let rest = &rest[memchr::memchr(b'&', rest.as_bytes())? + 1..];
         let rest = rest.strip_prefix("q-sign-time=")?;
-        let (start, rest) = leading_number(rest)?;
-        let rest = rest.strip_prefix("%3B")?;
-        let (end, rest) = leading_number(rest)?;
+        let (start, end, rest) = sign_time(rest)?;
         if !(rest.is_empty() || rest.starts_with('&')) {
             return None;
         }
@@ -179,6 +177,42 @@ fn is_dns_label_chars(s: &str) -> bool {
         && !s.ends_with('-')
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The `start%3Bend` pair `s` starts with (each 1 to 18 digits) and the rest of `s`.
+///
+/// This runs on every cache hit whose window the thread has not remembered. Every Unix
+/// time from 2001 to 2286 has ten digits, so a pair of them (23 bytes) is read first, by
+/// two eight-digit steps and four single digits, with no loop: about half the
+/// instructions of two [`leading_number`] calls. Anything else, or a pair followed by
+/// another digit, is read by [`leading_number`], which gives the same answer.
+fn sign_time(s: &str) -> Option<(i64, i64, &str)> {
+    if let Some(pair) = s.as_bytes().first_chunk::<23>() {
+        let next_is_digit = s.as_bytes().get(23).is_some_and(u8::is_ascii_digit);
+        if pair[10..13] == *b"%3B" && !next_is_digit {
+            let start = pair.first_chunk::<10>().and_then(ten_digits);
+            let end = pair.last_chunk::<10>().and_then(ten_digits);
+            if let (Some(start), Some(end)) = (start, end) {
+                // The 23 bytes are ASCII, so this is a char boundary.
+                return Some((start, end, &s[23..]));
+            }
+        }
+    }
+    let (start, rest) = leading_number(s)?;
+    let rest = rest.strip_prefix("%3B")?;
+    let (end, rest) = leading_number(rest)?;
+    Some((start, end, rest))
+}
+
+/// The value of ten ASCII digits, or `None` if any byte is not a digit.
+fn ten_digits(digits: &[u8; 10]) -> Option<i64> {
+    let [.., d8, d9] = *digits;
+    let high = eight_digits(u64::from_le_bytes(*digits.first_chunk::<8>()?))?;
+    let (d8, d9) = (d8.wrapping_sub(b'0'), d9.wrapping_sub(b'0'));
+    if d8 > 9 || d9 > 9 {
+        return None;
+    }
+    Some(high as i64 * 100 + i64::from(d8) * 10 + i64::from(d9))
 }
 
 /// The decimal number `s` starts with (1 to 18 digits, so it fits an `i64`) and the
@@ -287,6 +321,49 @@ mod tests {
                 word[at] = saved;
             }
         }
+    }
+
+    /// The ten-digit pair's path gives what two `leading_number` calls give, for pairs
+    /// of every length around ten digits, whatever breaks or follows them, and with any
+    /// one byte of a usual pair replaced.
+    #[test]
+    fn sign_times_agree_with_reading_each_number() {
+        fn each_number(s: &str) -> Option<(i64, i64, &str)> {
+            let (start, rest) = leading_number(s)?;
+            let (end, rest) = leading_number(rest.strip_prefix("%3B")?)?;
+            Some((start, end, rest))
+        }
+        let digits = |n: usize| "1234567890123456789"[..n].to_string();
+        let mut cases = Vec::new();
+        for start in [0, 1, 9, 10, 11, 18, 19] {
+            for separator in ["%3B", "%3b", "%3", ";", "", "%3B%3B"] {
+                for end in [0, 1, 9, 10, 11, 18, 19] {
+                    for after in ["", "&q-key-time=1", "x", "9", "é", "%3B1"] {
+                        cases.push(format!(
+                            "{}{separator}{}{after}",
+                            digits(start),
+                            digits(end)
+                        ));
+                    }
+                }
+            }
+        }
+        let usual = "1700000000%3B1700003600&q-key-time";
+        for at in 0..24 {
+            for byte in 0..128u8 {
+                let mut bytes = usual.as_bytes().to_vec();
+                bytes[at] = byte;
+                cases.push(String::from_utf8(bytes).unwrap());
+            }
+            cases.push(format!("{}é{}", &usual[..at], &usual[at + 1..]));
+        }
+        for case in &cases {
+            assert_eq!(sign_time(case), each_number(case), "{case:?}");
+        }
+        assert_eq!(
+            sign_time("1700000000%3B1700003600&x"),
+            Some((1_700_000_000, 1_700_003_600, "&x"))
+        );
     }
 
     #[test]
