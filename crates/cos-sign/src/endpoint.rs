@@ -216,7 +216,7 @@ fn ten_digits(digits: &[u8; 10]) -> Option<i64> {
 }
 
 /// The decimal number `s` starts with (1 to 18 digits, so it fits an `i64`) and the
-/// rest of `s`. This runs twice on every cache hit, on ten-digit Unix times: the first
+/// rest of `s`: [`sign_time`]'s reader for any pair but two ten-digit times. The first
 /// eight digits are checked and converted at once when they are all digits.
 fn leading_number(s: &str) -> Option<(i64, &str)> {
     let bytes = s.as_bytes();
